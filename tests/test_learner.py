@@ -1,0 +1,198 @@
+import io, math
+import pytest, torch
+import torch.nn.functional as F
+from torch import nn, optim
+from torcheval.metrics import MulticlassAccuracy
+from mtlearn.datasets import DataLoaders, TensorDataLoader
+from mtlearn.learner import *
+from mtlearn.learner import _ConsoleBar
+from mtlearn.sgd import RecorderCB
+
+def toy_dls(n=8, bs=4, n_inp=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    xs = [torch.randn(n, 3, generator=g) for _ in range(n_inp)]
+    y = torch.randint(0, 2, (n,), generator=g)
+    return DataLoaders(TensorDataLoader(*xs, y, batch_size=bs), TensorDataLoader(*xs, y, batch_size=bs))
+
+class Log(Callback):
+    "Records every event it sees."
+    events = ['before_fit', 'after_fit', 'cleanup_fit', 'before_epoch', 'after_epoch', 'cleanup_epoch', 'before_batch',
+              'after_predict', 'after_loss', 'before_backward', 'after_backward', 'cleanup_backward', 'before_step',
+              'after_step', 'cleanup_step', 'after_batch', 'cleanup_batch']
+    def __init__(self, raise_at=None, exc=None): self.seen, self.raise_at, self.exc = [], raise_at, exc
+    def __getattr__(self, nm):
+        if nm not in self.events: raise AttributeError(nm)
+        def f(learn):
+            self.seen.append(nm)
+            if nm == self.raise_at: raise self.exc
+        return f
+
+def learner(cbs=(), dls=None, **kw): return TrainLearner(nn.Linear(3, 2), dls or toy_dls(), F.cross_entropy, cbs=list(cbs), **kw)
+
+def test_event_order():
+    log = Log()
+    learner([log], toy_dls(n=4)).fit(1)
+    train = ['before_batch', 'after_predict', 'after_loss', 'before_backward', 'after_backward', 'cleanup_backward',
+             'before_step', 'after_step', 'cleanup_step', 'after_batch', 'cleanup_batch']
+    valid = ['before_batch', 'after_predict', 'after_loss', 'after_batch', 'cleanup_batch']
+    epoch = lambda b: ['before_epoch', *b, 'after_epoch', 'cleanup_epoch']
+    assert log.seen == ['before_fit', *epoch(train), *epoch(valid), 'after_fit', 'cleanup_fit']
+
+@pytest.mark.parametrize('nm,exc,skipped', [
+    ('before_backward', CancelBackwardException(), 'after_backward'),
+    ('before_step', CancelStepException(), 'after_step'),
+    ('before_batch', CancelBatchException(), 'after_batch'),
+    ('before_epoch', CancelEpochException(), 'after_epoch'),
+    ('before_fit', CancelFitException(), 'after_fit')])
+def test_cancel_skips_after_but_runs_cleanup(nm, exc, skipped):
+    log = Log(nm, exc)
+    learn = learner([log])
+    w = learn.model.weight.detach().clone()
+    learn.fit(1)
+    assert skipped not in log.seen and 'cleanup_' + skipped[6:] in log.seen and log.seen[-1] == 'cleanup_fit'
+    if nm in ('before_backward', 'before_step', 'before_batch', 'before_epoch', 'before_fit'):
+        assert torch.equal(learn.model.weight, w)  # nothing stepped
+
+def test_exception_gets_note_and_cleanup_runs():
+    log = Log('after_loss', KeyError('x'))
+    extra = Log()
+    learn = learner([log])
+    with pytest.raises(KeyError) as e: learn.fit(1, cbs=[extra])
+    assert e.value.__notes__ == ['(raised in Log.after_loss)']
+    assert log.seen[-3:] == ['cleanup_batch', 'cleanup_epoch', 'cleanup_fit']
+    assert extra not in learn.cbs  # fit-only callbacks are removed even on error
+
+def test_bad_arguments():
+    learn = learner()
+    with pytest.raises(ValueError, match='`n_epochs` should be a non-negative int; found n_epochs = -1'): learn.fit(-1)
+    with pytest.raises(ValueError, match='`n_epochs`'): learn.fit(1.5)
+    with pytest.raises(ValueError, match=r'`dls` should have a `.train`'): TrainLearner(nn.Linear(3, 2), (0,), F.cross_entropy).fit(1)
+    with pytest.raises(ValueError, match=r'`.valid`'): TrainLearner(nn.Linear(3, 2), type('D', (), {'train': []})(), F.cross_entropy).fit(1)
+    with pytest.raises(ValueError, match='found device = .tpu9.'): DeviceCB('tpu9')
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match='not available'): DeviceCB('cuda')
+
+def test_loss_must_be_scalar_or_vector():
+    learn = TrainLearner(nn.Linear(3, 2), toy_dls(), lambda p, y: p)
+    with pytest.raises(ValueError, match=r'`loss_func` should return a scalar .* shape \(4, 2\)'): learn.fit(1)
+    learn = TrainLearner(nn.Linear(3, 2), toy_dls(), lambda p, y: 1.0)
+    with pytest.raises(ValueError, match='returned a float'): learn.fit(1)
+
+def test_vector_loss_is_summed_and_kept():
+    seen = []
+    class S(Callback):
+        def after_loss(self, learn): seen.append((learn.losses, learn.loss))
+    vec = lambda p, y: torch.stack([F.cross_entropy(p, y), 2*F.cross_entropy(p, y)])
+    torch.manual_seed(0); a = learner([S()], lr=0.1); a.loss_func = vec; a.fit(1, valid=False)
+    torch.manual_seed(0); b = learner(lr=0.1); b.loss_func = lambda p, y: 3*F.cross_entropy(p, y); b.fit(1, valid=False)
+    losses, loss = seen[0]
+    assert losses.shape == (2,) and torch.allclose(loss, losses.sum())
+    torch.testing.assert_close(a.model.weight, b.model.weight)  # trained on the sum
+
+def test_train_cb_with_several_inputs_and_metrics():
+    class Two(nn.Module):
+        def __init__(self): super().__init__(); self.l = nn.Linear(6, 2)
+        def forward(self, a, b): return self.l(torch.cat([a, b], 1))
+    dls = toy_dls(n_inp=2)
+    m = MetricsCB(accuracy=MulticlassAccuracy())
+    Learner(Two(), dls, F.cross_entropy, cbs=[TrainCB(n_inp=2), m]).fit(1, train=False)
+    a, b, y = dls.valid.tensors
+    assert 0 <= m.all_metrics['accuracy'].compute() <= 1
+    assert m.all_metrics['loss'].weights == len(y)
+
+def test_metrics_match_direct_computation():
+    dls = toy_dls(n=10, bs=3)
+    learn = learner([m := MetricsCB(accuracy=MulticlassAccuracy())], dls)
+    learn.fit(1, train=False)
+    x, y = dls.valid.tensors
+    with torch.no_grad(): p = learn.model(x)
+    torch.testing.assert_close(m.all_metrics['accuracy'].compute(), (p.argmax(1) == y).float().mean())
+    torch.testing.assert_close(m.all_metrics['loss'].compute().float(), F.cross_entropy(p, y))
+
+def test_progress_console_is_clean():
+    class TTY(io.StringIO):
+        def isatty(self): return True
+    for out in (io.StringIO(), TTY()):
+        learner([MetricsCB(), ProgressCB(stream=out)], toy_dls(n=64, bs=4)).fit(2)
+        text = out.getvalue()
+        screen = []  # what a terminal shows: '\r' returns to the line start, later characters overwrite
+        for line in text.split('\n'):
+            cur = ''
+            for part in line.split('\r'): cur = part + cur[len(part):]
+            screen.append(cur.rstrip())
+        screen = [l for l in screen if l]
+        assert len(screen) == 5 and screen[0].split() == ['loss', 'epoch', 'train']
+        assert [l.split()[1:] for l in screen[1:]] == [['0', 'train'], ['0', 'eval'], ['1', 'train'], ['1', 'eval']]
+        if not isinstance(out, TTY): assert '\r' not in text
+
+def test_console_bar_draws_and_clears():
+    class TTY(io.StringIO):
+        def isatty(self): return True
+    out = TTY()
+    bar = _ConsoleBar(range(5), 'Epoch 1/1 ', out, every=0)
+    assert list(bar) == list(range(5)) and len(bar) == 5
+    assert '5/5' in out.getvalue()
+    bar.clear()
+    assert out.getvalue().endswith('\r')
+
+def test_host_scalar_cpu():
+    h = HostScalar()
+    assert not h and str(h) == ''
+    h.put(torch.tensor(1.23456))
+    assert h and str(h) == '1.235' and h.get() == pytest.approx(1.23456)
+
+def test_terminate_on_nan_stops_before_the_bad_step():
+    class Poison(Callback):
+        def after_loss(self, learn):
+            if learn.iter == 1: learn.loss = learn.loss*float('nan')
+    learn = learner([Poison(), TerminateOnNaNCB(), log := Log()], toy_dls(n=16))
+    learn.fit(3)
+    assert log.seen.count('after_step') == 1 and torch.isfinite(learn.model.weight).all()
+
+def test_save_load_roundtrip_and_mismatch(tmp_path):
+    learn = learner(opt_func=optim.Adam)
+    learn.fit(1)
+    learn.save(tmp_path/'m.pt')
+    fresh = learner(opt_func=optim.Adam)
+    fresh.load(tmp_path/'m.pt')
+    torch.testing.assert_close(fresh.model.weight, learn.model.weight)
+    fresh.fit(0)  # the saved optimiser state goes into the optimiser this fit creates
+    assert fresh.opt.state_dict()['state'][0]['step'] == learn.opt.state_dict()['state'][0]['step']
+    other = TrainLearner(nn.Linear(3, 5), toy_dls(), F.cross_entropy)
+    w = other.model.weight.detach().clone()
+    with pytest.raises(ValueError, match=r'parameter `weight` has shape \(2, 3\) there, \(5, 3\) in the model'): other.load(tmp_path/'m.pt')
+    assert torch.equal(other.model.weight, w)
+    with pytest.raises(ValueError, match='missing'): TrainLearner(nn.Sequential(nn.Linear(3, 2)), toy_dls()).load(tmp_path/'m.pt')
+    with pytest.raises(FileNotFoundError, match='`path`'): other.load(tmp_path/'nope.pt')
+
+def test_lr_find_restores_and_suggests():
+    dls = toy_dls(n=400, bs=4)
+    learn = learner(dls=dls, opt_func=optim.SGD)
+    learn.fit(1, valid=False)
+    opt, w = learn.opt, learn.model.weight.detach().clone()
+    lr = learn.lr_find(plot=False, start_lr=1e-4, gamma=1.2)
+    assert learn.opt is opt and torch.equal(learn.model.weight, w)
+    lrs = learn.lr_finder.lrs
+    assert lrs[0] == pytest.approx(1e-4) and lrs[1] == pytest.approx(1.2e-4) and lrs[0] <= lr <= lrs[-1]
+
+def test_valley_on_a_known_curve():
+    lrs = [10**(-5 + i/10) for i in range(60)]
+    losses = [2.0]*10 + [2.0 - 0.05*i for i in range(30)] + [0.5 + 0.3*i for i in range(19)] + [math.nan]
+    lr = valley(lrs, losses, beta=0.)
+    assert lrs[10] < lr < lrs[40]  # inside the falling stretch
+    with pytest.raises(ValueError, match='`losses`'): valley([1, 2], [math.nan, 1.])
+
+def test_momentum_learner_keeps_scaled_grads():
+    seen = []
+    class Snap(Callback):
+        def after_step(self, learn): self.g = learn.model.weight.grad.clone()
+        def after_batch(self, learn):
+            if learn.training: seen.append((self.g, learn.model.weight.grad.clone()))
+    MomentumLearner(nn.Linear(3, 2), toy_dls(n=8), F.cross_entropy, lr=0.1, mom=0.5, cbs=[Snap()]).fit(1, valid=False)
+    assert len(seen) == 2
+    for g, kept in seen: torch.testing.assert_close(kept, 0.5*g)
+
+def test_recorder_keeps_floats_only():
+    rec = RecorderCB(lr=lambda cb: cb.pg['lr'], loss=lambda cb: cb.learn.loss)
+    learner([rec]).fit(2)
+    assert len(rec.recs['loss']) == 4 and all(type(v) is float for vs in rec.recs.values() for v in vs)
