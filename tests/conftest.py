@@ -7,6 +7,8 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line('markers', 'slow: slow test, skipped unless --runslow')
+    # torcheval still calls torch.jit.script at import; the warning is about torch, not about mtlearn
+    config.addinivalue_line('filterwarnings', 'ignore:`torch.jit.script` is deprecated:DeprecationWarning')
 
 def pytest_collection_modifyitems(config, items):
     if config.getoption('--runslow'): return

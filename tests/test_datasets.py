@@ -111,3 +111,13 @@ def test_from_dd_course_path(tmp_path):
     assert xb.shape == (4, 1, 28, 28) and yb.shape == (4,)
     b = next(iter(DataLoaders.from_dd(dd.with_transform(tfm), 4, as_tuple=False).valid))
     assert set(b) == {'image', 'label'}
+
+def test_hub_skipped_quickly_when_unreachable(monkeypatch):
+    import socket, time
+    def refuse(*a, **k): raise OSError('unreachable')
+    monkeypatch.delenv('HF_HUB_OFFLINE', raising=False)
+    monkeypatch.delenv('HF_DATASETS_OFFLINE', raising=False)
+    monkeypatch.setattr(socket, 'create_connection', refuse)
+    monkeypatch.setattr(datasets, 'load_dataset', lambda *a, **k: pytest.fail('the hub should not be asked'))
+    t = time.perf_counter()
+    assert mds._from_hub() is None and time.perf_counter() - t < 1

@@ -196,3 +196,49 @@ def test_recorder_keeps_floats_only():
     rec = RecorderCB(lr=lambda cb: cb.pg['lr'], loss=lambda cb: cb.learn.loss)
     learner([rec]).fit(2)
     assert len(rec.recs['loss']) == 4 and all(type(v) is float for vs in rec.recs.values() for v in vs)
+
+def test_default_device_preference(monkeypatch):
+    import mtlearn.conv as conv
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    assert conv._pick_device() == 'cuda'
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    monkeypatch.setattr(torch.backends.mps, 'is_available', lambda: True)
+    assert conv._pick_device() == 'mps'
+    monkeypatch.setattr(torch.backends.mps, 'is_available', lambda: False)
+    assert conv._pick_device() == 'cpu'
+
+def test_hand_written_optimizer():
+    "`opt_func` may be any `(params, lr)` callable whose result has `step` and `zero_grad`, as in the course."
+    class HandSGD:
+        def __init__(self, params, lr): self.params, self.lr = list(params), lr
+        def step(self):
+            with torch.no_grad():
+                for p in self.params: p -= self.lr*p.grad
+        def zero_grad(self):
+            for p in self.params: p.grad = None
+    torch.manual_seed(0); a = learner(opt_func=HandSGD, lr=0.1); a.fit(1)
+    torch.manual_seed(0); b = learner(opt_func=optim.SGD, lr=0.1); b.fit(1)
+    torch.testing.assert_close(a.model.weight, b.model.weight)
+    a.lr_find(plot=False, max_epochs=1)  # no param_groups: the finder sets `opt.lr`
+
+def test_progress_notebook_branch():
+    "In an IPython shell with IN_NOTEBOOK set, ProgressCB drives fastprogress's HTML bars, table and live loss plot."
+    shell = pytest.importorskip('execnb.shell')
+    sh = shell.CaptureShell()
+    outs = sh.run("""
+import torch, torch.nn.functional as F
+from torch import nn
+import mtlearn.learner as ml
+from fastprogress.fastprogress import NBMasterBar, NBProgressBar
+from mtlearn.datasets import DataLoaders, TensorDataLoader
+ml.IN_NOTEBOOK, ml.master_bar, ml.progress_bar = True, NBMasterBar, NBProgressBar
+x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+dls = DataLoaders(TensorDataLoader(x, y, batch_size=4), TensorDataLoader(x, y, batch_size=4))
+prog = ml.ProgressCB(plot=True)
+ml.TrainLearner(nn.Linear(3, 2), dls, F.cross_entropy, cbs=[ml.MetricsCB(), prog]).fit(2)
+""")
+    assert sh.exc is None, sh.exc
+    prog = sh.user_ns['prog']
+    assert prog.nb and len(prog.losses) == 4 and len(prog.val_losses) == 2 and all(type(v) is float for v in prog.losses)
+    html = ' '.join(str(o.get('data', {}).get('text/html', '')) for o in outs)
+    assert '<progress' in html and '<table' in html
