@@ -1,0 +1,63 @@
+import pytest, torch
+import fastcore.all as fc
+import torch.nn.functional as F
+from torch import nn
+from mtlearn.activations import *
+from mtlearn.init import *
+from mtlearn.learner import TrainLearner, Callback
+from test_learner import toy_dls
+
+def mlp(): return nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+
+def test_activation_stats_bounded_and_every():
+    a = ActivationStats(fc.risinstance(nn.ReLU), every=3, max_records=2)
+    TrainLearner(mlp(), toy_dls(n=40, bs=4), F.cross_entropy, cbs=[a]).fit(1)  # 10 batches: iters 0, 3, 6, 9 recorded
+    assert len(a) == 2 and [len(h.stats[0]) for h in a] == [2, 2]
+    b = ActivationStats(fc.risinstance(nn.ReLU))
+    TrainLearner(mlp(), toy_dls(n=40, bs=4), F.cross_entropy, cbs=[b]).fit(1)
+    h = b.hooks[0]
+    assert len(h.stats[0]) == 10 and get_hist(h).shape == (40, 10) and get_min(h).shape == (10,)
+    assert all(isinstance(x, torch.Tensor) for x in h.stats[1])  # kept as tensors until read
+    with pytest.raises(ValueError, match='`every`'): ActivationStats(every=0)
+    with pytest.raises(ValueError, match='`max_records`'): ActivationStats(max_records=0)
+
+def test_hooks_removed_when_fit_fails():
+    model = mlp()
+    class Boom(Callback):
+        def after_loss(self, learn): raise RuntimeError('boom')
+    a = ActivationStats(fc.risinstance(nn.ReLU))
+    with pytest.raises(RuntimeError): TrainLearner(model, toy_dls(), F.cross_entropy, cbs=[a, Boom()]).fit(1)
+    assert all(len(m._forward_hooks) == 0 for m in model.modules())
+
+def test_filter_matching_nothing_is_an_error():
+    with pytest.raises(ValueError, match='`mod_filter` matched no module'):
+        TrainLearner(mlp(), toy_dls(), F.cross_entropy, cbs=[ActivationStats(fc.risinstance(nn.Conv2d))]).fit(1)
+
+def test_lsuv_converges_and_refuses_dead_layers():
+    torch.manual_seed(0)
+    gr = lambda: nn.Sequential(nn.Linear(3, 8), GeneralRelu(leak=0.1, sub=0.4), nn.Linear(8, 2))  # mean 0 needs a shifted ReLU
+    model, xb = gr(), torch.randn(256, 3)
+    lsuv_init(model, model[1], model[0], xb)
+    with Hooks([model[1]], append_stats) as hs:
+        model(xb)
+        assert abs(hs[0].stats[0][0]) < 1e-2 and abs(hs[0].stats[1][0] - 1) < 1e-2
+    dead = mlp()
+    with torch.no_grad(): dead[0].weight.zero_(); dead[0].bias.fill_(-1)
+    with pytest.raises(ValueError, match='cannot be rescaled'): lsuv_init(dead, dead[1], dead[0], xb)
+    fresh = gr()
+    with pytest.raises(RuntimeError, match='no convergence in max_iters=1'): lsuv_init(fresh, fresh[1], fresh[0], xb, max_iters=1)
+
+def test_general_relu_and_conv():
+    x = torch.linspace(-2, 2, 5)
+    torch.testing.assert_close(GeneralRelu(leak=0.1, sub=0.4, maxv=1.)(x), torch.tensor([-0.6, -0.5, -0.4, 0.6, 1.0]))
+    assert conv(1, 4, norm=nn.BatchNorm2d)[0].bias is None and conv(1, 4)[0].bias is not None
+    assert len(conv(1, 4, act=None)) == 1
+    with pytest.raises(TypeError, match='`tfm`'): BatchTransformCB(3)
+
+def test_batch_transform_cb():
+    seen = []
+    class S(Callback):
+        order = 1
+        def before_batch(self, learn): seen.append(learn.batch[0].abs().max().item())
+    TrainLearner(nn.Linear(3, 2), toy_dls(), F.cross_entropy, cbs=[BatchTransformCB(lambda b: (b[0]*0, b[1]), on_val=False), S()]).fit(1)
+    assert seen[:2] == [0, 0] and seen[2] > 0
