@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/95_all.ipynb #c569cdd7
+# %% ../nbs/95_all.ipynb #b6f86f2f
 from .datasets import *
 from .conv import *
 from .learner import *
@@ -13,7 +13,8 @@ from .activations import *
 from .init import *
 from .sgd import *
 from .resnet import *
+from .augment import *
 import sys as _sys
 
 # nbdev writes an empty `__all__` for a module that defines nothing; this one re-exports every module's names
-__all__ = [n for m in ('datasets', 'conv', 'learner', 'activations', 'init', 'sgd', 'resnet') for n in _sys.modules[f'mtlearn.{m}'].__all__]
+__all__ = [n for m in ('datasets', 'conv', 'learner', 'activations', 'init', 'sgd', 'resnet', 'augment') for n in _sys.modules[f'mtlearn.{m}'].__all__]

@@ -61,3 +61,31 @@ def test_batch_transform_cb():
         def before_batch(self, learn): seen.append(learn.batch[0].abs().max().item())
     TrainLearner(nn.Linear(3, 2), toy_dls(), F.cross_entropy, cbs=[BatchTransformCB(lambda b: (b[0]*0, b[1]), on_val=False), S()]).fit(1)
     assert seen[:2] == [0, 0] and seen[2] > 0
+
+from mtlearn.augment import *
+
+def test_augmentations_are_new_tensors_and_per_item():
+    torch.manual_seed(0)
+    x = torch.arange(2*1*6*6, dtype=torch.float).reshape(2, 1, 6, 6).repeat(32, 1, 1, 1)
+    for f in (rand_flip, rand_crop, rand_erase, rand_copy):
+        x0 = x.clone()
+        assert f(x).shape == x.shape and torch.equal(x, x0)
+    assert torch.equal(rand_flip(x, p=1.), x.flip(-1)) and torch.equal(rand_flip(x, p=0.), x)
+    c = rand_crop(x, pad=1)
+    shifts = {tuple((c[i, 0, 1:-1, 1:-1] == x[i, 0, 1+dy:5+dy, 1+dx:5+dx]).all().item() for dy in (-1, 0, 1) for dx in (-1, 0, 1)) for i in range(len(x))}
+    assert all(sum(s) >= 1 for s in shifts) and len(shifts) > 1  # every crop is a shift of at most 1 pixel, and they differ
+    e = rand_erase(x, max_num=4)
+    assert e.min() >= x.min() and e.max() <= x.max()
+
+def test_summary_peek_and_capture_leave_the_model_alone(capsys):
+    import matplotlib; matplotlib.use('Agg')
+    from test_learner import toy_dls
+    dls = toy_dls(n=12, bs=4)
+    learn = TrainLearner(nn.Linear(3, 2), dls, F.cross_entropy, lr=1.)
+    w = learn.model.weight.detach().clone()
+    learn.summary()
+    assert '|Linear|(8, 3)|(8, 2)|8|0.0|' in capsys.readouterr().out
+    preds, targs, inps = learn.capture_preds(inps=True)
+    assert preds.shape == (12, 2) and torch.equal(targs, dls.valid.tensors[1]) and torch.equal(inps, dls.valid.tensors[0])
+    assert preds.device.type == 'cpu'
+    assert torch.equal(learn.model.weight, w)
