@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/95_all.ipynb #b6f86f2f
+# %% ../nbs/95_all.ipynb #b6e3f124
 from .datasets import *
 from .conv import *
 from .learner import *

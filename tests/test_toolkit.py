@@ -84,7 +84,7 @@ def test_summary_peek_and_capture_leave_the_model_alone(capsys):
     learn = TrainLearner(nn.Linear(3, 2), dls, F.cross_entropy, lr=1.)
     w = learn.model.weight.detach().clone()
     learn.summary()
-    assert '|Linear|(8, 3)|(8, 2)|8|0.0|' in capsys.readouterr().out
+    assert '|Linear|(4, 3)|(4, 2)|8|0.0|' in capsys.readouterr().out
     preds, targs, inps = learn.capture_preds(inps=True)
     assert preds.shape == (12, 2) and torch.equal(targs, dls.valid.tensors[1]) and torch.equal(inps, dls.valid.tensors[0])
     assert preds.device.type == 'cpu'
