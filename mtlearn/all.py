@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/95_all.ipynb #b6e3f124
+# %% ../nbs/95_all.ipynb #b47c5698
 from .datasets import *
 from .conv import *
 from .learner import *
@@ -14,7 +14,8 @@ from .init import *
 from .sgd import *
 from .resnet import *
 from .augment import *
+from .accel import *
 import sys as _sys
 
 # nbdev writes an empty `__all__` for a module that defines nothing; this one re-exports every module's names
-__all__ = [n for m in ('datasets', 'conv', 'learner', 'activations', 'init', 'sgd', 'resnet', 'augment') for n in _sys.modules[f'mtlearn.{m}'].__all__]
+__all__ = [n for m in ('datasets', 'conv', 'learner', 'activations', 'init', 'sgd', 'resnet', 'augment', 'accel') for n in _sys.modules[f'mtlearn.{m}'].__all__]

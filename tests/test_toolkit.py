@@ -89,3 +89,26 @@ def test_summary_peek_and_capture_leave_the_model_alone(capsys):
     assert preds.shape == (12, 2) and torch.equal(targs, dls.valid.tensors[1]) and torch.equal(inps, dls.valid.tensors[0])
     assert preds.device.type == 'cpu'
     assert torch.equal(learn.model.weight, w)
+
+from mtlearn.accel import MixedPrecision
+from mtlearn.learner import CancelBatchException
+
+def test_mixed_precision_bf16_on_cpu():
+    from test_learner import toy_dls
+    seen = []
+    class S(Callback):
+        def after_predict(self, learn): seen.append((learn.preds.dtype, torch.is_autocast_enabled('cpu')))
+        def after_batch(self, learn): seen.append(torch.is_autocast_enabled('cpu'))
+    learn = TrainLearner(nn.Linear(3, 2), toy_dls(), F.cross_entropy, cbs=[MixedPrecision(), S()])
+    w = learn.model.weight.detach().clone()
+    learn.fit(1, valid=False)
+    assert seen[0] == (torch.bfloat16, True) and seen[1] is False  # autocast on for the forward, off afterwards
+    assert learn.model.weight.dtype == torch.float32 and not torch.equal(w, learn.model.weight)
+    with pytest.raises(ValueError, match='float16 needs CUDA'): TrainLearner(nn.Linear(3, 2), toy_dls(), F.cross_entropy, cbs=[MixedPrecision(torch.float16)]).fit(1)
+
+def test_mixed_precision_leaves_autocast_on_cancel():
+    from test_learner import toy_dls
+    class Cancel(Callback):
+        def after_predict(self, learn): raise CancelBatchException()
+    TrainLearner(nn.Linear(3, 2), toy_dls(), F.cross_entropy, cbs=[MixedPrecision(), Cancel()]).fit(1)
+    assert not torch.is_autocast_enabled('cpu')
