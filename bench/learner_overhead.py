@@ -17,9 +17,10 @@ from mtlearn.cli import simple_cnn
 
 def mlp(): return nn.Sequential(nn.Linear(784, 50), nn.ReLU(), nn.Linear(50, 10))
 
-def hand_loop(model, dls, epochs, lr, out):
+def hand_loop(model, dls, epochs, lr, out, pct_start=0.3):
+    "AdamW with OneCycleLR, loss and accuracy on the device, one line per epoch and phase to `out`; returns the last accuracy."
     opt = optim.AdamW(model.parameters(), lr)
-    sched = optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs*len(dls.train))
+    sched = optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs*len(dls.train), pct_start=pct_start)
     for epoch in range(epochs):
         for training, dl in ((True, dls.train), (False, dls.valid)):
             model.train(training)
@@ -36,7 +37,9 @@ def hand_loop(model, dls, epochs, lr, out):
                     loss_sum += loss.detach()*len(xb)
                     correct += (preds.argmax(1) == yb).sum()
                     n += len(xb)
-            print(f'{(correct/n).item():.3f} {(loss_sum/n).item():.3f} {epoch} {"train" if training else "eval"}', file=out)
+            acc = (correct/n).item()
+            print(f'{acc:.3f} {(loss_sum/n).item():.3f} {epoch} {"train" if training else "eval"}', file=out)
+    return acc
 
 def learner(model, dls, epochs, lr, out):
     sched = partial(optim.lr_scheduler.OneCycleLR, max_lr=lr, total_steps=epochs*len(dls.train))

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/95_all.ipynb #b47c5698
+# %% ../nbs/95_all.ipynb #678c5543
 from .datasets import *
 from .conv import *
 from .learner import *

@@ -4,15 +4,17 @@ from mtlearn.datasets import SAMPLE_FMNIST
 from mtlearn.cli import train
 
 def test_mtlearn_train_command(tmp_path):
-    "The installed console script trains on the shipped sample, prints the table and writes both plots."
+    "The installed console script trains on the shipped sample, prints the table and writes every plot."
     env = dict(os.environ, MTLEARN_CACHE=str(tmp_path/'cache'), MPLBACKEND='Agg')
     r = subprocess.run(['mtlearn-train', '--epochs', '1', '--bs', '500', '--data', str(SAMPLE_FMNIST), '--out', str(tmp_path/'out')],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith('LR finder suggests ')
     lines = [l.split() for l in r.stdout.splitlines()]
+    lines = lines[lines.index(['accuracy', 'loss', 'epoch', 'train']):]
     assert lines[0] == ['accuracy', 'loss', 'epoch', 'train'] and lines[1][2:] == ['0', 'train'] and lines[2][2:] == ['0', 'eval']
     assert 0.5 < float(lines[2][0]) <= 1  # even 3,000 images teach the CNN something in one epoch
-    assert sorted(p.name for p in (tmp_path/'out').iterdir()) == ['loss.png', 'schedule.png']
+    assert sorted(p.name for p in (tmp_path/'out').iterdir()) == ['color_dim.png', 'dead_chart.png', 'loss.png', 'lr_find.png', 'schedule.png', 'stats.png']
 
 def test_train_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match='`epochs` should be a positive int; found epochs = 0'): train(epochs=0)

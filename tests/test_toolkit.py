@@ -1,3 +1,4 @@
+from functools import partial
 import pytest, torch
 import fastcore.all as fc
 import torch.nn.functional as F
@@ -38,7 +39,7 @@ def test_lsuv_converges_and_refuses_dead_layers():
     gr = lambda: nn.Sequential(nn.Linear(3, 8), GeneralRelu(leak=0.1, sub=0.4), nn.Linear(8, 2))  # mean 0 needs a shifted ReLU
     model, xb = gr(), torch.randn(256, 3)
     lsuv_init(model, model[1], model[0], xb)
-    with Hooks([model[1]], append_stats) as hs:
+    with Hooks([model[1]], partial(append_stats, stat_items=None)) as hs:  # the whole batch, as LSUV saw it
         model(xb)
         assert abs(hs[0].stats[0][0]) < 1e-2 and abs(hs[0].stats[1][0] - 1) < 1e-2
     dead = mlp()
@@ -112,3 +113,14 @@ def test_mixed_precision_leaves_autocast_on_cancel():
         def after_predict(self, learn): raise CancelBatchException()
     TrainLearner(nn.Linear(3, 2), toy_dls(), F.cross_entropy, cbs=[MixedPrecision(), Cancel()]).fit(1)
     assert not torch.is_autocast_enabled('cpu')
+
+def test_one_iterable_callback_is_one_callback():
+    "A HooksCallback iterates over its hooks; passed alone as `cbs` it is still one callback."
+    from fastcore.test import test_eq
+    from mtlearn.learner import cb_list
+    astats = ActivationStats(fc.risinstance(nn.ReLU))
+    test_eq(len(cb_list(astats)), 1)
+    learn = TrainLearner(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), toy_dls(), F.cross_entropy, cbs=astats)
+    learn.fit(1, cbs=ActivationStats(fc.risinstance(nn.Linear)))
+    test_eq(len(astats), 1)
+    test_eq(len(astats.hooks[0].stats[0]), len(learn.dls.train))  # every training batch recorded

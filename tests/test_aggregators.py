@@ -1,0 +1,261 @@
+"Aggregators: differential tests against torchjd 0.18.0, property tests, and the sync-free path."
+import pytest, torch
+from hypothesis import given, settings, strategies as st, HealthCheck
+from torch.utils._python_dispatch import TorchDispatchMode
+from mtlearn.aggregators import *
+from mtlearn.aggregators import frank_wolfe, _min_norm_2
+
+jd = pytest.importorskip('torchjd.aggregation')
+SIZES = [(2, 5), (3, 10), (5, 4), (8, 50), (16, 100)]  # (m, n); m > n gives a singular Gramian
+
+def rand_J(m, n, seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(m, n, generator=g, dtype=dtype)
+
+# (name, ours, torchjd's) for the weightings of the family torchjd also has; all deterministic on the Gramian
+FAMILY = [
+    ('Mean', lambda: MeanWeighting(), lambda: jd.MeanWeighting()),
+    ('UPGrad', lambda: UPGradWeighting(), lambda: jd.UPGradWeighting()),
+    ('DualProj', lambda: DualProjWeighting(), lambda: jd.DualProjWeighting()),
+    ('IMTLG', lambda: IMTLGWeighting(), lambda: jd.IMTLGWeighting()),
+    ('AlignedMTL-min', lambda: AlignedMTLWeighting(), lambda: jd.AlignedMTLWeighting()),
+    ('AlignedMTL-median', lambda: AlignedMTLWeighting(scale_mode='median'), lambda: jd.AlignedMTLWeighting(scale_mode='median')),
+    ('AlignedMTL-rmse', lambda: AlignedMTLWeighting(scale_mode='rmse'), lambda: jd.AlignedMTLWeighting(scale_mode='rmse')),
+]
+
+@pytest.mark.parametrize('m,n', SIZES)
+@pytest.mark.parametrize('name,ours,theirs', FAMILY, ids=[f[0] for f in FAMILY])
+def test_family_matches_torchjd(name, ours, theirs, m, n):
+    G = (J := rand_J(m, n, m * n)) @ J.T
+    torch.testing.assert_close(ours()(G), theirs()(G), rtol=0, atol=1e-4)
+
+@pytest.mark.parametrize('m,n', SIZES)
+def test_sum_constant_match_torchjd(m, n):
+    J = rand_J(m, n, 1)
+    torch.testing.assert_close(Sum()(J), jd.Sum()(J))
+    w = torch.rand(m, dtype=torch.float64)
+    torch.testing.assert_close(Constant(w)(J), jd.Constant(w)(J))
+
+@pytest.mark.parametrize('m,n', SIZES)
+def test_pcgrad_matches_torchjd_with_same_seed(m, n):
+    "PCGrad is random; both draw their permutations the same way from the CPU generator."
+    G = (J := rand_J(m, n, 2)) @ J.T
+    torch.manual_seed(3); ours = PCGradWeighting()(G)
+    torch.manual_seed(3); theirs = jd.PCGradWeighting()(G)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-4)
+
+def test_random_is_a_softmax():
+    "Random draws its own numbers, so it cannot match torchjd's draw by draw: check what defines it instead."
+    w = torch.stack([RandomWeighting()(torch.eye(4)) for _ in range(200)])
+    assert (w > 0).all()
+    torch.testing.assert_close(w.sum(1), torch.ones(200))
+    assert w.std(0).min() > 0.05  # a fresh draw each call
+
+@pytest.mark.parametrize('m,n', SIZES)
+def test_mgda_matches_torchjd(m, n):
+    "Same Frank-Wolfe from the same start: with torchjd's stopping rule the weights agree to rounding."
+    G = (J := rand_J(m, n, 4)) @ J.T
+    torch.testing.assert_close(MGDAWeighting(epsilon=1e-3, max_iters=100)(G), jd.MGDAWeighting(epsilon=1e-3, max_iters=100)(G))
+    # with the defaults (tighter epsilon, more iterations) both are near the same minimum-norm point
+    d_ours, d_jd = MGDA()(J), jd.MGDA()(J)
+    assert d_ours.norm() <= d_jd.norm() + 1e-6
+
+@pytest.mark.parametrize('m,n', SIZES)
+@pytest.mark.parametrize('pref', [False, True])
+def test_sdmgrad_matches_torchjd_over_three_calls(m, n, pref):
+    pv = torch.softmax(rand_J(1, m, 5)[0], 0) if pref else None
+    ours, theirs = SDMGradWeighting(pref_vector=pv), jd.SDMGradWeighting(pref_vector=pv)
+    for k in range(3):  # the simplex weights carry over from call to call
+        A = rand_J(m, n, 10 + k) @ rand_J(m, n, 20 + k).T
+        torch.testing.assert_close(ours(A), theirs(A), rtol=0, atol=1e-6)
+
+@pytest.mark.filterwarnings('ignore:You are solving a parameterized problem')
+@pytest.mark.parametrize('m,n', SIZES[:2] + SIZES[3:])
+def test_nash_mtl_defining_equation_and_torchjd(m, n):
+    "Newton reaches Gα = 1/α (on G/|G|) to rounding; torchjd's convex-programme sequence stops at a residual of 1e-3,"
+    "so the two agree to that looser tolerance, over three calls with the state carried."
+    ours, theirs = NashMTL(), jd.NashMTL(n_tasks=m)
+    for k in range(3):
+        J = rand_J(m, n, 30 + k)
+        torch.testing.assert_close(ours(J), theirs(J), rtol=1e-3, atol=1e-4)
+        G = J @ J.T
+        a = NashMTLWeighting(max_norm=0)(G)
+        Gn = G / torch.linalg.matrix_norm(G)
+        torch.testing.assert_close(Gn @ a, 1 / a, rtol=1e-9, atol=0)
+
+def test_nash_mtl_state():
+    w = NashMTLWeighting(max_norm=0, update_weights_every=2)  # no cap: the returned weights are the solved ones
+    G1, G2 = ((J := rand_J(3, 8, s)) @ J.T for s in (1, 2))
+    a1 = w(G1)
+    torch.testing.assert_close(w(G2), a1)  # the second call reuses the weights
+    assert not torch.allclose(w(G2), a1)  # the third solves again
+    w2 = NashMTLWeighting(max_norm=0, update_weights_every=2); w2.load_state_dict(w.state_dict())
+    assert w2.step == 3 and torch.equal(w2.alpha, w.alpha)
+    w.reset(); torch.testing.assert_close(w(G1), a1)
+
+def test_two_task_closed_form_agrees_with_frank_wolfe():
+    for seed in range(20):
+        G = (J := rand_J(2, 6, seed)) @ J.T
+        torch.testing.assert_close(frank_wolfe(G, 1e-14, 20_000), _min_norm_2(G), rtol=0, atol=1e-6)
+
+# ---- properties
+def jac(m, n, seed, scale):
+    return rand_J(m, n, seed) * scale
+
+jacobians = st.builds(jac, st.integers(2, 8), st.integers(1, 12), st.integers(0, 10_000), st.sampled_from([1e-3, 1., 1e3]))
+PROP = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+def all_weightings():
+    return {'Mean': MeanWeighting(), 'Sum': SumWeighting(), 'Random': RandomWeighting(), 'MGDA': MGDAWeighting(),
+            'MGDA-l2': MGDAWeighting('l2'), 'UPGrad': UPGradWeighting(), 'DualProj': DualProjWeighting(),
+            'PCGrad': PCGradWeighting(), 'IMTLG': IMTLGWeighting(), 'AlignedMTL': AlignedMTLWeighting(),
+            'NashMTL': NashMTLWeighting()}
+
+@PROP
+@given(jacobians)
+def test_weights_finite_and_simplex(J):
+    G = J @ J.T
+    for name, w in all_weightings().items():
+        x = w(G)
+        assert x.shape == (len(G),) and torch.isfinite(x).all(), name
+        if name in ('Mean', 'Random', 'MGDA', 'MGDA-l2'):
+            assert (x >= 0).all() and abs(x.sum() - 1) < 1e-9, name
+    x = SDMGradWeighting()(J @ (J + 0.1 * torch.randn_like(J)).T)
+    assert (x >= 0).all() and abs(x.sum() - 1) < 1e-9
+
+@PROP
+@given(jacobians)
+def test_mgda_min_norm_optimality(J):
+    "For d = Jᵀw and every task i: <d, g_i> ≥ |d|² − tol (d is the min-norm point of the hull)."
+    d = MGDA(epsilon=1e-8, max_iters=2000)(J)
+    tol = 1e-3 * (J * J).sum(1).max()
+    assert (J @ d >= d @ d - tol).all()
+
+@PROP
+@given(jacobians, st.randoms(use_true_random=False))
+def test_permutation_equivariance(J, rnd):
+    perm = list(range(len(J))); rnd.shuffle(perm)
+    perm = torch.tensor(perm)
+    G, Gp = J @ J.T, (J[perm]) @ J[perm].T
+    for name, w in all_weightings().items():
+        if name in ('Random', 'PCGrad'): continue  # random by design
+        if name == 'NashMTL':  # stateful: start both from the same state; the solution exists only if G is nonsingular
+            if J.shape[0] > J.shape[1]: continue
+            torch.testing.assert_close(NashMTLWeighting()(Gp), NashMTLWeighting()(G)[perm], rtol=1e-6, atol=0)
+            continue
+        torch.testing.assert_close(w(Gp), w(G)[perm], rtol=1e-6, atol=1e-8 * G.abs().max(), msg=name)
+
+@PROP
+@given(jacobians, st.floats(1e-3, 1e3))
+def test_l2_invariant_to_rescaling_a_task(J, c):
+    J2 = J.clone(); J2[0] *= c
+    w, w2 = MGDAWeighting('l2')(J @ J.T), MGDAWeighting('l2')(J2 @ J2.T)
+    torch.testing.assert_close(w, w2, rtol=1e-6, atol=1e-8)
+
+@pytest.mark.parametrize('m', [1, 2, 3, 5])
+def test_zero_jacobian(m):
+    J = torch.zeros(m, 4, dtype=torch.float64)
+    aggs = {k: _agg(w) for k, w in all_weightings().items()}
+    for name, a in aggs.items():
+        d = a(J)
+        assert torch.isfinite(a.last_weights).all(), name
+        assert (d == 0).all(), name
+    assert (SDMGrad()(J, J) == 0).all()
+
+def _agg(w):
+    from mtlearn.aggregators import Aggregator
+    return Aggregator(w)
+
+# ---- the sync-free path
+class CountSyncs(TorchDispatchMode):
+    "Count the ops that copy a value from a tensor to the host."
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default): self.n += 1
+        return func(*args, **(kwargs or {}))
+
+SYNC_FREE = {
+    'Mean': lambda: MeanWeighting(sync_free=True), 'Sum': lambda: SumWeighting(sync_free=True),
+    'Random': lambda: RandomWeighting(sync_free=True), 'Constant': lambda: ConstantWeighting(torch.ones(5), sync_free=True),
+    'MGDA': lambda: MGDAWeighting(sync_free=True), 'MGDA-l2': lambda: MGDAWeighting('l2', sync_free=True),
+    'SDMGrad': lambda: SDMGradWeighting(sync_free=True), 'UPGrad': lambda: UPGradWeighting(sync_free=True),
+    'DualProj': lambda: DualProjWeighting(sync_free=True), 'PCGrad': lambda: PCGradWeighting(sync_free=True),
+    'AlignedMTL': lambda: AlignedMTLWeighting(sync_free=True), 'IMTLG': lambda: IMTLGWeighting(sync_free=True),
+    'NashMTL': lambda: NashMTLWeighting(sync_free=True),
+}
+
+@pytest.mark.parametrize('name', list(SYNC_FREE))
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_no_host_sync(name, dtype):
+    G = (J := rand_J(5, 20, 6, dtype)) @ J.T
+    w = SYNC_FREE[name]()
+    with CountSyncs() as c: w(G); w(G)
+    assert c.n == 0, f'{name}: {c.n} host syncs'
+    agg = _agg(SYNC_FREE[name]())
+    with CountSyncs() as c: agg(J)
+    assert c.n == 0
+
+def test_mgda_loss_norm_no_host_sync():
+    J, losses = rand_J(5, 20, 7), torch.rand(5, dtype=torch.float64)
+    a = MGDA('loss+', sync_free=True)
+    with CountSyncs() as c:
+        a.set_losses(losses); a(J)
+    assert c.n == 0
+
+@pytest.mark.parametrize('name', ['MGDA', 'MGDA-l2', 'SDMGrad', 'UPGrad', 'DualProj', 'PCGrad', 'AlignedMTL', 'NashMTL'])
+def test_paths_agree(name):
+    "The sync-free path (fixed iterations, masked) and the early-exit path return the same weights."
+    for m, n in SIZES:
+        G = (J := rand_J(m, n, m + n)) @ J.T
+        a, b = SYNC_FREE[name](), SYNC_FREE[name]()
+        a.sync_free, b.sync_free = True, False
+        torch.manual_seed(0); wa = a(G)
+        torch.manual_seed(0); wb = b(G)
+        # identical but for Nash-MTL, whose early exit stops Newton a step or two before the fixed count
+        torch.testing.assert_close(wa, wb, rtol=0, atol=1e-9 if name == 'NashMTL' else 1e-12)
+
+@pytest.mark.parametrize('name,make', [
+    ('MGDA', lambda: MGDAWeighting(max_iters=8, sync_free=True)),
+    ('SDMGrad', lambda: SDMGradWeighting(n_iter=3, sync_free=True)),
+    ('DualProj', lambda: DualProjWeighting(max_iters=4, sync_free=True)),
+    ('UPGrad', lambda: UPGradWeighting(max_iters=4, sync_free=True)),
+    ('NashMTL', lambda: NashMTLWeighting(optim_niter=3, sync_free=True)),
+])
+def test_compiles_fullgraph(name, make):
+    torch._dynamo.reset()
+    G = (J := rand_J(4, 10, 8, torch.float32)) @ J.T
+    w = make()
+    want = w(G)
+    if hasattr(w, 'reset'): w.reset()
+    got = torch.compile(w, fullgraph=True, backend='eager')(G)
+    torch.testing.assert_close(got, want)
+
+# ---- bad input
+def test_bad_input():
+    with pytest.raises(ValueError, match='`G` should be a square 2-D tensor'): MGDAWeighting()(torch.ones(2, 3))
+    with pytest.raises(ValueError, match='`J` should be a 2-D tensor'): MGDA()(torch.ones(3))
+    with pytest.raises(ValueError, match='finite'): UPGradWeighting()(torch.tensor([[1., float('inf')], [0., 1.]]))
+    with pytest.raises(ValueError, match="`scale_mode` should be one of 'min', 'median', 'rmse'"): AlignedMTL(scale_mode='max')
+    for kw, msg in [({'lr': 0}, '`lr`'), ({'n_iter': 0}, '`n_iter`'), ({'lambda_': -1}, '`lambda_`'),
+                    ({'pref_vector': torch.ones(2, 2) / 4}, '`pref_vector` should be a 1-D tensor'),
+                    ({'pref_vector': torch.tensor([-0.5, 1.5])}, 'non-negative')]:
+        with pytest.raises(ValueError, match=msg): SDMGradWeighting(**kw)
+    with pytest.raises(ValueError, match='`J2` should have the shape of `J1`'): SDMGrad()(torch.ones(2, 3), torch.ones(3, 3))
+    with pytest.raises(ValueError, match='`sync_free`'): MGDAWeighting(sync_free='yes')
+
+def test_inputs_not_modified_and_dtype_kept():
+    J = rand_J(4, 6, 9, torch.float32); J0 = J.clone()
+    for name, w in all_weightings().items():
+        d = _agg(w)(J)
+        assert d.dtype == torch.float32 and d.shape == (6,), name
+    assert torch.equal(J, J0)
+
+def test_state_moves_with_module():
+    sdm = SDMGradWeighting()
+    sdm(torch.eye(3))
+    assert sdm.w.shape == (3,)
+    sdm.double()
+    assert sdm.w.dtype == torch.float64
+    sdm.reset(); assert sdm.w.numel() == 0
