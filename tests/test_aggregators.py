@@ -139,6 +139,7 @@ def test_permutation_equivariance(J, rnd):
     G, Gp = J @ J.T, (J[perm]) @ J[perm].T
     for name, w in all_weightings().items():
         if name in ('Random', 'PCGrad'): continue  # random by design
+        if name.startswith('MGDA') and J.shape[0] > J.shape[1]: continue  # singular G: the min-norm weights are not unique
         if name == 'NashMTL':  # stateful: start both from the same state; the solution exists only if G is nonsingular
             if J.shape[0] > J.shape[1]: continue
             torch.testing.assert_close(NashMTLWeighting()(Gp), NashMTLWeighting()(G)[perm], rtol=1e-6, atol=0)

@@ -10,8 +10,7 @@ def test_mtlearn_train_command(tmp_path):
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith('LR finder suggests ')
-    lines = [l.split() for l in r.stdout.splitlines()]
-    lines = lines[lines.index(['accuracy', 'loss', 'epoch', 'train']):]
+    lines = [l.split() for l in r.stdout.splitlines()[1:]]
     assert lines[0] == ['accuracy', 'loss', 'epoch', 'train'] and lines[1][2:] == ['0', 'train'] and lines[2][2:] == ['0', 'eval']
     assert 0.5 < float(lines[2][0]) <= 1  # even 3,000 images teach the CNN something in one epoch
     assert sorted(p.name for p in (tmp_path/'out').iterdir()) == ['color_dim.png', 'dead_chart.png', 'loss.png', 'lr_find.png', 'schedule.png', 'stats.png']
