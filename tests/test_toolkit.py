@@ -124,3 +124,16 @@ def test_one_iterable_callback_is_one_callback():
     learn.fit(1, cbs=ActivationStats(fc.risinstance(nn.Linear)))
     test_eq(len(astats), 1)
     test_eq(len(astats.hooks[0].stats[0]), len(learn.dls.train))  # every training batch recorded
+
+def test_append_stats_uses_the_first_stat_items():
+    from types import SimpleNamespace
+    x = torch.rand(8, 5)  # all values inside the histogram's range [0, 10]
+    h = SimpleNamespace()
+    append_stats(h, None, None, x, stat_items=3)
+    assert h.stats[2][0].sum() == 15  # 3 items × 5 activations
+    torch.testing.assert_close(h.stats[0][0], x[:3].mean())
+    torch.testing.assert_close(h.stats[1][0], x[:3].std())
+    h = SimpleNamespace()
+    append_stats(h, None, None, x, stat_items=None)
+    assert h.stats[2][0].sum() == 40
+    with pytest.raises(ValueError, match='`stat_items`'): ActivationStats(stat_items=0)
