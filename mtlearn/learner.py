@@ -230,7 +230,8 @@ class MetricsCB(Callback):
         preds, dev = learn.preds, learn.loss.device
         for m in self.all_metrics.values():
             if m.device != dev: m.to(dev)
-        for m in self.metrics.values(): m.update(preds.detach(), *ys)
+        preds = apply_tensors(torch.Tensor.detach, preds)  # one output, or one per task
+        for m in self.metrics.values(): m.update(preds, *ys)
         self.loss.update(learn.loss.detach(), weight=len(learn.batch[0]))
 
 # %% ../nbs/09_learner.ipynb #5da3dbcb

@@ -1,0 +1,150 @@
+"MultiTaskGradCB and friends: named tasks, metrics per task, bad input, the NaN guard, mixed precision."
+import pytest, torch
+import torch.nn.functional as F
+from torch import nn
+from torcheval.metrics import MeanSquaredError
+from mtlearn.learner import TrainLearner, MetricsCB, Callback
+from mtlearn.datasets import DataLoaders
+from mtlearn.accel import MixedPrecision
+from mtlearn.aggregators import Mean, MGDA, UPGrad, SDMGrad
+from mtlearn.multitask import MultiTaskModel, MultiTaskLoss, MultiTaskGradCB, TaskMetric, synthetic_tasks, tiny_mtl_model
+
+def batch_dls(batch): return DataLoaders([batch], [batch])
+
+def test_named_tasks_dict_batches_and_metrics():
+    torch.manual_seed(0)
+    model = MultiTaskModel(nn.Linear(4, 6), {'left': nn.Linear(6, 1), 'right': nn.Linear(6, 1)})
+    x, y = torch.randn(8, 4), {'left': torch.randn(8, 1), 'right': torch.randn(8, 1)}
+    loss = MultiTaskLoss(left=F.mse_loss, right=F.mse_loss)
+    logs = []
+    metrics = MetricsCB(mse_left=TaskMetric(MeanSquaredError(), 'left'), mse_right=TaskMetric(MeanSquaredError(), 'right'))
+    metrics._log = logs.append
+    learn = TrainLearner(model, batch_dls((x, y)), loss, lr=0.1, cbs=[MultiTaskGradCB(MGDA()), metrics])
+    learn.fit(1)
+    with torch.no_grad(): out = model(x)
+    want = F.mse_loss(out['right'], y['right']).item()
+    assert float(logs[-1]['mse_right']) == pytest.approx(want, abs=1e-3)
+    assert learn.losses.shape == (2,) and torch.allclose(learn.loss, learn.losses.sum())
+
+def test_training_reduces_every_task_loss():
+    torch.manual_seed(0)
+    dls, model = synthetic_tasks(3, seed=1), tiny_mtl_model(3)
+    cb = MultiTaskGradCB(UPGrad(), mode='params')
+    learn = TrainLearner(model, dls, MultiTaskLoss(*[F.mse_loss] * 3), lr=0.05, cbs=cb)
+    learn.fit(4)
+    losses = torch.stack(cb.losses)
+    n = len(dls.train)
+    assert (losses[-n:].mean(0) < losses[:n].mean(0)).all()
+    assert torch.stack(cb.weights).shape == (4 * n, 3)
+
+def test_features_mode_weights_sum_to_one_for_mgda():
+    torch.manual_seed(0)
+    cb = MultiTaskGradCB(MGDA(), mode='features')
+    TrainLearner(tiny_mtl_model(2), synthetic_tasks(2), MultiTaskLoss(F.mse_loss, F.mse_loss), lr=0.05, cbs=cb).fit(1, valid=False)
+    w = torch.stack(cb.weights)
+    assert torch.allclose(w.sum(1), torch.ones(len(w))) and (w >= 0).all()
+
+def test_bad_input():
+    x, y1, y2 = torch.randn(8, 8), torch.randn(8, 1), torch.randn(8, 1)
+    model = tiny_mtl_model(2)
+    def fit(loss, batch=(x, y1, y2), cb=None, m=model):
+        TrainLearner(m, batch_dls(batch), loss, cbs=cb or MultiTaskGradCB(Mean())).fit(1, valid=False)
+    with pytest.raises(ValueError, match='the model returned 2 outputs for 3 loss functions'): fit(MultiTaskLoss(*[F.mse_loss] * 3))
+    with pytest.raises(ValueError, match="the batch has 1 targets for 2 tasks: none for task\\(s\\) #1"): fit(MultiTaskLoss(F.mse_loss, F.mse_loss), (x, y1))
+    named = MultiTaskModel(model.encoder, {'a': model.heads[0], 'b': model.heads[1]})
+    with pytest.raises(ValueError, match="no targets for task\\(s\\) 'b'"): fit(MultiTaskLoss(a=F.mse_loss, b=F.mse_loss), (x, {'a': y1}), m=named)
+    with pytest.raises(ValueError, match="`shared`='body' is not a submodule"): fit(MultiTaskLoss(F.mse_loss, F.mse_loss), cb=MultiTaskGradCB(Mean(), shared='body'))
+    plain = nn.Sequential(nn.Linear(8, 2))
+    with pytest.raises(ValueError, match='has no `encoder`'): fit(F.mse_loss, (x, torch.randn(8, 2)), m=plain)
+    with pytest.raises(ValueError, match="cannot run in mode='features'"): MultiTaskGradCB(SDMGrad(), mode='features')
+    with pytest.raises(ValueError, match="cannot run in mode='features'"): MultiTaskGradCB(lambda J: J.mean(0), mode='features')
+    with pytest.raises(ValueError, match="`mode` should be 'params' or 'features'"): MultiTaskGradCB(Mean(), mode='both')
+    with pytest.raises(ValueError, match='needs the per-task losses'): fit(lambda p, *ys: sum(F.mse_loss(a, b) for a, b in zip(p, ys)))
+    frozen = tiny_mtl_model(2)
+    for p in frozen.encoder.parameters(): p.requires_grad_(False)
+    with pytest.raises(ValueError, match='no trainable parameter'): fit(MultiTaskLoss(F.mse_loss, F.mse_loss), m=frozen)
+
+@pytest.mark.parametrize('guard', [True, False])
+def test_non_finite_loss_names_task_and_step_and_skips_the_step(guard):
+    "On the CPU the check comes before the backward pass, guard or not."
+    torch.manual_seed(0)
+    x = torch.randn(8, 8)
+    good, bad = (x, torch.randn(8, 1), torch.randn(8, 1)), (x, torch.randn(8, 1), torch.full((8, 1), float('nan')))
+    model = tiny_mtl_model(2)
+    learn = TrainLearner(model, DataLoaders([good, bad, good], []), MultiTaskLoss(F.mse_loss, F.mse_loss), lr=0.1,
+                         cbs=MultiTaskGradCB(Mean(), guard=guard), opt_func=lambda ps, lr: torch.optim.Adam(ps, lr))
+    kept = {}
+    class Snap(Callback):
+        def after_batch(self, learn):
+            if learn.iter == 0: kept.update({k: v.clone() for k, v in learn.model.state_dict().items()})
+    with pytest.raises(FloatingPointError, match=r'task loss\(es\) 1 not finite at training step 2'): learn.fit(1, valid=False, cbs=Snap())
+    assert all(torch.equal(v, kept[k]) for k, v in model.state_dict().items())  # the bad step changed nothing
+
+def test_mixed_precision_bf16_matches_float32_roughly():
+    torch.manual_seed(0)
+    x, ys = torch.randn(32, 8), [torch.randn(32, 1) for _ in range(2)]
+    grads = {}
+    for mp in (False, True):
+        torch.manual_seed(1)
+        model = tiny_mtl_model(2)
+        class Keep(Callback):
+            order = MultiTaskGradCB.order + 1
+            def before_step(self, learn): grads[mp] = torch.cat([p.grad.flatten() for p in learn.model.parameters()])
+        cbs = [MultiTaskGradCB(UPGrad()), Keep()] + ([MixedPrecision()] if mp else [])
+        TrainLearner(model, batch_dls((x, *ys)), MultiTaskLoss(F.mse_loss, F.mse_loss), lr=0., cbs=cbs).fit(1, valid=False)
+    assert torch.isfinite(grads[True]).all() and (grads[True] - grads[False]).norm() <= 0.25 * grads[False].norm()  # bf16 forward: ~10% here
+
+def test_guard_restores_parameters_and_optimiser_state():
+    "The device-side guard (used on GPUs): a step whose losses were not finite is undone, Adam's state included."
+    torch.manual_seed(0)
+    model = tiny_mtl_model(2)
+    opt = torch.optim.Adam(model.parameters(), 0.1)
+    x, y = torch.randn(8, 8), torch.randn(8, 1)
+    F.mse_loss(model(x)[0], y).backward(); opt.step()
+    before = [t.clone() for t in model.parameters()] + [v.clone() for s in opt.state.values() for v in s.values()]
+    cb = MultiTaskGradCB(Mean())
+    class L: pass
+    learn = L(); learn.opt = opt
+    cb._kept, cb.first_bad, cb.flag = None, torch.tensor(-1), type('F', (), {'put': lambda s, t: None, 'get': lambda s: None})()
+    cb._bad_now = torch.tensor(True)
+    cb.before_step(learn)
+    F.mse_loss(model(x)[0], y).backward(); opt.step()
+    cb.cleanup_step(learn)
+    after = [t for t in model.parameters()] + [v for s in opt.state.values() for v in s.values()]
+    assert all(torch.equal(a, b) for a, b in zip(after, before))
+
+def test_sdmgrad_matches_a_hand_loop_with_torchjd():
+    "Each batch split in three (ξ, ξ′, ζ): torchjd's SDMGradWeighting on A = J₁J₂ᵀ, the shared step wᵀJ₃, heads from ζ; step for step."
+    jd = pytest.importorskip('torchjd.aggregation')
+    from copy import deepcopy
+    torch.manual_seed(0)
+    f64 = torch.float64
+    batches = [(torch.randn(12, 8, dtype=f64), torch.randn(12, 1, dtype=f64), torch.randn(12, 1, dtype=f64)) for _ in range(3)]
+    ours = tiny_mtl_model(2, dtype=f64)
+    ref = deepcopy(ours)
+    learn = TrainLearner(ours, DataLoaders(batches, []), MultiTaskLoss(F.mse_loss, F.mse_loss), lr=0.1, cbs=MultiTaskGradCB(SDMGrad()))
+    weighting, opt = jd.SDMGradWeighting(), torch.optim.SGD(ref.parameters(), 0.1)
+    enc, heads = list(ref.encoder.parameters()), list(ref.heads.parameters())
+    flat = lambda gs: torch.cat([g.flatten() for g in gs])
+    steps = []
+    class Each(Callback):
+        def after_step(self, learn): steps.append(flat(p.detach().clone() for p in learn.model.parameters()))
+    learn.fit(1, valid=False, cbs=Each())
+    for k, (x, y1, y2) in enumerate(batches):
+        L = []
+        for idx in torch.arange(12).tensor_split(3):
+            out = ref(x[idx])
+            L.append(torch.stack([F.mse_loss(out[0], y1[idx]), F.mse_loss(out[1], y2[idx])]))
+        J = [torch.stack([flat(torch.autograd.grad(l, enc, retain_graph=True)) for l in Lk]) for Lk in L]
+        w = weighting(J[0] @ J[1].T)
+        d = w @ J[2]
+        for p, g in zip(enc, d.split([p.numel() for p in enc])): p.grad = g.view_as(p).clone()
+        for p, g in zip(heads, torch.autograd.grad(L[2].sum(), heads)): p.grad = g
+        opt.step(); opt.zero_grad()
+        got = flat(p.detach() for p in ref.parameters())
+        assert (got - steps[k]).norm() <= 1e-6 * got.norm(), k
+
+def test_sdmgrad_batch_too_small():
+    x = torch.randn(2, 8)
+    learn = TrainLearner(tiny_mtl_model(2), batch_dls((x, torch.randn(2, 1), torch.randn(2, 1))), MultiTaskLoss(F.mse_loss, F.mse_loss), cbs=MultiTaskGradCB(SDMGrad()))
+    with pytest.raises(ValueError, match='this batch has 2 item'): learn.fit(1, valid=False)
