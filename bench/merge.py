@@ -13,7 +13,7 @@ Both merges use damping 1e-3 and the formula (ΣF + δI)⁻¹ ΣFθ (mtlearn's d
 same relative tolerance; curvlinops' residual ‖b − Aθ‖/‖b‖ is measured with mtlearn's operator, and 'Δθ vs mtlearn' is
 ‖θ_curvlinops − θ_mtlearn‖/‖θ_mtlearn‖ (two solutions within tolerance differ by up to the condition number × it). Times are the median of --reps merges.
 
-    python bench/merge.py [--cases mlp,cnn] [--reps 3] [--rtol 1e-5]
+    python bench/merge.py [--cases mlp,cnn] [--reps 3] [--rtol 1e-5] [--dtype float32|float64] [--damping 1e-3]
 
 curvlinops 3.0.1 depends on torchvision through backpack; where torchvision has no CPU build, install it without
 dependencies so that torch stays as it is:
@@ -57,6 +57,12 @@ def cnn_case():
         dls.append(DataLoader(TensorDataset(x[:1024], y[:1024]), batch_size=256))
     return models, dls, nn.CrossEntropyLoss()
 
+def to_dtype(models, dls, dtype):
+    "The models and their data in `dtype` (targets too, where they are floating point)."
+    cast = lambda t: t.to(dtype) if t.is_floating_point() else t
+    dls = [DataLoader(TensorDataset(*[cast(t) for t in dl.dataset.tensors]), batch_size=dl.batch_size) for dl in dls]
+    return [m.to(dtype) for m in models], dls
+
 def timeit(f, reps):
     out, ts = None, []
     for _ in range(reps):
@@ -76,15 +82,16 @@ def curvlinops_merge(models, dls, loss_func, damping, rtol, max_iter=1000):
     inv = CGInverseLinearOperator(op, tolerance=rtol, max_iter=max_iter)
     return inv @ rhs
 
-def main(cases=('mlp', 'cnn'), reps=3, rtol=1e-5, damping=1e-3):
+def main(cases=('mlp', 'cnn'), reps=3, rtol=1e-5, damping=1e-3, dtype=torch.float32):
     torch.set_num_threads(torch.get_num_threads())
     try:
         import curvlinops  # noqa: F401
         have_cl = True
     except ImportError: have_cl = False
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, rtol {rtol:g}, damping {damping:g}, median of {reps}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {dtype}, rtol {rtol:g}, damping {damping:g}, median of {reps}")
     for case in cases:
         models, dls, loss_func = {'mlp': mlp_case, 'cnn': cnn_case}[case]()
+        models, dls = to_dtype(models, dls, dtype)
         n = sum(p.numel() for p in models[0].parameters())
         print(f"\n== {case}: 3 models of {n:,} parameters")
         with warnings.catch_warnings():
@@ -104,7 +111,7 @@ def main(cases=('mlp', 'cnn'), reps=3, rtol=1e-5, damping=1e-3):
             res = ((b - sum(g @ th for g in ggns) - damping * th).norm() / b.norm()).item()
             print(f"{'curvlinops exact (CG)':<28}{t_cl:9.3f}{t_cl / t_ex:8.2f}   relative residual {res:.1e}, Δθ vs mtlearn {d:.1e}")
             from curvlinops import GGNLinearOperator
-            v = torch.randn(n)
+            v = torch.randn(n, dtype=dtype)
             cl_op = GGNLinearOperator(models[0], loss_func, list(models[0].parameters()), dls[0], check_deterministic=False)
             _, t_mv = timeit(lambda: ggns[0] @ v, 5)
             _, t_cmv = timeit(lambda: cl_op @ v, 5)
@@ -118,5 +125,7 @@ if __name__ == '__main__':
     p.add_argument('--cases', default='mlp,cnn')
     p.add_argument('--reps', type=int, default=3)
     p.add_argument('--rtol', type=float, default=1e-5)
+    p.add_argument('--dtype', default='float32', choices=['float32', 'float64'], help='the models are trained in float32, then merged in this dtype')
+    p.add_argument('--damping', type=float, default=1e-3)
     a = p.parse_args()
-    main(tuple(a.cases.split(',')), a.reps, a.rtol)
+    main(tuple(a.cases.split(',')), a.reps, a.rtol, a.damping, getattr(torch, a.dtype))
