@@ -19,3 +19,16 @@ def test_train_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match='`epochs` should be a positive int; found epochs = 0'): train(epochs=0)
     with pytest.raises(ValueError, match='`device`'): train(epochs=1, device='nope')
     with pytest.raises(FileNotFoundError, match='`path` should be a folder'): train(epochs=1, data=tmp_path)
+
+def test_mtlearn_train_multi_fashion(tmp_path):
+    "--tasks multi-fashion trains the two-task model with the named aggregator and writes the task plots."
+    env = dict(os.environ, MTLEARN_CACHE=str(tmp_path/'cache'), MPLBACKEND='Agg')
+    r = subprocess.run(['mtlearn-train', '--tasks', 'multi-fashion', '--aggregator', 'upgrad', '--epochs', '1', '--n_train', '1200',
+                        '--data', str(SAMPLE_FMNIST), '--out', str(tmp_path/'out')], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert 'acc_left' in r.stdout and 'acc_right' in r.stdout
+    assert sorted(p.name for p in (tmp_path/'out').iterdir()) == ['task_losses.png', 'task_weights.png']
+
+def test_train_multitask_bad_arguments():
+    from mtlearn.cli import train_multitask
+    with pytest.raises(ValueError, match='`aggregator` should be one of mean, mgda, sdmgrad, upgrad'): train_multitask(epochs=1, aggregator='cagrad')
