@@ -115,7 +115,7 @@ class GGN:
     def shape(self): return (len(self.theta), len(self.theta))
     def _f(self, x): return lambda p: functional_call(self.model, (p, self.buffers), (x,))
     def _batches(self):
-        "(x, y, weight) per batch, on the model's device; weight n_b/N for a mean-reduced loss (N known at the end: see `_finish`)."
+        "(x, y) per batch, on the model's device, counting the items (a mean-reduced loss weights batch b by n_b/N: see `_weight` and `_finish`)."
         n = 0
         for b in self.dl:
             x, y = to_device(_batch_xy(b, 'dl'), self.device)
