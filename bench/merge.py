@@ -24,9 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from mtlearn.merge import GGN, fisher_merge, _Flat
-
-def flat(m): return _Flat(m).cat(dict(m.named_parameters())).detach()
+from mtlearn.merge import GGN, fisher_merge, flat_params as flat
 
 def mlp_case():
     torch.manual_seed(0)

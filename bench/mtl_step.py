@@ -19,12 +19,9 @@ from torch import nn
 from mtlearn.learner import TrainLearner, Callback, CancelBackwardException, DeviceCB
 from mtlearn.datasets import DataLoaders
 from mtlearn.aggregators import Mean, MGDA
-from mtlearn.multitask import MultiTaskModel, MultiTaskLoss, MultiTaskGradCB
+from mtlearn.multitask import MultiTaskModel, MultiTaskLoss, MultiTaskGradCB, lenet_encoder
 
-def lenet_mtl(m):
-    enc = nn.Sequential(nn.Conv2d(1, 10, 9), nn.MaxPool2d(2), nn.ReLU(), nn.Conv2d(10, 20, 5), nn.MaxPool2d(2), nn.ReLU(),
-                        nn.Flatten(), nn.Linear(20 * 5 * 5, 50), nn.ReLU())
-    return MultiTaskModel(enc, [nn.Linear(50, 10) for _ in range(m)])
+def lenet_mtl(m): return MultiTaskModel(lenet_encoder(), [nn.Linear(50, 10) for _ in range(m)])
 
 class TorchJDCB(Callback):
     "torchjd's multi-task backward in place of the Learner's."

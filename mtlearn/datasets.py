@@ -247,9 +247,15 @@ class TensorDataLoader:
 # %% ../nbs/05_datasets.ipynb #fe8a983c
 @patch(cls_method=True)
 def from_dd_tensors(cls:DataLoaders, dd, batch_size, x='image', y='label', mean=0., std=1., flat=False, device=None, generator=None, drop_last=False):
-    "Tensor-backed loaders for the first two splits of `dd`: images `x` normalised per batch, labels `y`."
+    "Tensor-backed loaders for the first two splits of `dd`: images `x` normalised per batch, labels `y` (a column, or several: batches `(x, y_1, ..., y_m)`)."
     norm = ByteNorm(mean, std, flat)
-    trn, val = (ds_tensors(dd[s], x, y) for s in list(dd.keys())[:2])
+    ys = [y] if isinstance(y, str) else list(y)
+    def tensors(ds):
+        xs, y0 = ds_tensors(ds, x, ys[0])  # the images are decoded once, with the first label column
+        for c in ys[1:]:
+            if c not in ds.features: raise KeyError(f"Column `{c}` is not in the dataset; its columns are {list(ds.features)}")
+        return (xs, y0, *[torch.as_tensor(np.asarray(ds.with_format('numpy')[c])) for c in ys[1:]])
+    trn, val = (tensors(dd[s]) for s in list(dd.keys())[:2])
     return cls(TensorDataLoader(*trn, batch_size=batch_size, shuffle=True, drop_last=drop_last, tfms=[norm], device=device, generator=generator),
                TensorDataLoader(*val, batch_size=batch_size*2, tfms=[norm], device=device))
 

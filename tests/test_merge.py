@@ -6,7 +6,7 @@ import pytest, torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
-from mtlearn.merge import GGN, cg_solve, fisher_merge, loss_hessian, register_loss_hessian, LossHessian, _Flat
+from mtlearn.merge import GGN, cg_solve, fisher_merge, loss_hessian, register_loss_hessian, LossHessian, _Flat, flat_params as flat
 from mtlearn.learner import TrainLearner
 from mtlearn.datasets import DataLoaders
 
@@ -18,8 +18,6 @@ def batches(n=10, n_in=4, n_out=3, bs=4, kind='regression', dtype=torch.float64)
     y = {'regression': lambda: torch.randn(n, n_out, dtype=dtype), 'classes': lambda: torch.randint(0, n_out, (n,)),
          'binary': lambda: torch.randint(0, 2, (n, n_out)).to(dtype)}[kind]()
     return [(x[i:i+bs], y[i:i+bs]) for i in range(0, n, bs)]
-
-def flat(m): return _Flat(m).cat(dict(m.named_parameters())).detach()
 
 def dense_ggn(model, dl, loss_func):
     "J^T H J of the whole data set as one batch, H by autograd (no closed form)."

@@ -64,7 +64,7 @@ def test_bad_input():
     for p in frozen.encoder.parameters(): p.requires_grad_(False)
     with pytest.raises(ValueError, match='no trainable parameter'): fit(MultiTaskLoss(F.mse_loss, F.mse_loss), m=frozen)
 
-@pytest.mark.parametrize('guard', [True, False])
+@pytest.mark.parametrize('guard', [None, True, False])
 def test_non_finite_loss_names_task_and_step_and_skips_the_step(guard):
     "On the CPU the check comes before the backward pass, guard or not."
     torch.manual_seed(0)
@@ -102,7 +102,7 @@ def test_guard_restores_parameters_and_optimiser_state():
     x, y = torch.randn(8, 8), torch.randn(8, 1)
     F.mse_loss(model(x)[0], y).backward(); opt.step()
     before = [t.clone() for t in model.parameters()] + [v.clone() for s in opt.state.values() for v in s.values()]
-    cb = MultiTaskGradCB(Mean())
+    cb = MultiTaskGradCB(Mean(), guard=True)  # by default the CPU needs no copy: its losses are checked before the backward pass
     class L: pass
     learn = L(); learn.opt = opt
     cb._kept, cb.first_bad, cb.flag = None, torch.tensor(-1), type('F', (), {'put': lambda s, t: None, 'get': lambda s: None})()
@@ -148,3 +148,14 @@ def test_sdmgrad_batch_too_small():
     x = torch.randn(2, 8)
     learn = TrainLearner(tiny_mtl_model(2), batch_dls((x, torch.randn(2, 1), torch.randn(2, 1))), MultiTaskLoss(F.mse_loss, F.mse_loss), cbs=MultiTaskGradCB(SDMGrad()))
     with pytest.raises(ValueError, match='this batch has 2 item'): learn.fit(1, valid=False)
+
+def test_multi_fashion_loaders_carry_both_labels():
+    from mtlearn.datasets import ds_tensors
+    from mtlearn.multitask import load_multi_fashion, MF_LABELS
+    dd = load_multi_fashion(n_train=300, n_test=60)
+    dls = DataLoaders.from_dd_tensors(dd, 100, y=MF_LABELS)
+    x, yl, yr = next(iter(dls.valid))
+    assert x.shape == (60, 1, 36, 36) and x.dtype == torch.float32
+    assert torch.equal(yl, torch.as_tensor(dd['test']['label_left'])) and torch.equal(yr, torch.as_tensor(dd['test']['label_right']))
+    assert not torch.equal(yl, yr)
+    with pytest.raises(KeyError, match='`label_middle` is not in the dataset'): DataLoaders.from_dd_tensors(dd, 100, y=('label_left', 'label_middle'))
