@@ -107,14 +107,18 @@ _FEATURE_ONLY = (SDMGrad,)
 class MultiTaskGradCB(Callback):
     "Take over the backward pass of a multi-task model: the shared parameters get `aggregator`'s combination of the tasks' gradients."
     order = MixedPrecision.order - 10  # before MixedPrecision's backward and step, which this replaces or wraps
-    def __init__(self, aggregator, mode='params', shared=None, guard=None):
+    def __init__(self, aggregator, mode='params', shared=None, guard=None, sdm_batches='split'):
         if mode not in ('params', 'features'): raise ValueError(f"`mode` should be 'params' or 'features'; found {mode!r}")
         if mode == 'features' and (not isinstance(aggregator, Aggregator) or isinstance(aggregator, _FEATURE_ONLY)):
             raise ValueError(f"`aggregator` {type(aggregator).__name__} needs the Jacobian of the parameters (or independent batches), "
                              "so it cannot run in mode='features', which has only the Gramian of the feature gradients; use mode='params'")
         if not callable(aggregator): raise ValueError(f"`aggregator` should be an Aggregator (or a callable J -> direction); found a {type(aggregator).__name__}")
         if guard not in (None, True, False): raise ValueError(f"`guard` should be None, True or False; found {guard!r}")
-        self.agg, self.mode, self.shared, self.guard = aggregator, mode, shared, guard
+        if sdm_batches not in ('split', 'consecutive'): raise ValueError(f"`sdm_batches` should be 'split' or 'consecutive'; found {sdm_batches!r}")
+        if sdm_batches == 'consecutive' and not isinstance(aggregator, SDMGrad):
+            raise ValueError(f"`sdm_batches`='consecutive' is SDMGrad's option (it needs independent batches); the aggregator is a {type(aggregator).__name__}")
+        self.agg, self.mode, self.shared, self.guard, self.sdm_batches = aggregator, mode, shared, guard, sdm_batches
+        self._pending, self._bad_now = [], None
 
     def _shared_module(self, model):
         s = self.shared
@@ -139,18 +143,20 @@ class MultiTaskGradCB(Callback):
         self._hook = mod.register_forward_hook(self._keep)
         self._mp = next((cb for cb in learn.cbs if isinstance(cb, MixedPrecision)), None)  # its scaler exists once its before_fit ran
         self.z, self.losses, self.weights, self.flag, self.n_step, self.first_bad, self._kept = None, [], [], HostScalar(), 0, None, None
+        self._pending, self._bad_now = [], None  # SDMGrad on consecutive batches: J₁, J₂ waiting for ζ
         self.task_names = getattr(learn.loss_func, 'tasks', None)
     def cleanup_fit(self, learn):
         if getattr(self, '_hook', None) is not None: self._hook.remove()
-        self.z = None
+        self.z, self._pending = None, []  # a triple of batches left incomplete at the end is dropped
     def _keep(self, mod, inp, out):
         if mod.training and torch.is_grad_enabled(): self.z = out
     def cleanup_batch(self, learn): self.z = None
 
-    def _feature_grads(self, losses, own=slice(None)):
-        "∂Lᵢ/∂z for every loss (rows × z) and the heads' gradients from the losses `own` selects, from one batched backward through the heads."
+    def _feature_grads(self, losses, own=slice(None), heads=True):
+        "∂Lᵢ/∂z for every loss (rows × z) and, if `heads`, the heads' gradients from the losses `own` selects, from one batched backward through the heads."
         eye = torch.eye(len(losses), device=losses.device, dtype=losses.dtype)
-        gs = torch.autograd.grad(losses, [self.z] + self.head_params, grad_outputs=eye, is_grads_batched=True, retain_graph=True, allow_unused=True)
+        hp = self.head_params if heads else []
+        gs = torch.autograd.grad(losses, [self.z] + hp, grad_outputs=eye, is_grads_batched=True, retain_graph=True, allow_unused=True)
         return gs[0], [None if g is None else g[own].sum(0) for g in gs[1:]]
 
     def _shared_jacobian(self, Fz):
@@ -170,6 +176,7 @@ class MultiTaskGradCB(Callback):
         s = self.scaler.get_scale() if self.scaler is not None else None  # a device tensor: no read
         up, down = ((lambda t: t * s), (lambda t: t / s)) if s is not None else ((lambda t: t),) * 2
         sdm = isinstance(self.agg, SDMGrad)
+        if sdm and self.sdm_batches == 'consecutive': return self._sdm_consecutive(learn, losses, up, down)
         # SDMGrad: the 3m losses of the batch's three parts; the heads learn from the last part, ζ
         rows = self._sdm_losses(learn) if sdm else losses
         Fz, head_grads = self._feature_grads(up(rows), slice(2 * len(losses), None) if sdm else slice(None))
@@ -182,13 +189,33 @@ class MultiTaskGradCB(Callback):
         else:
             J = down(self._shared_jacobian(Fz))  # aggregate the true gradients
             d = up(self.agg(*J.chunk(3)) if sdm else self.agg(J))  # SDMGrad: A = J₁J₂ᵀ from ξ and ξ′, the direction from ζ
-            for p, g in zip(self.shared_params, d.split([p.numel() for p in self.shared_params])): _accumulate(p, g.view_as(p))
+            self._set_shared(d)
+        self._finish(learn, losses, head_grads)
+
+    def _set_shared(self, d):
+        for p, g in zip(self.shared_params, d.split([p.numel() for p in self.shared_params])): _accumulate(p, g.view_as(p))
+    def _finish(self, learn, losses, head_grads):
         for p, g in zip(self.head_params, head_grads):
             if g is not None: _accumulate(p, g)
         self.z = None
         self._record(learn, losses)
         if self.scaler is not None: self.scaler.unscale_(learn.opt)
         raise CancelBackwardException()
+
+    def _sdm_consecutive(self, learn, losses, up, down):
+        "SDMGrad on three consecutive batches: the first two give J₁ and J₂ and no step; the third gives J₃, the heads' gradients and the step."
+        last = len(self._pending) == 2
+        Fz, head_grads = self._feature_grads(up(losses), heads=last)
+        J = down(self._shared_jacobian(Fz))
+        if not last:
+            self._pending.append(J)
+            self.z = None
+            self._record(learn, losses, weights=False)
+            raise CancelBackwardException()
+        J1, J2 = self._pending
+        self._pending = []
+        self._set_shared(up(self.agg(J1, J2, J)))
+        self._finish(learn, losses, head_grads)
 
     def _sdm_losses(self, learn):
         "SDMGrad's 3m losses: the batch split in three parts ξ, ξ′, ζ, each part's m task losses from the same forward pass."
@@ -198,15 +225,18 @@ class MultiTaskGradCB(Callback):
         cut = lambda o, idx: apply_tensors(lambda t: t[idx], o)
         return torch.cat([learn.loss_func(cut(learn.preds, i), *cut(ys, i)) for i in torch.arange(n, device=self.z.device).tensor_split(3)])
 
-    def _record(self, learn, losses):
+    def _record(self, learn, losses, weights=True):
         self.losses.append(losses.detach())
         w = getattr(self.agg, 'last_weights', None)
-        if w is not None: self.weights.append(w.detach())
-        self._bad_now, self.n_step = ~torch.isfinite(losses.detach()).all(), self.n_step + 1
+        if weights and w is not None: self.weights.append(w.detach())
+        bad = ~torch.isfinite(losses.detach()).all()
+        self._bad_now = bad if self._bad_now is None else self._bad_now | bad  # since the last step: one batch, or SDMGrad's three
+        self.n_step += 1
         if self.first_bad is None: self.first_bad = torch.full((), -1, dtype=torch.long, device=losses.device)
         self.first_bad = torch.where((self.first_bad < 0) & self._bad_now, self.n_step, self.first_bad)  # the first bad step, on the device
 
     def before_step(self, learn):
+        if self._pending: raise CancelStepException()  # SDMGrad waits for the third batch
         if self.guard is False or (self.guard is None and self._bad_now.device.type == 'cpu'): return  # on the CPU a bad step never gets here
         opt = learn.opt
         self._kept = [(t, t.detach().clone()) for g in opt.param_groups for p in g['params']
@@ -218,6 +248,7 @@ class MultiTaskGradCB(Callback):
             with torch.no_grad():
                 for t, old in self._kept: t.copy_(torch.where(ok, t, old))
             self._kept = None
+        if not self._pending: self._bad_now = None
         self.flag.put(self.first_bad)
         v = self.flag.get()
         if v is not None and v >= 0: self._raise(int(v))
@@ -233,13 +264,14 @@ class MultiTaskGradCB(Callback):
         "The task losses at every training step."
         return self._plot(self._series(self.losses), 'task loss', ax, names)
     def plot_weights(self, ax=None, names=None):
-        "The task weights the aggregator chose at every training step."
-        return self._plot(self._series(self.weights), 'task weight', ax, names)
-    def _plot(self, v, label, ax, names):
+        "The task weights the aggregator chose at every optimiser step."
+        return self._plot(self._series(self.weights), 'task weight', ax, names,
+                          'optimiser step (3 batches)' if self.sdm_batches == 'consecutive' else 'training step')
+    def _plot(self, v, label, ax, names, xlabel='training step'):
         if ax is None: _, ax = plt.subplots()
         names = names or self._tasks() if len(v) else []
         for i in range(v.shape[1] if v.ndim == 2 else 0): ax.plot(v[:, i], label=str(names[i]))
-        ax.set_xlabel('training step'); ax.set_ylabel(label); ax.legend()
+        ax.set_xlabel(xlabel); ax.set_ylabel(label); ax.legend()
         return ax
 
 def _accumulate(p, g):

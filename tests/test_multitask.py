@@ -59,6 +59,8 @@ def test_bad_input():
     with pytest.raises(ValueError, match="cannot run in mode='features'"): MultiTaskGradCB(SDMGrad(), mode='features')
     with pytest.raises(ValueError, match="cannot run in mode='features'"): MultiTaskGradCB(lambda J: J.mean(0), mode='features')
     with pytest.raises(ValueError, match="`mode` should be 'params' or 'features'"): MultiTaskGradCB(Mean(), mode='both')
+    with pytest.raises(ValueError, match="`sdm_batches` should be 'split' or 'consecutive'; found 'three'"): MultiTaskGradCB(SDMGrad(), sdm_batches='three')
+    with pytest.raises(ValueError, match="is SDMGrad's option .* the aggregator is a MGDA"): MultiTaskGradCB(MGDA(), sdm_batches='consecutive')
     with pytest.raises(ValueError, match='needs the per-task losses'): fit(lambda p, *ys: sum(F.mse_loss(a, b) for a, b in zip(p, ys)))
     frozen = tiny_mtl_model(2)
     for p in frozen.encoder.parameters(): p.requires_grad_(False)
@@ -159,3 +161,61 @@ def test_multi_fashion_loaders_carry_both_labels():
     assert torch.equal(yl, torch.as_tensor(dd['test']['label_left'])) and torch.equal(yr, torch.as_tensor(dd['test']['label_right']))
     assert not torch.equal(yl, yr)
     with pytest.raises(KeyError, match='`label_middle` is not in the dataset'): DataLoaders.from_dd_tensors(dd, 100, y=('label_left', 'label_middle'))
+
+def test_sdmgrad_on_consecutive_batches_matches_a_hand_loop_with_torchjd():
+    "sdm_batches='consecutive': batches 1, 2 give J₁, J₂ and no step; batch 3 gives J₃, the heads' gradients and the step."
+    jd = pytest.importorskip('torchjd.aggregation')
+    from copy import deepcopy
+    torch.manual_seed(1)
+    f64 = torch.float64
+    batches = [(torch.randn(6, 8, dtype=f64), torch.randn(6, 1, dtype=f64), torch.randn(6, 1, dtype=f64)) for _ in range(7)]
+    ours = tiny_mtl_model(2, dtype=f64)
+    ref = deepcopy(ours)
+    cb = MultiTaskGradCB(SDMGrad(), sdm_batches='consecutive')
+    learn = TrainLearner(ours, DataLoaders(batches, []), MultiTaskLoss(F.mse_loss, F.mse_loss), lr=0.1, cbs=cb)
+    weighting, opt = jd.SDMGradWeighting(), torch.optim.SGD(ref.parameters(), 0.1)
+    enc, heads = list(ref.encoder.parameters()), list(ref.heads.parameters())
+    flat = lambda gs: torch.cat([g.flatten() for g in gs])
+    steps = []
+    class Each(Callback):
+        order = 200
+        def after_step(self, learn): steps.append(flat(p.detach().clone() for p in learn.model.parameters()))
+    learn.fit(1, valid=False, cbs=Each())
+    assert len(steps) == 2 and len(cb.losses) == 7 and len(cb.weights) == 2  # the seventh batch waits for two more
+    for k in range(2):
+        L, J = [], []
+        for x, y1, y2 in batches[3 * k: 3 * k + 3]:
+            out = ref(x)
+            L.append(torch.stack([F.mse_loss(out[0], y1), F.mse_loss(out[1], y2)]))
+            J.append(torch.stack([flat(torch.autograd.grad(l, enc, retain_graph=True)) for l in L[-1]]))
+        w = weighting(J[0] @ J[1].T)
+        for p, g in zip(enc, (w @ J[2]).split([p.numel() for p in enc])): p.grad = g.view_as(p).clone()
+        for p, g in zip(heads, torch.autograd.grad(L[2].sum(), heads)): p.grad = g
+        opt.step(); opt.zero_grad()
+        got = flat(p.detach() for p in ref.parameters())
+        assert (got - steps[k]).norm() <= 1e-6 * got.norm(), k
+
+def test_with_scheduler_recorder_and_gradient_clipping():
+    "OneCycleLR stepped per batch, RecorderCB and GradientClip see what an ordinary fit gives them; the clip acts on the aggregated gradient."
+    from functools import partial
+    from torch.optim import lr_scheduler
+    from mtlearn.sgd import BatchSchedCB, RecorderCB, GradientClip
+    dls = synthetic_tasks(2, n=256, bs=32)
+    torch.manual_seed(0)
+    norms = []
+    class GradNorm(Callback):
+        order = GradientClip.order + 1
+        def before_step(self, learn): norms.append(torch.cat([p.grad.flatten() for p in learn.model.parameters()]).norm())
+    n = 2 * len(dls.train)
+    sched = BatchSchedCB(partial(lr_scheduler.OneCycleLR, max_lr=0.05, total_steps=n))
+    rec = RecorderCB(lr=lambda cb: cb.pg['lr'])
+    mtl = MultiTaskGradCB(MGDA())
+    learn = TrainLearner(tiny_mtl_model(2), dls, MultiTaskLoss(F.mse_loss, F.mse_loss), lr=0.05, opt_func=torch.optim.Adam,
+                         cbs=[mtl, sched, rec, GradientClip(0.05), GradNorm()])
+    learn.fit(2)
+    opt = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=0.05)
+    want = []
+    s = lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=n)
+    for _ in range(n): want.append(opt.param_groups[0]['lr']); opt.step(); s.step()
+    torch.testing.assert_close(torch.tensor(rec.recs['lr']), torch.tensor(want))
+    assert len(norms) == n == len(mtl.weights) and max(map(float, norms)) <= 0.05 * (1 + 1e-5)
