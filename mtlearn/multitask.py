@@ -347,13 +347,13 @@ def mf_methods():
             ('MGDA l2', MGDA(norm_type='l2'), 'params'), ('MGDA-UB features', MGDA(), 'features'),
             ('SDMGrad', SDMGrad(), 'params'), ('UPGrad', UPGrad(), 'params')]
 
-def mf_learner(dls, agg=None, mode='params', lr=1e-3, cbs=(), seed=0, device=None):
-    "A `TrainLearner` for the LeNet-style two-head model on Multi-Fashion loaders, with per-side accuracy and, if `agg`, `MultiTaskGradCB`."
+def mf_learner(dls, agg=None, mode='params', lr=1e-3, cbs=(), seed=0, device=None, **kwargs):
+    "A `TrainLearner` for the LeNet-style two-head model on Multi-Fashion loaders, with per-side accuracy and, if `agg`, `MultiTaskGradCB(agg, mode, **kwargs)`."
     from torcheval.metrics import MulticlassAccuracy
     torch.manual_seed(seed)
     model = MultiTaskModel(lenet_encoder(), [nn.Linear(50, 10), nn.Linear(50, 10)])
     metrics = MetricsCB(acc_left=TaskMetric(MulticlassAccuracy(), 0), acc_right=TaskMetric(MulticlassAccuracy(), 1))
-    mtl = [MultiTaskGradCB(agg, mode=mode)] if agg is not None else []
+    mtl = [MultiTaskGradCB(agg, mode=mode, **kwargs)] if agg is not None else []
     return TrainLearner(model, dls, MultiTaskLoss(F.cross_entropy, F.cross_entropy), lr=lr, opt_func=torch.optim.Adam,
                         cbs=[DeviceCB(device), metrics, *mtl, *cbs])
 
