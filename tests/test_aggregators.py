@@ -1,7 +1,7 @@
 "Aggregators: differential tests against torchjd 0.18.0, property tests, and the sync-free path."
 import pytest, torch
 from hypothesis import given, settings, strategies as st, HealthCheck
-from torch.utils._python_dispatch import TorchDispatchMode
+from syncs import CountSyncs
 from mtlearn.aggregators import *
 from mtlearn.aggregators import frank_wolfe, _min_norm_2
 
@@ -188,15 +188,6 @@ def _agg(w):
     return Aggregator(w)
 
 # ---- the sync-free path
-class CountSyncs(TorchDispatchMode):
-    "Count the ops that copy a value from a tensor to the host."
-    def __init__(self):
-        super().__init__()
-        self.n = 0
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default): self.n += 1
-        return func(*args, **(kwargs or {}))
-
 SYNC_FREE = {
     'Mean': lambda: MeanWeighting(sync_free=True), 'Sum': lambda: SumWeighting(sync_free=True),
     'Random': lambda: RandomWeighting(sync_free=True), 'Constant': lambda: ConstantWeighting(torch.ones(5), sync_free=True),
