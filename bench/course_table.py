@@ -47,9 +47,11 @@ ROWS = [
     ('resnet', 'ResNet 8..256 + OneCycle 2e-2', 5, 0.928, 0.92,
      lambda d, e: fit(get_resnet().apply(iw), d, e, 2e-2, optim.AdamW, one_cycle=True)),
 ]
-# Beyond the course: the same ResNet with batch size 256 (four times the steps), a one-cycle peak of 1e-2 and label
-# smoothing 0.1. (Batch size 256 alone gave 0.929 here; a horizontal-flip TTA on top of it lowered that to 0.918.)
-RECIPE = ('recipe', 'ResNet 8..256, bs 256, 1e-2, smoothing 0.1', 5, None, 0.935,
+# Beyond the course: the same ResNet with batch size 128 (eight times the steps), a one-cycle peak of 1e-2 and label
+# smoothing 0.1. (Trials, seed 42: batch size 256 gave 0.929 with or without smoothing, and a horizontal-flip TTA on top
+# lowered that to 0.918; batch size 64 gave 0.929; batch size 128 with a peak of 2e-2 gave 0.933.)
+RECIPE_BS = 128
+RECIPE = ('recipe', 'ResNet 8..256, bs 128, 1e-2, smoothing 0.1', 5, None, 0.935,
           lambda d, e: fit(get_resnet().apply(iw), d, e, 1e-2, optim.AdamW, one_cycle=True,
                            loss_func=partial(F.cross_entropy, label_smoothing=0.1)))
 
@@ -93,7 +95,7 @@ def main(rows='all', reps=3, seeds=(42,)):
         print(f'seeds {", ".join(map(str, seeds))}; mtlearn: mean over the seeds (min, max); seconds: mean per run')
         print(f"{'recipe':<44}{'epochs':>7}{'course':>8}{'mtlearn':>9}{'min':>7}{'max':>7}{'floor':>7}{'seconds':>9}")
     for group, name, epochs, course, floor, run in todo:
-        d = dls if group != 'recipe' else DataLoaders.from_dd_tensors(load_fashion_mnist(), 256, mean=0.28, std=0.35)
+        d = dls if group != 'recipe' else DataLoaders.from_dd_tensors(load_fashion_mnist(), RECIPE_BS, mean=0.28, std=0.35)
         accs, secs = [], []
         for seed in seeds:
             set_seed(seed)
@@ -102,7 +104,7 @@ def main(rows='all', reps=3, seeds=(42,)):
             secs.append(time.perf_counter() - t)
         acc = statistics.mean(accs)
         c = f'{course:.3f}' if course else '-'
-        print(f"{name:<44}{epochs:>7}{c:>8}{acc:>9.3f}{min(accs):>7.3f}{max(accs):>7.3f}{floor:>7.3f}{statistics.mean(secs):>9.0f}"
+        print(f"{name:<44}{epochs:>7}{c:>8}{acc:>9.4f}{min(accs):>7.4f}{max(accs):>7.4f}{floor:>7.3f}{statistics.mean(secs):>9.0f}"
               f"  {'PASS' if acc >= floor else 'MISS'}", flush=True)
     if rows in ('all', 'overhead'): overhead(dls, reps)
 
