@@ -115,32 +115,39 @@ def test_guard_restores_parameters_and_optimiser_state():
     after = [t for t in model.parameters()] + [v for s in opt.state.values() for v in s.values()]
     assert all(torch.equal(a, b) for a, b in zip(after, before))
 
-def test_sdmgrad_matches_a_hand_loop_with_torchjd():
-    "Each batch split in three (ξ, ξ′, ζ): torchjd's SDMGradWeighting on A = J₁J₂ᵀ, the shared step wᵀJ₃, heads from ζ; step for step."
+@pytest.mark.parametrize('consecutive', [False, True])
+def test_sdmgrad_matches_a_hand_loop_with_torchjd(consecutive):
+    "Three parts ξ, ξ′, ζ per step: thirds of each batch (the default) or three consecutive batches (sdm_batches='consecutive');"
+    "torchjd's SDMGradWeighting on A = J₁J₂ᵀ, the shared step wᵀJ₃, heads from ζ; step for step."
     jd = pytest.importorskip('torchjd.aggregation')
     from copy import deepcopy
-    torch.manual_seed(0)
+    torch.manual_seed(int(consecutive))
     f64 = torch.float64
-    batches = [(torch.randn(12, 8, dtype=f64), torch.randn(12, 1, dtype=f64), torch.randn(12, 1, dtype=f64)) for _ in range(3)]
+    n, bs = (7, 6) if consecutive else (3, 12)
+    batches = [(torch.randn(bs, 8, dtype=f64), torch.randn(bs, 1, dtype=f64), torch.randn(bs, 1, dtype=f64)) for _ in range(n)]
+    if consecutive: parts = [batches[i:i + 3] for i in range(0, 6, 3)]  # the seventh batch waits for two more
+    else: parts = [[tuple(t[idx] for t in b) for idx in torch.arange(bs).tensor_split(3)] for b in batches]
     ours = tiny_mtl_model(2, dtype=f64)
     ref = deepcopy(ours)
-    learn = TrainLearner(ours, DataLoaders(batches, []), MultiTaskLoss(F.mse_loss, F.mse_loss), lr=0.1, cbs=MultiTaskGradCB(SDMGrad()))
+    cb = MultiTaskGradCB(SDMGrad(), sdm_batches='consecutive' if consecutive else 'split')
+    learn = TrainLearner(ours, DataLoaders(batches, []), MultiTaskLoss(F.mse_loss, F.mse_loss), lr=0.1, cbs=cb)
     weighting, opt = jd.SDMGradWeighting(), torch.optim.SGD(ref.parameters(), 0.1)
     enc, heads = list(ref.encoder.parameters()), list(ref.heads.parameters())
     flat = lambda gs: torch.cat([g.flatten() for g in gs])
     steps = []
     class Each(Callback):
+        order = 200
         def after_step(self, learn): steps.append(flat(p.detach().clone() for p in learn.model.parameters()))
     learn.fit(1, valid=False, cbs=Each())
-    for k, (x, y1, y2) in enumerate(batches):
-        L = []
-        for idx in torch.arange(12).tensor_split(3):
-            out = ref(x[idx])
-            L.append(torch.stack([F.mse_loss(out[0], y1[idx]), F.mse_loss(out[1], y2[idx])]))
-        J = [torch.stack([flat(torch.autograd.grad(l, enc, retain_graph=True)) for l in Lk]) for Lk in L]
+    assert len(steps) == len(parts) == len(cb.weights) and len(cb.losses) == n
+    for k, step_parts in enumerate(parts):
+        L, J = [], []
+        for x, y1, y2 in step_parts:
+            out = ref(x)
+            L.append(torch.stack([F.mse_loss(out[0], y1), F.mse_loss(out[1], y2)]))
+            J.append(torch.stack([flat(torch.autograd.grad(l, enc, retain_graph=True)) for l in L[-1]]))
         w = weighting(J[0] @ J[1].T)
-        d = w @ J[2]
-        for p, g in zip(enc, d.split([p.numel() for p in enc])): p.grad = g.view_as(p).clone()
+        for p, g in zip(enc, (w @ J[2]).split([p.numel() for p in enc])): p.grad = g.view_as(p).clone()
         for p, g in zip(heads, torch.autograd.grad(L[2].sum(), heads)): p.grad = g
         opt.step(); opt.zero_grad()
         got = flat(p.detach() for p in ref.parameters())
@@ -161,39 +168,6 @@ def test_multi_fashion_loaders_carry_both_labels():
     assert torch.equal(yl, torch.as_tensor(dd['test']['label_left'])) and torch.equal(yr, torch.as_tensor(dd['test']['label_right']))
     assert not torch.equal(yl, yr)
     with pytest.raises(KeyError, match='`label_middle` is not in the dataset'): DataLoaders.from_dd_tensors(dd, 100, y=('label_left', 'label_middle'))
-
-def test_sdmgrad_on_consecutive_batches_matches_a_hand_loop_with_torchjd():
-    "sdm_batches='consecutive': batches 1, 2 give J₁, J₂ and no step; batch 3 gives J₃, the heads' gradients and the step."
-    jd = pytest.importorskip('torchjd.aggregation')
-    from copy import deepcopy
-    torch.manual_seed(1)
-    f64 = torch.float64
-    batches = [(torch.randn(6, 8, dtype=f64), torch.randn(6, 1, dtype=f64), torch.randn(6, 1, dtype=f64)) for _ in range(7)]
-    ours = tiny_mtl_model(2, dtype=f64)
-    ref = deepcopy(ours)
-    cb = MultiTaskGradCB(SDMGrad(), sdm_batches='consecutive')
-    learn = TrainLearner(ours, DataLoaders(batches, []), MultiTaskLoss(F.mse_loss, F.mse_loss), lr=0.1, cbs=cb)
-    weighting, opt = jd.SDMGradWeighting(), torch.optim.SGD(ref.parameters(), 0.1)
-    enc, heads = list(ref.encoder.parameters()), list(ref.heads.parameters())
-    flat = lambda gs: torch.cat([g.flatten() for g in gs])
-    steps = []
-    class Each(Callback):
-        order = 200
-        def after_step(self, learn): steps.append(flat(p.detach().clone() for p in learn.model.parameters()))
-    learn.fit(1, valid=False, cbs=Each())
-    assert len(steps) == 2 and len(cb.losses) == 7 and len(cb.weights) == 2  # the seventh batch waits for two more
-    for k in range(2):
-        L, J = [], []
-        for x, y1, y2 in batches[3 * k: 3 * k + 3]:
-            out = ref(x)
-            L.append(torch.stack([F.mse_loss(out[0], y1), F.mse_loss(out[1], y2)]))
-            J.append(torch.stack([flat(torch.autograd.grad(l, enc, retain_graph=True)) for l in L[-1]]))
-        w = weighting(J[0] @ J[1].T)
-        for p, g in zip(enc, (w @ J[2]).split([p.numel() for p in enc])): p.grad = g.view_as(p).clone()
-        for p, g in zip(heads, torch.autograd.grad(L[2].sum(), heads)): p.grad = g
-        opt.step(); opt.zero_grad()
-        got = flat(p.detach() for p in ref.parameters())
-        assert (got - steps[k]).norm() <= 1e-6 * got.norm(), k
 
 def test_with_scheduler_recorder_and_gradient_clipping():
     "OneCycleLR stepped per batch, RecorderCB and GradientClip see what an ordinary fit gives them; the clip acts on the aggregated gradient."
