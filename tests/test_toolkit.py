@@ -136,4 +136,8 @@ def test_append_stats_uses_the_first_stat_items():
     h = SimpleNamespace()
     append_stats(h, None, None, x, stat_items=None)
     assert h.stats[2][0].sum() == 40
+    far = 1e3 + 1e-2*torch.randn(64, 50)  # a large mean and a small spread: E[x²] - E[x]² would lose every digit in float32
+    h = SimpleNamespace()
+    append_stats(h, None, None, far, stat_items=None)
+    torch.testing.assert_close(h.stats[1][0].double(), far.double().std(), rtol=1e-3, atol=0)
     with pytest.raises(ValueError, match='`stat_items`'): ActivationStats(stat_items=0)
