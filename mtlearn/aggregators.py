@@ -234,6 +234,7 @@ class SDMGradWeighting(Weighting):
         m, wt = len(A), _pref_weights(self.pref_vector, A)
         w = self.w
         if w.shape != (m,) or w.dtype != A.dtype or w.device != A.device: w = A.new_full((m,), 1 / m)
+        w = torch.where(torch.isfinite(w).all(), w, 1 / m)  # a state a non-finite call left behind starts afresh
         s = A.diagonal().clamp_min(0).sqrt().mean()
         a = A / (s * s + 1e-8)
         v, k, lwt = None, torch.arange(1, m + 1, device=A.device, dtype=A.dtype), self.lambda_ * wt

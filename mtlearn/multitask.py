@@ -118,7 +118,7 @@ class MultiTaskGradCB(Callback):
         if sdm_batches == 'consecutive' and not isinstance(aggregator, SDMGrad):
             raise ValueError(f"`sdm_batches`='consecutive' is SDMGrad's option (it needs independent batches); the aggregator is a {type(aggregator).__name__}")
         self.agg, self.mode, self.shared, self.guard, self.sdm_batches = aggregator, mode, shared, guard, sdm_batches
-        self._pending, self._bad_now = [], None
+        self._pending, self._bad_now, self._agg_kept = [], None, None
 
     def _shared_module(self, model):
         s = self.shared
@@ -143,6 +143,7 @@ class MultiTaskGradCB(Callback):
         self._hook = mod.register_forward_hook(self._keep)
         self._mp = next((cb for cb in learn.cbs if isinstance(cb, MixedPrecision)), None)  # its scaler exists once its before_fit ran
         self.z, self.losses, self.weights, self.flag, self.n_step, self.first_bad, self._kept = None, [], [], HostScalar(), 0, None, None
+        self._agg_kept = None
         self._pending, self._bad_now = [], None  # SDMGrad on consecutive batches: J₁, J₂ waiting for ζ
         self.task_names = getattr(learn.loss_func, 'tasks', None)
     def cleanup_fit(self, learn):
@@ -172,6 +173,7 @@ class MultiTaskGradCB(Callback):
         if losses.device.type == 'cpu' and not bool(torch.isfinite(losses).all()):  # on the CPU the read waits for nothing
             self._record(learn, losses)
             self._raise(self.n_step)
+        if self._guarded(losses.device): self._keep_aggregator()
         self.scaler = getattr(self._mp, 'scaler', None)
         s = self.scaler.get_scale() if self.scaler is not None else None  # a device tensor: no read
         up, down = ((lambda t: t * s), (lambda t: t / s)) if s is not None else ((lambda t: t),) * 2
@@ -237,17 +239,27 @@ class MultiTaskGradCB(Callback):
 
     def before_step(self, learn):
         if self._pending: raise CancelStepException()  # SDMGrad waits for the third batch
-        if self.guard is False or (self.guard is None and self._bad_now.device.type == 'cpu'): return  # on the CPU a bad step never gets here
+        if not self._guarded(self._bad_now.device): return  # on the CPU a bad step never gets here
         opt = learn.opt
         self._kept = [(t, t.detach().clone()) for g in opt.param_groups for p in g['params']
                       for t in [p] + [v for v in opt.state.get(p, {}).values() if isinstance(v, torch.Tensor) and v.device == p.device]]
         # (a step counter the optimiser keeps on the CPU while the parameters are on a GPU is left alone: restoring it would wait for the GPU)
+    def _guarded(self, device): return self.guard is True or (self.guard is None and device.type != 'cpu')
+    def _keep_aggregator(self):
+        "A stateful aggregator's buffers (SDMGrad's w, Nash-MTL's α) as they are before it runs, for `cleanup_step` to put back."
+        if isinstance(self.agg, nn.Module): self._agg_kept = [(m, k, b.clone()) for m in self.agg.modules() for k, b in m.named_buffers(recurse=False)]
     def cleanup_step(self, learn):
         if self._kept is not None:
             ok = ~self._bad_now
             with torch.no_grad():
                 for t, old in self._kept: t.copy_(torch.where(ok, t, old))
             self._kept = None
+        if self._agg_kept is not None and not self._pending:
+            ok = ~self._bad_now
+            for m, k, old in self._agg_kept:
+                new = getattr(m, k)  # the weightings replace their buffers rather than write into them
+                if new.shape == old.shape and new.dtype == old.dtype and new.device == old.device: setattr(m, k, torch.where(ok, new, old))
+            self._agg_kept = None
         if not self._pending: self._bad_now = None
         self.flag.put(self.first_bad)
         v = self.flag.get()

@@ -115,6 +115,26 @@ def test_guard_restores_parameters_and_optimiser_state():
     after = [t for t in model.parameters()] + [v for s in opt.state.values() for v in s.values()]
     assert all(torch.equal(a, b) for a, b in zip(after, before))
 
+def test_guard_restores_the_aggregator_state():
+    "A skipped step also leaves SDMGrad's weights (a buffer) as they were; a good step keeps what the aggregator did."
+    torch.manual_seed(0)
+    agg = SDMGrad(sync_free=True)  # the path a GPU takes: no finiteness check, which would read the device
+    run = lambda J: agg(J, J.flip(0), J)
+    run(torch.randn(3, 20))  # the state now exists
+    state = lambda: [b.clone() for b in agg.buffers()]
+    cb = MultiTaskGradCB(agg, guard=True)
+    cb._kept, cb._pending, cb.first_bad = None, [], torch.tensor(-1)
+    cb.flag = type('F', (), {'put': lambda s, t: None, 'get': lambda s: None})()
+    for bad in (True, False):
+        before = state()
+        cb._keep_aggregator()
+        run(torch.randn(3, 20) * (float('inf') if bad else 1.))  # what a non-finite loss's gradients do
+        after_call = state()
+        cb._bad_now = torch.tensor(bad)
+        cb.cleanup_step(None)
+        assert not any(torch.equal(a, b) for a, b in zip(before, after_call) if a.numel() == 3)  # the call did change the weights
+        assert all(torch.equal(a, b) for a, b in zip(state(), before if bad else after_call))
+
 @pytest.mark.parametrize('consecutive', [False, True])
 def test_sdmgrad_matches_a_hand_loop_with_torchjd(consecutive):
     "Three parts ξ, ξ′, ζ per step: thirds of each batch (the default) or three consecutive batches (sdm_batches='consecutive');"
