@@ -143,8 +143,7 @@ class MultiTaskGradCB(Callback):
         self._hook = mod.register_forward_hook(self._keep)
         self._mp = next((cb for cb in learn.cbs if isinstance(cb, MixedPrecision)), None)  # its scaler exists once its before_fit ran
         self.z, self.losses, self.weights, self.flag, self.n_step, self.first_bad, self._kept = None, [], [], HostScalar(), 0, None, None
-        self._agg_kept = None
-        self._pending, self._bad_now = [], None  # SDMGrad on consecutive batches: J₁, J₂ waiting for ζ
+        self._pending, self._bad_now, self._agg_kept = [], None, None  # _pending: SDMGrad on consecutive batches, J₁ and J₂ waiting for ζ
         self.task_names = getattr(learn.loss_func, 'tasks', None)
     def cleanup_fit(self, learn):
         if getattr(self, '_hook', None) is not None: self._hook.remove()
