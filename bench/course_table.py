@@ -74,7 +74,7 @@ def with_callbacks(model, dls, epochs, lr):
 def steady_malloc():
     "Keep glibc's malloc from handing large blocks back to the OS between batches (one arena, fixed thresholds)."
     # Without this, training threads here took from 0 to 220,000 page faults per epoch, a different number each run, and
-    # two one-epoch runs of the same loop differed by up to 12% even when interleaved batch by batch; with it, by 0-3%.
+    # two one-epoch runs of the same loop differed by up to 15% even when interleaved batch by batch; with it, by 0-3%.
     try: libc = ctypes.CDLL('libc.so.6')
     except OSError: return  # not glibc: nothing to set
     libc.mallopt(-8, 1)  # M_ARENA_MAX: every thread allocates from the main arena
