@@ -245,8 +245,9 @@ class MultiTaskGradCB(Callback):
         # (a step counter the optimiser keeps on the CPU while the parameters are on a GPU is left alone: restoring it would wait for the GPU)
     def _guarded(self, device): return self.guard is True or (self.guard is None and device.type != 'cpu')
     def _keep_aggregator(self):
-        "A stateful aggregator's buffers (SDMGrad's w, Nash-MTL's α) as they are before it runs, for `cleanup_step` to put back."
-        if isinstance(self.agg, nn.Module): self._agg_kept = [(m, k, b.clone()) for m in self.agg.modules() for k, b in m.named_buffers(recurse=False)]
+        "A stateful aggregator's buffers (SDMGrad's w, Nash-MTL's α) before it runs, for `cleanup_step` to put back."
+        # references, not copies: the weightings replace a buffer with a new tensor rather than write into it
+        if isinstance(self.agg, nn.Module): self._agg_kept = [(m, k, b) for m in self.agg.modules() for k, b in m.named_buffers(recurse=False)]
     def cleanup_step(self, learn):
         if self._kept is not None:
             ok = ~self._bad_now
@@ -256,8 +257,9 @@ class MultiTaskGradCB(Callback):
         if self._agg_kept is not None and not self._pending:
             ok = ~self._bad_now
             for m, k, old in self._agg_kept:
-                new = getattr(m, k)  # the weightings replace their buffers rather than write into them
-                if new.shape == old.shape and new.dtype == old.dtype and new.device == old.device: setattr(m, k, torch.where(ok, new, old))
+                new = getattr(m, k)  # only the buffers this step replaced (not pref_vector, const...) need a choice
+                if new is not old and new.shape == old.shape and new.dtype == old.dtype and new.device == old.device:
+                    setattr(m, k, torch.where(ok, new, old))
             self._agg_kept = None
         if not self._pending: self._bad_now = None
         self.flag.put(self.first_bad)
