@@ -73,10 +73,10 @@ def with_callbacks(model, dls, epochs, lr):
     astats = ActivationStats(fc.risinstance(GeneralRelu))
     return fit(model, dls, epochs, lr, optim.AdamW, [astats], one_cycle=True)
 
-def lockstep_cnn(a, b, dls, epochs, lr, seed):
-    "Seconds of `a` and `b`, each training its own course CNN on `dls`, interleaved batch by batch."
+def lockstep_cnn(a, b, dls, epochs, lr, seed, first=0):
+    "Seconds of `a` and `b`, each training its own course CNN on `dls`, interleaved batch by batch (`first`: who starts)."
     set_seed(seed)
-    return lockstep(*(partial(f, epochs=epochs, lr=lr) for f in (a, b)), [cnn(), cnn()], dls)
+    return lockstep(*(partial(f, epochs=epochs, lr=lr) for f in (a, b)), [cnn(), cnn()], dls, first)
 
 def overhead(dls, reps):
     small = DataLoaders.from_dd_tensors({k: v.select(range(2048)) for k, v in load_fashion_mnist().items()}, 1024)
@@ -84,9 +84,7 @@ def overhead(dls, reps):
     rows = {'mtlearn / hand loop': [], 'A/A: hand loop again / hand loop': []}
     for r in range(reps):
         for k, (a, b) in zip(rows, ((hand_loop, with_callbacks), (hand_loop, hand_loop))):
-            if r % 2: a, b = b, a  # who starts alternates
-            ta, tb = lockstep_cnn(a, b, dls, 5, 6e-2, r)
-            if r % 2: ta, tb = tb, ta
+            ta, tb = lockstep_cnn(a, b, dls, 5, 6e-2, r, first=r % 2)  # who starts alternates
             rows[k].append((ta, tb, tb / ta))
     print(f'\nOne-cycle row (5 epochs), {reps} repetitions, each two runs interleaved batch by batch (own thread, own clock)')
     print(f"{'':<34}{'hand loop s':>12}{'other s':>9}{'ratio':>8}   per repetition")

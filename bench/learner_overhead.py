@@ -30,8 +30,8 @@ def steady_malloc():
 
 class Lockstep:
     "Two training runs, each in its own thread, that take turns batch by batch; each one's clock runs only during its turns."
-    def __init__(self):
-        self.cond, self.turn, self.done, self.secs, self.t0 = threading.Condition(), 0, [False, False], [0., 0.], [0., 0.]
+    def __init__(self, first=0):
+        self.cond, self.turn, self.done, self.secs, self.t0 = threading.Condition(), first, [False, False], [0., 0.], [0., 0.]
     def _wait(self, me):  # called holding the lock
         while self.turn != me and not self.done[1 - me]: self.cond.wait()
         self.t0[me] = time.perf_counter()
@@ -61,9 +61,9 @@ class TurnLoader:
             yield b
     def __getattr__(self, k): return getattr(self.dl, k)
 
-def lockstep(a, b, models, dls):
-    "Seconds of `a(models[0], dls)` and `b(models[1], dls)`, run in two threads that take turns batch by batch (drift hits both alike)."
-    lock, errors = Lockstep(), []
+def lockstep(a, b, models, dls, first=0):
+    "Seconds of `a(models[0], dls)` and `b(models[1], dls)`, run in two threads that take turns batch by batch (drift hits both alike); `first`: 0 if `a` starts, 1 if `b` does."
+    lock, errors = Lockstep(first), []
     def run(me, f):
         try:
             lock.start(me)
@@ -124,12 +124,9 @@ def main(quick=False):
         for r in range(reps):
             for k, (a, b) in zip(pairs, ((hand, learn), (hand, hand))):
                 torch.manual_seed(r)
-                if r % 2: a, b = b, a  # who starts alternates
-                ta, tb = lockstep(a, b, [make(), make()], dls)
-                pairs[k].append((tb, ta) if r % 2 else (ta, tb))
-        med = lambda k, f: statistics.median(f(*p) for p in pairs[k])
-        rows.append((name, bs, med('TrainLearner', lambda a, b: a), med('TrainLearner', lambda a, b: b),
-                     med('TrainLearner', lambda a, b: b/a), med('A/A', lambda a, b: b/a)))
+                pairs[k].append(lockstep(a, b, [make(), make()], dls, first=r % 2))  # who starts alternates
+        tl, med = pairs['TrainLearner'], statistics.median
+        rows.append((name, bs, med(a for a, _ in tl), med(b for _, b in tl), med(b/a for a, b in tl), med(b/a for a, b in pairs['A/A'])))
     print(f'{epochs} epoch(s) of {len(dd["train"]):,} images (and validation), {reps} repetitions, 2 threads; times are medians')
     print('Each repetition trains the hand loop and TrainLearner in two threads that take turns batch by batch, each with')
     print('its own clock, then the hand loop against itself (A/A: the noise left). Ratios are medians over the repetitions.')
