@@ -11,9 +11,15 @@ from .learner import *
 __all__ = ['MixedPrecision', 'AccelerateCB']
 
 # %% ../nbs/17_accel.ipynb #f850e11f
+def _publish_scaler(learn, scaler, owner):
+    "Make `scaler` the learner's gradient scaler for this fit; two callbacks that scale would fight over the gradients."
+    if scaler is not None and learn.scaler is not None:
+        raise ValueError(f"{owner}: the learner already has a gradient scaler ({type(learn.scaler).__name__}); use one mixed-precision callback")
+    learn.scaler = scaler
+
 class MixedPrecision(Callback):
     "Autocast the forward pass and loss (`dtype` float16 on CUDA, bfloat16 elsewhere by default); scale gradients for float16."
-    order = 100  # before_fit after DeviceCB (the model is on its device); before_step after the callbacks that rewrite gradients
+    order = 100  # before_fit after DeviceCB (the model is on its device)
     def __init__(self, dtype=None, device_type=None): self.dtype, self.device_type = dtype, device_type
 
     def before_fit(self, learn):
@@ -23,7 +29,10 @@ class MixedPrecision(Callback):
         if self.dt == torch.float16 and self.dev != 'cuda':
             raise ValueError(f"MixedPrecision: `dtype` float16 needs CUDA, but the model is on {self.dev!r}; use bfloat16 (the default there)")
         self.scaler = torch.amp.GradScaler(self.dev) if self.dt == torch.float16 else None
+        _publish_scaler(learn, self.scaler, 'MixedPrecision')
         self.ac = None
+    def cleanup_fit(self, learn):
+        if learn.scaler is getattr(self, 'scaler', None): learn.scaler = None
 
     def before_batch(self, learn):
         self.ac = torch.autocast(self.dev, dtype=self.dt)
@@ -35,18 +44,15 @@ class MixedPrecision(Callback):
             self.ac.__exit__(None, None, None)
             self.ac = None
 
-    def before_backward(self, learn):
-        if self.scaler is None: return
-        self.scaler.scale(learn.loss).backward()
-        self.scaler.unscale_(learn.opt)  # true gradients for the callbacks that run before the step
-        raise CancelBackwardException()
-    def before_step(self, learn):
-        if self.scaler is None: return
-        self.scaler.step(learn.opt)
-        self.scaler.update()
-        raise CancelStepException()
-
 # %% ../nbs/17_accel.ipynb #cfbe6826
+class _AccelerateScaler:
+    "Accelerate's gradient scaler seen through the `GradScaler` interface the learner uses: its prepared optimiser steps through the scaler itself."
+    def __init__(self, acc): self.acc = acc
+    def scale(self, t): return self.acc.scaler.scale(t)
+    def unscale_(self, opt): self.acc.unscale_gradients()
+    def step(self, opt): opt.step()
+    def update(self): pass
+
 class AccelerateCB(TrainCB):
     "Train through HF Accelerate: `mixed_precision` 'fp16' (CUDA), 'bf16' or 'no' (default: fp16 on CUDA, bf16 elsewhere)."
     order = DeviceCB.order + 10  # prepare the model once DeviceCB has placed it
@@ -60,6 +66,8 @@ class AccelerateCB(TrainCB):
             raise ValueError(f"`mixed_precision` should be 'no', 'fp16' or 'bf16'; found mixed_precision = {mixed_precision!r}")
         if mixed_precision == 'fp16' and not cuda:
             raise ValueError("AccelerateCB: `mixed_precision` 'fp16' needs CUDA, which this machine lacks; use 'bf16' or 'no'")
+        if kwargs.get('gradient_accumulation_steps', 1) != 1:
+            raise ValueError(f"AccelerateCB: `gradient_accumulation_steps` should be 1 (every batch makes a step); found {kwargs['gradient_accumulation_steps']!r}")
         self.opt = None  # set while a fit is prepared
         try: self.acc = Accelerator(mixed_precision=mixed_precision, **kwargs)
         except ValueError as e:
@@ -70,14 +78,13 @@ class AccelerateCB(TrainCB):
         super().before_fit(learn)
         self.opt, self.dls = learn.opt, (learn.dls.train, learn.dls.valid)
         learn.model, learn.opt, learn.dls.train, learn.dls.valid = self.acc.prepare(learn.model, learn.opt, *self.dls)
-
-    def before_backward(self, learn):
-        self.acc.backward(learn.loss)
-        raise CancelBackwardException()
+        self.scaler = _AccelerateScaler(self.acc) if self.acc.scaler is not None else None
+        _publish_scaler(learn, self.scaler, 'AccelerateCB')
 
     def cleanup_fit(self, learn):
         if self.opt is None: return  # the fit failed before this callback prepared anything
         learn.model = self.acc.unwrap_model(learn.model, keep_fp32_wrapper=False)
         learn.opt, (learn.dls.train, learn.dls.valid) = self.opt, self.dls
+        if learn.scaler is self.scaler: learn.scaler = None
         self.opt = None
         self.acc.free_memory()

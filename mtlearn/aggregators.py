@@ -61,6 +61,7 @@ class Weighting(nn.Module):
         self.sync_free = sync_free
     def _sync_free(self, M): return _accel(M) if self.sync_free is None else self.sync_free
     arg = 'G'  # the input's name in error messages
+    needs_losses = False  # True when `set_losses` must be called before each use
     def forward(self, G):
         _check_matrix(G, self.arg)
         nosync = self._sync_free(G)
@@ -71,6 +72,12 @@ class Weighting(nn.Module):
 
 class Aggregator(nn.Module):
     "Combine the rows of a Jacobian `J` (m×n) into the direction Jᵀw, with w from `weighting` applied to G = J Jᵀ."
+    parts = 1  # how many Jacobians of independent batches one call takes
+    from_gramian = True  # the weights depend on J only through J Jᵀ (so a Gramian of feature gradients can stand in)
+    @property
+    def needs_losses(self):
+        "Whether the task losses must be given (`set_losses`) before each call."
+        return self.weighting.needs_losses
     def __init__(self, weighting):
         super().__init__()
         self.weighting, self.last_weights = weighting, None
@@ -172,6 +179,8 @@ class MGDAWeighting(Weighting):
         if not (isinstance(max_iters, int) and max_iters >= 1): raise ValueError(f"`max_iters` should be an int ≥ 1; found {max_iters!r}")
         self.norm_type, self.epsilon, self.max_iters, self.losses = norm_type, epsilon, max_iters, None
 
+    @property
+    def needs_losses(self): return self.norm_type in ('loss', 'loss+')
     def set_losses(self, losses):
         "The task losses (1-D, one per task) for the next aggregation with `norm_type` loss or loss+."
         _check_vector(losses, 'losses')
@@ -247,6 +256,7 @@ class SDMGradWeighting(Weighting):
 
 class SDMGrad(Aggregator):
     "SDMGrad: weights from A = J₁J₂ᵀ, direction Jᵀw (`J` defaults to (J₁ + J₂)/2)."
+    parts, from_gramian = 3, False  # J₁, J₂ and J from independent batches; A is no Gramian
     def __init__(self, lr=10.0, momentum=0.5, n_iter=20, lambda_=0.3, pref_vector=None, sync_free=None):
         super().__init__(SDMGradWeighting(lr, momentum, n_iter, lambda_, pref_vector, sync_free))
     def forward(self, J1, J2, J=None):

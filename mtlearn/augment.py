@@ -13,6 +13,7 @@ from torch import nn
 
 from .datasets import show_images
 from .learner import *
+from .conv import apply_tensors
 from .activations import Hooks
 from fastprogress.fastprogress import IN_NOTEBOOK
 
@@ -119,17 +120,25 @@ def show_image_batch(self:Learner, max_n=9, cbs=None, **kwargs):
     show_images(peek.batch[0][:max_n].float(), **kwargs)
 
 # %% ../nbs/14_augment.ipynb #2a0ac532
+def _cat_tree(xs):
+    "Concatenate a list of batches' tensors, or of tuples or dicts of them (one per task), along the first dimension, on the CPU."
+    x = xs[0]
+    if isinstance(x, dict): return {k: _cat_tree([o[k] for o in xs]) for k in x}
+    if isinstance(x, (tuple, list)): return tuple(_cat_tree([o[i] for o in xs]) for i in range(len(x)))
+    return to_cpu(torch.cat(xs))
+
 class CapturePreds(Callback):
-    "Collect predictions and targets (and inputs) of every batch; concatenated on the CPU after the fit."
+    "Collect predictions and targets (and inputs) of every batch; concatenated on the CPU after the fit (tuples and dicts of tensors too)."
     def __init__(self, inps=False): self.inps = inps
     def before_fit(self, learn): self.all_inps, self.all_preds, self.all_targs = [], [], []
     def after_batch(self, learn):
-        n_inp = getattr(learn, 'n_inp', 1)
-        if self.inps: self.all_inps.append(learn.batch[0].detach())
-        self.all_preds.append(learn.preds.detach())
-        self.all_targs.append(learn.batch[n_inp].detach())
+        xs, ys = split_batch(learn.batch, learn.n_inp)
+        detach = lambda o: apply_tensors(torch.Tensor.detach, o)
+        if self.inps: self.all_inps.append(detach(xs[0] if len(xs) == 1 else xs))
+        self.all_preds.append(detach(learn.preds))
+        self.all_targs.append(detach(ys[0] if len(ys) == 1 else ys))
     def after_fit(self, learn):
-        cat = lambda xs: to_cpu(torch.cat(xs)) if xs else None
+        cat = lambda xs: _cat_tree(xs) if xs else None
         self.all_preds, self.all_targs, self.all_inps = cat(self.all_preds), cat(self.all_targs), cat(self.all_inps)
 
 @patch

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_learner.ipynb #66328e2a
 from __future__ import annotations
-import math, shutil, sys, time
+import math, os, shutil, sys, time, warnings
 from copy import copy, deepcopy
 from operator import attrgetter
 from pathlib import Path
@@ -21,9 +21,9 @@ from .conv import get_device, to_device, apply_tensors
 
 # %% auto #0
 __all__ = ['CancelException', 'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'CancelBackwardException',
-           'CancelStepException', 'Callback', 'run_cbs', 'with_cbs', 'cb_list', 'Learner', 'TrainCB', 'to_cpu',
-           'RunningMean', 'MetricsCB', 'HostScalar', 'ProgressCB', 'DeviceCB', 'TrainLearner', 'MomentumLearner',
-           'SingleBatchCB', 'LRFinderCB', 'valley', 'TerminateOnNaNCB']
+           'CancelStepException', 'Callback', 'run_cbs', 'with_cbs', 'cb_list', 'split_batch', 'Learner', 'TrainCB',
+           'to_cpu', 'RunningMean', 'MetricsCB', 'HostScalar', 'ProgressCB', 'DeviceCB', 'TrainLearner',
+           'MomentumLearner', 'SingleBatchCB', 'LRFinderCB', 'valley', 'TerminateOnNaNCB']
 
 # %% ../nbs/09_learner.ipynb #fb5bddc5
 class CancelException(Exception):
@@ -76,6 +76,16 @@ def cb_list(cbs):
     "An `fc.L` of callbacks from None, one callback, or an iterable of them (a callback that is itself iterable, like `HooksCallback`, counts as one)."
     return fc.L([cbs]) if isinstance(cbs, Callback) else fc.L(cbs)
 
+# %% ../nbs/09_learner.ipynb #b1a7c0de
+def split_batch(batch, n_inp=1):
+    "A batch as `(inputs, targets)`, two tuples: its first `n_inp` items and the rest (a target may be a dict of per-task targets)."
+    if isinstance(batch, dict):
+        raise ValueError(f"a batch should be a tuple (inputs, then targets); found a dict with keys {list(batch)}, which has no order "
+                         "to split: make the loader yield tuples, e.g. (x, y) or (x, {task: y})")
+    if not isinstance(batch, (tuple, list)): raise ValueError(f"a batch should be a tuple (inputs, then targets); found a {type(batch).__name__}")
+    if not 0 < n_inp <= len(batch): raise ValueError(f"`n_inp` should be between 1 and the batch's {len(batch)} items; found n_inp = {n_inp!r}")
+    return tuple(batch[:n_inp]), tuple(batch[n_inp:])
+
 # %% ../nbs/09_learner.ipynb #70388bb4
 class Learner():
     "Trains `model` on `dls` with `loss_func` and an optimiser from `opt_func(params, lr)`; callbacks `cbs` do the rest."
@@ -84,7 +94,7 @@ class Learner():
     def __init__(self, model, dls=(0,), loss_func=F.mse_loss, lr=0.1, cbs=None, opt_func=optim.SGD):
         cbs = cb_list(cbs)
         fc.store_attr()
-        self.opt, self._opt_state, self._events = None, None, None
+        self.opt, self._opt_state, self._events, self.scaler, self._unscaled = None, None, None, None, False
 
     @with_cbs('batch')
     def _one_batch(self):
@@ -94,6 +104,7 @@ class Learner():
         self._check_loss()
         self.callback('after_loss')
         if self.training:
+            self._unscaled = False
             self._backward()
             self._step()
             self.zero_grad()
@@ -102,6 +113,29 @@ class Learner():
     def _backward(self): self.backward()
     @with_cbs('step')
     def _step(self): self.step()
+
+    @property
+    def xb(self):
+        "The batch's inputs, a tuple (the first `n_inp` items)."
+        return split_batch(self.batch, self.n_inp)[0]
+    @property
+    def yb(self):
+        "The batch's targets, a tuple (the items after the inputs)."
+        return split_batch(self.batch, self.n_inp)[1]
+
+    def scaled(self, t):
+        "What to back-propagate for `t`: `t` times the gradient scaler's scale (`learn.scaler`), or `t` itself without one."
+        return t if self.scaler is None else self.scaler.scale(t)
+    def unscale_(self):
+        "Turn the scaled `.grad`s into true gradients before they are read (once per step; nothing to do without a scaler)."
+        if self.scaler is not None and not self._unscaled:
+            self.scaler.unscale_(self.opt)
+            self._unscaled = True
+    def opt_step(self):
+        "Step the optimiser, through `learn.scaler` if there is one (which skips a step whose gradients are not finite)."
+        if self.scaler is None: return self.opt.step()
+        self.scaler.step(self.opt)
+        self.scaler.update()
 
     def _check_loss(self):
         l = self.loss
@@ -142,16 +176,33 @@ class Learner():
         for cb in cbs: self.cbs.append(cb)
         try:
             self.n_epochs, self.epochs = n_epochs, range(n_epochs)
-            if lr is None: lr = self.lr
-            if self.opt_func: self.opt = self.opt_func(self.model.parameters(), lr)
-            if self._opt_state is not None: self.opt.load_state_dict(self._opt_state)
-            self._opt_state = None
+            self._new_opt(lr)
             self._events = {}
             self._sorted_cbs = sorted(self.cbs, key=attrgetter('order'))
+            self._check_cbs()
             self._fit(train, valid)
         finally:
             self._events = None
             for cb in cbs: self.cbs.remove(cb)
+
+    def _new_opt(self, lr):
+        "A fresh optimiser at `lr` (default `self.lr`) that takes over any state `load` left pending; an explicit `lr` wins over the loaded one."
+        explicit = lr is not None
+        if self.opt_func is None: raise ValueError("`opt_func` should be a function (params, lr) -> optimiser, such as optim.SGD; found None")
+        lr = self.lr if lr is None else lr
+        if not isinstance(lr, (int, float)) or isinstance(lr, bool):
+            raise ValueError(f"`lr` should be a number: give it to the learner or to `fit(lr=...)`; found lr = {lr!r}")
+        self.opt = self.opt_func(self.model.parameters(), lr)
+        if self._opt_state is not None:
+            self.opt.load_state_dict(self._opt_state)
+            if explicit:
+                for pg in self.opt.param_groups: pg['lr'] = lr
+        self._opt_state = None
+
+    def _check_cbs(self):
+        takers = [type(cb).__name__ for cb in self._sorted_cbs if getattr(cb, 'replaces_backward', False)]
+        if len(takers) > 1:
+            raise ValueError(f"callbacks {', '.join(takers)} each replace the backward pass (`replaces_backward`); a fit can have only one")
 
     def __getattr__(self, name):
         if name in self._steps: return lambda: self.callback(name)
@@ -172,10 +223,10 @@ class TrainCB(Callback):
     "The basic training steps, as a callback: model on the first `n_inp` batch items, loss on the rest."
     def __init__(self, n_inp=1): self.n_inp = n_inp
     def before_fit(self, learn): learn.n_inp = self.n_inp
-    def predict(self, learn): learn.preds = learn.model(*learn.batch[:self.n_inp])
-    def get_loss(self, learn): learn.loss = learn.loss_func(learn.preds, *learn.batch[self.n_inp:])
-    def backward(self, learn): learn.loss.backward()
-    def step(self, learn): learn.opt.step()
+    def predict(self, learn): learn.preds = learn.model(*learn.xb)
+    def get_loss(self, learn): learn.loss = learn.loss_func(learn.preds, *learn.yb)
+    def backward(self, learn): learn.scaled(learn.loss).backward()
+    def step(self, learn): learn.opt_step()
     def zero_grad(self, learn): learn.opt.zero_grad()
 
 # %% ../nbs/09_learner.ipynb #f3e288f2
@@ -225,14 +276,13 @@ class MetricsCB(Callback):
         self._log(log)
 
     def after_batch(self, learn):
-        n_inp = getattr(learn, 'n_inp', 1)
-        ys = learn.batch[n_inp:]
+        xs, ys = split_batch(learn.batch, learn.n_inp)
         preds, dev = learn.preds, learn.loss.device
         for m in self.all_metrics.values():
             if m.device != dev: m.to(dev)
         preds = apply_tensors(torch.Tensor.detach, preds)  # one output, or one per task
         for m in self.metrics.values(): m.update(preds, *ys)
-        self.loss.update(learn.loss.detach(), weight=len(learn.batch[0]))
+        self.loss.update(learn.loss.detach(), weight=len(xs[0]))
 
 # %% ../nbs/09_learner.ipynb #5da3dbcb
 class HostScalar:
@@ -365,10 +415,10 @@ class DeviceCB(Callback):
 # %% ../nbs/09_learner.ipynb #7c863fb1
 class TrainLearner(Learner):
     "A `Learner` whose training steps are methods: override them to change the loop."
-    def predict(self): self.preds = self.model(*self.batch[:self.n_inp])
-    def get_loss(self): self.loss = self.loss_func(self.preds, *self.batch[self.n_inp:])
-    def backward(self): self.loss.backward()
-    def step(self): self.opt.step()
+    def predict(self): self.preds = self.model(*self.xb)
+    def get_loss(self): self.loss = self.loss_func(self.preds, *self.yb)
+    def backward(self): self.scaled(self.loss).backward()
+    def step(self): self.opt_step()
     def zero_grad(self): self.opt.zero_grad()
 
 # %% ../nbs/09_learner.ipynb #dc5c5dd6
@@ -426,12 +476,13 @@ def valley(lrs, losses, beta=0.98):
 @patch
 def lr_find(self:Learner, gamma=1.3, max_mult=3, start_lr=1e-5, max_epochs=10, plot=True):
     "Run an LR range test from `start_lr`, plot loss against lr, and return the suggested learning rate; weights and optimiser are restored."
-    state, opt = deepcopy(self.model.state_dict()), self.opt
+    state, opt, pending = deepcopy(self.model.state_dict()), self.opt, self._opt_state
     cb = LRFinderCB(gamma=gamma, max_mult=max_mult)
+    self._opt_state = None  # a fresh optimiser from `start_lr`; the state `load` left waits for the next fit
     try: self.fit(max_epochs, lr=start_lr, cbs=cb)
     finally:
         self.model.load_state_dict(state)
-        self.opt = opt
+        self.opt, self._opt_state = opt, pending
     if sum(map(math.isfinite, cb.losses)) < 2:
         raise ValueError(f"lr_find: the loss was finite for {sum(map(math.isfinite, cb.losses))} batch(es) only; try a smaller `start_lr` (found start_lr = {start_lr})")
     sugg = valley(cb.lrs, cb.losses)
@@ -445,16 +496,31 @@ def lr_find(self:Learner, gamma=1.3, max_mult=3, start_lr=1e-5, max_epochs=10, p
     return sugg
 
 # %% ../nbs/09_learner.ipynb #ea2b99f9
+def _cb_keys(cbs):
+    "A name per callback that has state: its class name, numbered from the second of a class on."
+    seen, out = {}, {}
+    for cb in cbs:
+        if not hasattr(cb, 'state_dict'): continue
+        nm = type(cb).__name__
+        seen[nm] = seen.get(nm, 0) + 1
+        out[nm if seen[nm] == 1 else f'{nm}_{seen[nm]}'] = cb
+    return out
+
 @patch
 def save(self:Learner, path, with_opt=True):
-    "Save the model's (and optimiser's) state to `path`."
-    state = {'model': self.model.state_dict()}
+    "Save the model's (and optimiser's) state and the callbacks' state to `path`, atomically."
+    state = {'model': self.model.state_dict(), 'cbs': {k: cb.state_dict() for k, cb in _cb_keys(self.cbs).items()}}
     if with_opt and hasattr(self.opt, 'state_dict'): state['opt'] = self.opt.state_dict()
-    torch.save(state, path)
+    path = Path(path)
+    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # the old checkpoint stays whole until the new one is
+    finally: tmp.unlink(missing_ok=True)
 
 @patch
 def load(self:Learner, path, with_opt=True):
-    "Load model (and optimiser) state saved by `save`, after checking it matches the model."
+    "Load model (and optimiser, and callback) state saved by `save`, after checking it matches the model."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"`path` {str(path)!r} does not exist")
     p = next(iter(self.model.parameters()), None)
@@ -465,10 +531,13 @@ def load(self:Learner, path, with_opt=True):
         raise ValueError(f"Checkpoint {str(path)!r} does not fit the model: missing {sorted(own.keys()-new.keys())}, unexpected {sorted(new.keys()-own.keys())}")
     for k, v in own.items():
         if v.shape != new[k].shape: raise ValueError(f"Checkpoint {str(path)!r} does not fit the model: parameter `{k}` has shape {tuple(new[k].shape)} there, {tuple(v.shape)} in the model")
-    if with_opt and 'opt' in state:
-        if hasattr(self.opt, 'load_state_dict'): self.opt.load_state_dict(state['opt'])
-        else: self._opt_state = state['opt']
+    cbs, saved = _cb_keys(self.cbs), state.get('cbs', {})
+    if saved.keys() - cbs.keys():
+        warnings.warn(f"Checkpoint {str(path)!r} holds the state of callbacks {sorted(saved.keys() - cbs.keys())}, which the learner does not have: not loaded")
     self.model.load_state_dict(new)
+    for k, cb in cbs.items():
+        if k in saved: cb.load_state_dict(saved[k])
+    if with_opt and 'opt' in state: self._opt_state = state['opt']
 
 # %% ../nbs/09_learner.ipynb #b59da94c
 class TerminateOnNaNCB(Callback):

@@ -15,7 +15,7 @@ from torch.func import functional_call, jvp, vjp, vmap
 from fastprogress.fastprogress import progress_bar
 
 from .conv import to_device
-from .learner import Learner
+from .learner import Learner, split_batch
 
 # %% auto #0
 __all__ = ['loss_hessians', 'LossHessian', 'register_loss_hessian', 'loss_hessian', 'flat_params', 'GGN', 'CGInfo', 'cg_solve',
@@ -90,8 +90,11 @@ def loss_hessian(loss_func, name='loss_func'):
 
 # %% ../nbs/30_merge.ipynb #f6e49dc5
 def _batch_xy(b, name):
-    if not isinstance(b, (tuple, list)) or len(b) < 2: raise ValueError(f"`{name}` should yield (input, target) batches; found a {type(b).__name__}")
-    return b[0], b[1]
+    "The one input and one target of batch `b`, split as the Learner splits batches."
+    try: xs, ys = split_batch(b)
+    except ValueError as e: raise ValueError(f"`{name}` should yield (input, target) batches: {e}") from None
+    if len(ys) != 1: raise ValueError(f"`{name}` should yield (input, target) batches; found a batch of {len(b)} items")
+    return xs[0], ys[0]
 
 class _Flat:
     "Flatten a model's parameters into one vector and back."

@@ -4,6 +4,7 @@
 
 # %% ../nbs/21_multitask.ipynb #8e11ddf7
 from __future__ import annotations
+import math
 import fastcore.all as fc
 import matplotlib.pyplot as plt
 import torch
@@ -13,12 +14,12 @@ from torch import nn
 from .learner import *
 from .learner import HostScalar
 from .conv import apply_tensors
-from .accel import MixedPrecision
-from .aggregators import Aggregator, SDMGrad
+from .aggregators import Aggregator
 
 # %% auto #0
-__all__ = ['MF_LABELS', 'MultiTaskModel', 'MultiTaskLoss', 'TaskMetric', 'MultiTaskGradCB', 'synthetic_tasks', 'tiny_mtl_model',
-           'overlay_pairs', 'load_multi_fashion', 'lenet_encoder', 'mf_methods', 'mf_learner', 'mf_train', 'mf_table']
+__all__ = ['MF_LABELS', 'MultiTaskModel', 'MultiTaskLoss', 'TaskMetric', 'check_mode', 'task_jacobian', 'mtl_backward',
+           'DeviceSeries', 'StepGuard', 'MultiTaskGradCB', 'synthetic_tasks', 'tiny_mtl_model', 'overlay_pairs',
+           'load_multi_fashion', 'lenet_encoder', 'mf_methods', 'mf_learner', 'mf_train', 'mf_table']
 
 # %% ../nbs/21_multitask.ipynb #a776a1cf
 class MultiTaskModel(nn.Module):
@@ -101,24 +102,216 @@ class TaskMetric:
     @property
     def device(self): return self.metric.device
 
-# %% ../nbs/21_multitask.ipynb #300a93b5
-_FEATURE_ONLY = (SDMGrad,)
+# %% ../nbs/21_multitask.ipynb #c0de0001
+def _features(features):
+    fs = [features] if isinstance(features, torch.Tensor) else list(features) if isinstance(features, (tuple, list)) else None
+    if not fs or not all(isinstance(f, torch.Tensor) for f in fs):
+        raise ValueError(f"`features` should be a tensor (the shared representation) or a list of tensors; found {type(features).__name__}")
+    for i, f in enumerate(fs):
+        if f.grad_fn is None: raise ValueError(f"`features`{'' if len(fs) == 1 else f'[{i}]'} should be the output of the shared parameters; it has no autograd graph")
+    return fs
 
+def _graph_params(roots, stop=()):
+    "The leaf tensors that require grad reachable from `roots` through the autograd graph, not going past the nodes in `stop`."
+    stop, seen, out = set(stop), set(), []
+    todo = [t.grad_fn for t in roots if t.grad_fn is not None]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen or node in stop: continue
+        seen.add(node)
+        v = getattr(node, 'variable', None)  # an AccumulateGrad node: a leaf
+        if v is not None: out.append(v)
+        todo.extend(n for n, _ in node.next_functions)
+    return out
+
+def _params(ps, name):
+    ps = [ps] if isinstance(ps, torch.Tensor) else list(ps.parameters()) if isinstance(ps, nn.Module) else list(ps)
+    bad = [type(p).__name__ for p in ps if not (isinstance(p, torch.Tensor) and p.requires_grad)]
+    if bad: raise ValueError(f"`{name}` should be tensors that require grad (parameters, or a module); found {', '.join(bad)}")
+    return [p for p in ps if p.requires_grad]
+
+def check_mode(aggregator, mode):
+    "Raise a `ValueError` unless `aggregator` can run in `mode` ('params' or 'features')."
+    if mode not in ('params', 'features'): raise ValueError(f"`mode` should be 'params' or 'features'; found {mode!r}")
+    if not callable(aggregator): raise ValueError(f"`aggregator` should be an Aggregator (or a callable J -> direction); found a {type(aggregator).__name__}")
+    if mode == 'features' and not (isinstance(aggregator, Aggregator) and aggregator.from_gramian):
+        raise ValueError(f"`aggregator` {type(aggregator).__name__} needs the Jacobian of the parameters (or independent batches), "
+                         "so it cannot run in mode='features', which has only the Gramian of the feature gradients; use mode='params'")
+
+def _task_rows(losses, aggregator, jacobians):
+    "The loss rows to differentiate (flat), the task count m and which rows the heads learn from."
+    parts = getattr(aggregator, 'parts', 1)
+    if not isinstance(losses, torch.Tensor): raise ValueError(f"`losses` should be a 1-D tensor, one loss per task; found a {type(losses).__name__}")
+    if parts == 1 or jacobians:
+        if losses.ndim != 1 or len(losses) == 0: raise ValueError(f"`losses` should be a 1-D tensor, one loss per task; found shape {tuple(losses.shape)}")
+        if jacobians and (not isinstance(jacobians, (tuple, list)) or len(jacobians) != parts - 1):
+            raise ValueError(f"`jacobians` should be the {parts - 1} Jacobians of earlier independent batches that {type(aggregator).__name__} needs; found {jacobians!r:.60}")
+        return losses, len(losses), slice(None)
+    if losses.ndim != 2 or losses.shape[0] != parts or losses.shape[1] == 0:
+        raise ValueError(f"`losses` should have shape ({parts}, m) for {type(aggregator).__name__}: the m task losses of {parts} independent parts "
+                         f"of the batch (or give the earlier parts' `jacobians`); found shape {tuple(losses.shape)}")
+    m = losses.shape[1]
+    return losses.reshape(-1), m, slice((parts - 1) * m, None)
+
+def _batched_grads(rows, inputs, scale=None):
+    "One batched backward of every row of `rows` to each of `inputs` (None where a row does not reach it)."
+    eye = torch.eye(len(rows), device=rows.device, dtype=rows.dtype)
+    if scale is not None: eye = eye * scale
+    return torch.autograd.grad(rows, inputs, grad_outputs=eye, is_grads_batched=True, retain_graph=True, allow_unused=True)
+
+def _feature_grads(rows, fs, heads, scale):
+    "∂Lᵢ/∂z for every row and feature tensor, and the heads' per-row gradients, from one batched backward through the heads."
+    gs = _batched_grads(rows, fs + heads, scale)
+    Fz = gs[:len(fs)]
+    if all(g is None for g in Fz): raise ValueError("`losses` do not depend on `features`: give the output of the shared module that the heads read")
+    Fz = [torch.zeros_like(f).expand(len(rows), *f.shape) if g is None else g for f, g in zip(fs, Fz)]
+    return Fz, gs[len(fs):]
+
+def _through_encoder(fs, shared, Fz, batched):
+    "The shared parameters' gradients for the feature gradients `Fz` (rows of a Jacobian if `batched`), flattened and joined."
+    gs = torch.autograd.grad(fs, shared, grad_outputs=Fz, is_grads_batched=batched, allow_unused=True)
+    missing = [i for i, g in enumerate(gs) if g is None]
+    if missing: raise ValueError(f"`shared` parameters {missing} (by position, of {len(shared)}) do not reach `features`: "
+                                 "the shared parameters should be those that compute the features")
+    return torch.cat([g.flatten(1 if batched else 0) for g in gs], -1)
+
+def task_jacobian(losses, features, shared=None, scale=None):
+    "The m×n Jacobian of the task `losses` with respect to the `shared` parameters, through `features`: two batched backward passes."
+    fs = _features(features)
+    shared = _graph_params(fs) if shared is None else _params(shared, 'shared')
+    rows, _, _ = _task_rows(losses, None, ())
+    Fz, _ = _feature_grads(rows, fs, [], scale)
+    J = _through_encoder(fs, shared, Fz, True)
+    return J if scale is None else J / scale
+
+def mtl_backward(losses, features, aggregator, shared=None, heads=None, mode='params', jacobians=(), scale=None):
+    "Fill `.grad`: the `shared` parameters get `aggregator`'s combination of the task gradients, each head its own task's gradient; return the weights."
+    check_mode(aggregator, mode)
+    fs = _features(features)
+    rows, m, own = _task_rows(losses, aggregator, jacobians)
+    shared = _graph_params(fs) if shared is None else _params(shared, 'shared')
+    if not shared: raise ValueError("`shared` should hold at least one parameter that requires grad; found none")
+    ids = {id(p) for p in shared}
+    if heads is None: heads = [p for p in _graph_params([rows], stop=[f.grad_fn for f in fs]) if id(p) not in ids]
+    else: heads = _params(heads, 'heads')
+    Fz, head_rows = _feature_grads(rows, fs, heads, scale)
+    agg = aggregator
+    if getattr(agg, 'needs_losses', False): agg.set_losses(losses.detach() if losses.ndim == 1 else losses.detach().mean(0))
+    if mode == 'features':  # MGDA-UB: weights from the Gramian of the feature gradients, one ordinary backward of Σ wᵢ ∂Lᵢ/∂z
+        Ff = torch.cat([g.flatten(1) for g in Fz], 1)
+        G = Ff @ Ff.T
+        w = agg.weighting(G if scale is None else G / (scale * scale))
+        agg.last_weights = w.detach()
+        d = _through_encoder(fs, shared, [(w.to(g.dtype) @ g.flatten(1)).view_as(f) for f, g in zip(fs, Fz)], False)
+    else:
+        J = _through_encoder(fs, shared, Fz, True)
+        if scale is not None: J = J / scale  # the aggregator sees the true gradients
+        parts = getattr(agg, 'parts', 1)
+        if parts > 1: d = agg(*jacobians, J) if jacobians else agg(*J.chunk(parts))
+        else: d = agg(J)
+        if scale is not None: d = d * scale
+    for p, g in zip(shared, d.split([p.numel() for p in shared])): _accumulate(p, g.view_as(p))
+    for p, g in zip(heads, head_rows):
+        if g is not None: _accumulate(p, g[own].sum(0))
+    return getattr(agg, 'last_weights', None)
+
+def _accumulate(p, g):
+    if p.grad is None: p.grad = g.detach().clone()
+    else: p.grad.add_(g)
+
+# %% ../nbs/21_multitask.ipynb #c0de0006
+class DeviceSeries:
+    "Per-step rows (1-D tensors) kept on their device in preallocated chunks and moved to the host at most once per `flush`; the newest `max_records` are kept."
+    def __init__(self, max_records=10_000, chunk=256):
+        if not (isinstance(max_records, int) and max_records >= 1): raise ValueError(f"`max_records` should be a positive int; found max_records = {max_records!r}")
+        self.max_records, self.chunk = max_records, chunk
+        self.reset()
+    def reset(self):
+        "Forget every row."
+        self.host, self.full, self.buf, self.n = torch.zeros(0, 0), [], None, 0
+    def append(self, row):
+        "Add one row: one copy on the device, no host read."
+        row = row.detach()
+        if self.buf is None or self.n == len(self.buf) or self.buf.shape[1:] != row.shape or self.buf.device != row.device:
+            if self.buf is not None: self.full.append(self.buf[:self.n])
+            while len(self.full) > 1 and sum(map(len, self.full[1:])) >= self.max_records: self.full.pop(0)  # capped on the device too
+            self.buf, self.n = row.new_empty(self.chunk, *row.shape), 0
+        self.buf[self.n].copy_(row)
+        self.n += 1
+    def flush(self):
+        "Move the rows waiting on the device to the host (one read); returns the host tensor."
+        waiting = self.full + ([self.buf[:self.n]] if self.n else [])
+        if waiting:
+            new = torch.cat([t.float().cpu() for t in waiting])
+            self.host = torch.cat([self.host, new]) if self.host.numel() else new
+            self.host = self.host[-self.max_records:]
+            self.full, self.buf, self.n = [], None, 0
+        return self.host
+    def values(self):
+        "Every kept row, on the host (rows × width)."
+        return self.flush()
+    def __len__(self): return len(self.host) + sum(map(len, self.full)) + self.n
+    def state_dict(self): return {'values': self.values().clone()}
+    def load_state_dict(self, sd):
+        self.reset()
+        self.host = sd['values'].clone()
+
+class StepGuard:
+    "Undo, on the device, an optimiser step taken on non-finite losses (parameters, optimiser state, modules' buffers); report the first such step once the host can read it without waiting."
+    def __init__(self): self.reset()
+    def reset(self):
+        "Start counting steps afresh."
+        self.n_step, self.bad, self.first_bad, self.bad_losses, self.flag = 0, None, None, None, HostScalar()
+        self._kept, self._mods = None, None
+    def watch(self, losses):
+        "Note one training batch's losses: the step it feeds is bad if any is not finite (device ops only)."
+        l = losses.detach()
+        bad = ~torch.isfinite(l).all()
+        self.bad = bad if self.bad is None else self.bad | bad
+        self.n_step += 1
+        if self.first_bad is None:
+            self.first_bad, self.bad_losses = torch.full((), -1, dtype=torch.long, device=l.device), torch.zeros_like(l)
+        new = (self.first_bad < 0) & bad
+        self.first_bad = torch.where(new, self.n_step, self.first_bad)
+        self.bad_losses = torch.where(new, l, self.bad_losses)
+    def keep_modules(self, *modules):
+        "Remember the modules' buffers before they run (references: the weightings replace a buffer, never write into it)."
+        self._mods = [(m, k, b) for mod in modules if isinstance(mod, nn.Module) for m in mod.modules() for k, b in m.named_buffers(recurse=False)]
+    def keep_opt(self, opt):
+        "Copy the parameters and the optimiser's state on their devices, before the step."
+        self._kept = [(t, t.detach().clone()) for g in opt.param_groups for p in g['params']
+                      for t in [p] + [v for v in opt.state.get(p, {}).values() if isinstance(v, torch.Tensor) and v.device == p.device]]
+        # (a step counter the optimiser keeps on the CPU while the parameters are on a GPU is left alone: restoring it would wait for the GPU)
+    def settle(self):
+        "After the step: put back what a bad step changed; return the first bad step's number and losses once the host has them, else None."
+        if self.bad is not None:
+            ok = ~self.bad
+            with torch.no_grad():
+                for t, old in self._kept or (): t.copy_(torch.where(ok, t, old))
+            for m, k, old in self._mods or ():
+                new = getattr(m, k)  # only the buffers this step replaced (not pref_vector, const...) need a choice
+                if new is not old and new.shape == old.shape and new.dtype == old.dtype and new.device == old.device:
+                    setattr(m, k, torch.where(ok, new, old))
+        self.bad, self._kept, self._mods = None, None, None
+        if self.first_bad is None: return None
+        self.flag.put(self.first_bad)
+        v = self.flag.get()
+        return (int(v), self.bad_losses.tolist()) if v is not None and v >= 0 else None
+
+# %% ../nbs/21_multitask.ipynb #300a93b5
 class MultiTaskGradCB(Callback):
     "Take over the backward pass of a multi-task model: the shared parameters get `aggregator`'s combination of the tasks' gradients."
-    order = MixedPrecision.order - 10  # before MixedPrecision's backward and step, which this replaces or wraps
-    def __init__(self, aggregator, mode='params', shared=None, guard=None, sdm_batches='split'):
-        if mode not in ('params', 'features'): raise ValueError(f"`mode` should be 'params' or 'features'; found {mode!r}")
-        if mode == 'features' and (not isinstance(aggregator, Aggregator) or isinstance(aggregator, _FEATURE_ONLY)):
-            raise ValueError(f"`aggregator` {type(aggregator).__name__} needs the Jacobian of the parameters (or independent batches), "
-                             "so it cannot run in mode='features', which has only the Gramian of the feature gradients; use mode='params'")
-        if not callable(aggregator): raise ValueError(f"`aggregator` should be an Aggregator (or a callable J -> direction); found a {type(aggregator).__name__}")
+    order = 90  # before_step before GradientClip (95), which clips what this writes
+    replaces_backward = True
+    def __init__(self, aggregator, mode='params', shared=None, guard=None, sdm_batches='split', max_records=10_000):
+        check_mode(aggregator, mode)
         if guard not in (None, True, False): raise ValueError(f"`guard` should be None, True or False; found {guard!r}")
         if sdm_batches not in ('split', 'consecutive'): raise ValueError(f"`sdm_batches` should be 'split' or 'consecutive'; found {sdm_batches!r}")
-        if sdm_batches == 'consecutive' and not isinstance(aggregator, SDMGrad):
-            raise ValueError(f"`sdm_batches`='consecutive' is SDMGrad's option (it needs independent batches); the aggregator is a {type(aggregator).__name__}")
+        if sdm_batches == 'consecutive' and getattr(aggregator, 'parts', 1) == 1:
+            raise ValueError(f"`sdm_batches`='consecutive' is for aggregators that need independent batches, such as SDMGrad; the aggregator is a {type(aggregator).__name__}")
         self.agg, self.mode, self.shared, self.guard, self.sdm_batches = aggregator, mode, shared, guard, sdm_batches
-        self._pending, self._bad_now, self._agg_kept = [], None, None
+        self.losses, self.weights, self.stepguard = DeviceSeries(max_records), DeviceSeries(max_records), StepGuard()
+        self._pending, self._resumed, self.z = [], False, None
 
     def _shared_module(self, model):
         s = self.shared
@@ -141,155 +334,86 @@ class MultiTaskGradCB(Callback):
         ids = {id(p) for p in self.shared_params}
         self.head_params = [p for p in learn.model.parameters() if p.requires_grad and id(p) not in ids]
         self._hook = mod.register_forward_hook(self._keep)
-        self._mp = next((cb for cb in learn.cbs if isinstance(cb, MixedPrecision)), None)  # its scaler exists once its before_fit ran
-        self.z, self.losses, self.weights, self.flag, self.n_step, self.first_bad, self._kept = None, [], [], HostScalar(), 0, None, None
-        self._pending, self._bad_now, self._agg_kept = [], None, None  # _pending: SDMGrad on consecutive batches, J₁ and J₂ waiting for ζ
+        if not self._resumed:  # a callback whose state `Learner.load` just restored carries on
+            self.losses.reset(); self.weights.reset(); self.stepguard.reset()
+        self._resumed, self._pending, self.z = False, [], None
         self.task_names = getattr(learn.loss_func, 'tasks', None)
     def cleanup_fit(self, learn):
         if getattr(self, '_hook', None) is not None: self._hook.remove()
         self.z, self._pending = None, []  # a triple of batches left incomplete at the end is dropped
+        self.losses.flush(); self.weights.flush()
+    def after_epoch(self, learn):
+        if learn.training: self.losses.flush(); self.weights.flush()  # the one host read of the epoch's records
     def _keep(self, mod, inp, out):
         if mod.training and torch.is_grad_enabled(): self.z = out
     def cleanup_batch(self, learn): self.z = None
-
-    def _feature_grads(self, losses, own=slice(None), heads=True):
-        "∂Lᵢ/∂z for every loss (rows × z) and, if `heads`, the heads' gradients from the losses `own` selects, from one batched backward through the heads."
-        eye = torch.eye(len(losses), device=losses.device, dtype=losses.dtype)
-        hp = self.head_params if heads else []
-        gs = torch.autograd.grad(losses, [self.z] + hp, grad_outputs=eye, is_grads_batched=True, retain_graph=True, allow_unused=True)
-        return gs[0], [None if g is None else g[own].sum(0) for g in gs[1:]]
-
-    def _shared_jacobian(self, Fz):
-        "The shared parameters' Jacobian, one row per row of `Fz`, from one batched backward through the encoder."
-        J = torch.autograd.grad(self.z, self.shared_params, grad_outputs=Fz, is_grads_batched=True)
-        return torch.cat([j.flatten(1) for j in J], 1)
+    def _guarded(self, device): return self.guard is True or (self.guard is None and device.type != 'cpu')
 
     def before_backward(self, learn):
         losses = learn.losses
         if losses is None: raise ValueError("MultiTaskGradCB needs the per-task losses: use a loss function that returns one loss per task, such as MultiTaskLoss")
         if self.z is None: raise RuntimeError("MultiTaskGradCB saw no output of the shared module in this forward pass: is `shared` the module the heads read?")
-        if self.z.grad_fn is None: raise ValueError("the shared module's output does not depend on its parameters: the loss shares no parameter with `shared`")
-        if losses.device.type == 'cpu' and not bool(torch.isfinite(losses).all()):  # on the CPU the read waits for nothing
-            self._record(learn, losses)
-            self._raise(self.n_step)
-        if self._guarded(losses.device): self._keep_aggregator()
-        self.scaler = getattr(self._mp, 'scaler', None)
-        s = self.scaler.get_scale() if self.scaler is not None else None  # a device tensor: no read
-        up, down = ((lambda t: t * s), (lambda t: t / s)) if s is not None else ((lambda t: t),) * 2
-        sdm = isinstance(self.agg, SDMGrad)
-        if sdm and self.sdm_batches == 'consecutive': return self._sdm_consecutive(learn, losses, up, down)
-        # SDMGrad: the 3m losses of the batch's three parts; the heads learn from the last part, ζ
-        rows = self._sdm_losses(learn) if sdm else losses
-        Fz, head_grads = self._feature_grads(up(rows), slice(2 * len(losses), None) if sdm else slice(None))
-        if hasattr(getattr(self.agg, 'weighting', self.agg), 'set_losses'): self.agg.set_losses(losses.detach())
-        if self.mode == 'features':
-            Fz_flat = Fz.flatten(1)
-            w = self.agg.weighting(down(down(Fz_flat @ Fz_flat.T)))  # the Gramian of the true (unscaled) gradients
-            self.agg.last_weights = w.detach()
-            self.z.backward((w.to(Fz.dtype) @ Fz_flat).view_as(self.z))
-        else:
-            J = down(self._shared_jacobian(Fz))  # aggregate the true gradients
-            d = up(self.agg(*J.chunk(3)) if sdm else self.agg(J))  # SDMGrad: A = J₁J₂ᵀ from ξ and ξ′, the direction from ζ
-            self._set_shared(d)
-        self._finish(learn, losses, head_grads)
-
-    def _set_shared(self, d):
-        for p, g in zip(self.shared_params, d.split([p.numel() for p in self.shared_params])): _accumulate(p, g.view_as(p))
-    def _finish(self, learn, losses, head_grads):
-        for p, g in zip(self.head_params, head_grads):
-            if g is not None: _accumulate(p, g)
-        self.z = None
-        self._record(learn, losses)
-        if self.scaler is not None: self.scaler.unscale_(learn.opt)
+        guarded = self._guarded(losses.device)
+        self.losses.append(losses)
+        self.stepguard.watch(losses)
+        if not guarded and not bool(torch.isfinite(losses).all()): self._raise(self.stepguard.n_step, losses.tolist())  # the CPU: the read waits for nothing
+        if guarded: self.stepguard.keep_modules(self.agg)
+        scale = learn.scaled(losses.new_ones(())) if learn.scaler is not None else None  # a device tensor: no read
+        z, self.z = self.z, None
+        if self.sdm_batches == 'consecutive' and len(self._pending) < self.agg.parts - 1:  # J₁, J₂ wait for the third batch
+            self._pending.append(task_jacobian(losses, z, self.shared_params, scale))
+            raise CancelBackwardException()
+        rows = losses if self._pending or self.agg.parts == 1 else self._split_losses(learn, len(z))
+        w = mtl_backward(rows, z, self.agg, self.shared_params, self.head_params, self.mode, tuple(self._pending), scale)
+        self._pending = []
+        if w is not None: self.weights.append(w)
         raise CancelBackwardException()
 
-    def _sdm_consecutive(self, learn, losses, up, down):
-        "SDMGrad on three consecutive batches: the first two give J₁ and J₂ and no step; the third gives J₃, the heads' gradients and the step."
-        last = len(self._pending) == 2
-        Fz, head_grads = self._feature_grads(up(losses), heads=last)
-        J = down(self._shared_jacobian(Fz))
-        if not last:
-            self._pending.append(J)
-            self.z = None
-            self._record(learn, losses, weights=False)
-            raise CancelBackwardException()
-        J1, J2 = self._pending
-        self._pending = []
-        self._set_shared(up(self.agg(J1, J2, J)))
-        self._finish(learn, losses, head_grads)
-
-    def _sdm_losses(self, learn):
-        "SDMGrad's 3m losses: the batch split in three parts ξ, ξ′, ζ, each part's m task losses from the same forward pass."
-        n = len(self.z)
-        if n < 3: raise ValueError(f"SDMGrad needs each batch split in three independent parts (ξ, ξ′, ζ); this batch has {n} item(s): use batches of at least 3")
-        ys = learn.batch[learn.n_inp:]
+    def _split_losses(self, learn, n):
+        "The task losses of the batch's parts (ξ, ξ′, ζ for SDMGrad), rows of a (parts, m) tensor, from the one forward pass."
+        k = self.agg.parts
+        if n < k: raise ValueError(f"{type(self.agg).__name__} needs each batch split in {k} independent parts; this batch has {n} item(s): use batches of at least {k}")
+        _, ys = split_batch(learn.batch, learn.n_inp)
         cut = lambda o, idx: apply_tensors(lambda t: t[idx], o)
-        return torch.cat([learn.loss_func(cut(learn.preds, i), *cut(ys, i)) for i in torch.arange(n, device=self.z.device).tensor_split(3)])
-
-    def _record(self, learn, losses, weights=True):
-        self.losses.append(losses.detach())
-        w = getattr(self.agg, 'last_weights', None)
-        if weights and w is not None: self.weights.append(w.detach())
-        bad = ~torch.isfinite(losses.detach()).all()
-        self._bad_now = bad if self._bad_now is None else self._bad_now | bad  # since the last step: one batch, or SDMGrad's three
-        self.n_step += 1
-        if self.first_bad is None: self.first_bad = torch.full((), -1, dtype=torch.long, device=losses.device)
-        self.first_bad = torch.where((self.first_bad < 0) & self._bad_now, self.n_step, self.first_bad)  # the first bad step, on the device
+        return torch.stack([learn.loss_func(cut(learn.preds, i), *cut(ys, i)) for i in torch.arange(n, device=learn.losses.device).tensor_split(k)])
 
     def before_step(self, learn):
         if self._pending: raise CancelStepException()  # SDMGrad waits for the third batch
-        if not self._guarded(self._bad_now.device): return  # on the CPU a bad step never gets here
-        opt = learn.opt
-        self._kept = [(t, t.detach().clone()) for g in opt.param_groups for p in g['params']
-                      for t in [p] + [v for v in opt.state.get(p, {}).values() if isinstance(v, torch.Tensor) and v.device == p.device]]
-        # (a step counter the optimiser keeps on the CPU while the parameters are on a GPU is left alone: restoring it would wait for the GPU)
-    def _guarded(self, device): return self.guard is True or (self.guard is None and device.type != 'cpu')
-    def _keep_aggregator(self):
-        "A stateful aggregator's buffers (SDMGrad's w, Nash-MTL's α) before it runs, for `cleanup_step` to put back."
-        # references, not copies: the weightings replace a buffer with a new tensor rather than write into it
-        if isinstance(self.agg, nn.Module): self._agg_kept = [(m, k, b) for m in self.agg.modules() for k, b in m.named_buffers(recurse=False)]
+        if self._guarded(learn.losses.device): self.stepguard.keep_opt(learn.opt)
     def cleanup_step(self, learn):
-        if self._kept is not None:
-            ok = ~self._bad_now
-            with torch.no_grad():
-                for t, old in self._kept: t.copy_(torch.where(ok, t, old))
-            self._kept = None
-        if self._agg_kept is not None and not self._pending:
-            ok = ~self._bad_now
-            for m, k, old in self._agg_kept:
-                new = getattr(m, k)  # only the buffers this step replaced (not pref_vector, const...) need a choice
-                if new is not old and new.shape == old.shape and new.dtype == old.dtype and new.device == old.device:
-                    setattr(m, k, torch.where(ok, new, old))
-            self._agg_kept = None
-        if not self._pending: self._bad_now = None
-        self.flag.put(self.first_bad)
-        v = self.flag.get()
-        if v is not None and v >= 0: self._raise(int(v))
-    def _raise(self, step):
-        bad = self.losses[step - 1]
-        tasks = [str(t) for t, b in zip(self._tasks(), (~torch.isfinite(bad)).tolist()) if b]
-        raise FloatingPointError(f"MultiTaskGradCB: task loss(es) {', '.join(tasks)} not finite at training step {step} ({bad.tolist()}); "
+        if self._pending: return
+        bad = self.stepguard.settle()
+        if bad is not None: self._raise(*bad)
+    def _raise(self, step, losses):
+        tasks = [str(t) for t, l in zip(self._tasks(len(losses)), losses) if not math.isfinite(l)]
+        raise FloatingPointError(f"MultiTaskGradCB: task loss(es) {', '.join(tasks)} not finite at training step {step} ({losses}); "
                                  "that step's update was skipped" + ("" if self.guard is not False else " (guard=False: the parameters may hold it)"))
-    def _tasks(self): return self.task_names or list(range(len(self.losses[0])))
+    def _tasks(self, m): return self.task_names or list(range(m))
 
-    def _series(self, xs): return torch.stack(xs).float().cpu() if xs else torch.zeros(0, 0)
+    def state_dict(self):
+        "The aggregator's buffers and counters, the recorded losses and weights, and the step count: what a resumed run needs."
+        sd = {'losses': self.losses.state_dict(), 'weights': self.weights.state_dict(), 'n_step': self.stepguard.n_step}
+        if isinstance(self.agg, nn.Module): sd['aggregator'] = self.agg.state_dict()
+        return sd
+    def load_state_dict(self, sd):
+        if isinstance(self.agg, nn.Module) and 'aggregator' in sd: self.agg.load_state_dict(sd['aggregator'])
+        self.losses.load_state_dict(sd['losses']); self.weights.load_state_dict(sd['weights'])
+        self.stepguard.reset()
+        self.stepguard.n_step, self._resumed = sd['n_step'], True
+
     def plot_losses(self, ax=None, names=None):
         "The task losses at every training step."
-        return self._plot(self._series(self.losses), 'task loss', ax, names)
+        return self._plot(self.losses.values(), 'task loss', ax, names)
     def plot_weights(self, ax=None, names=None):
         "The task weights the aggregator chose at every optimiser step."
-        return self._plot(self._series(self.weights), 'task weight', ax, names,
+        return self._plot(self.weights.values(), 'task weight', ax, names,
                           'optimiser step (3 batches)' if self.sdm_batches == 'consecutive' else 'training step')
     def _plot(self, v, label, ax, names, xlabel='training step'):
         if ax is None: _, ax = plt.subplots()
-        names = names or self._tasks() if len(v) else []
+        names = names or self._tasks(v.shape[1] if v.ndim == 2 else 0)
         for i in range(v.shape[1] if v.ndim == 2 else 0): ax.plot(v[:, i], label=str(names[i]))
         ax.set_xlabel(xlabel); ax.set_ylabel(label); ax.legend()
         return ax
-
-def _accumulate(p, g):
-    if p.grad is None: p.grad = g.detach().clone()
-    else: p.grad.add_(g)
 
 # %% ../nbs/21_multitask.ipynb #01426ba6
 def synthetic_tasks(n_tasks=2, n=512, n_in=8, bs=64, conflict=0.5, noise=0.1, seed=0, dtype=torch.float32):

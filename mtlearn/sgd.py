@@ -175,8 +175,10 @@ def fit_one_cycle(self:Learner, n_epochs, lr_max=None, pct_start=0.25, cbs=None,
 # %% ../nbs/12_sgd.ipynb #c2421751
 class GradientClip(Callback):
     "Clip the gradients' total `norm_type` norm to `max_norm` before each optimiser step."
-    order = 95  # before_step: after MultiTaskGradCB (90) writes the gradients, before MixedPrecision (100) steps
+    order = 95  # before_step: after the callbacks that cancel the step (MultiTaskGradCB's SDMGrad waiting for its third batch)
     def __init__(self, max_norm=1., norm_type=2.):
         if not (isinstance(max_norm, (int, float)) and max_norm > 0): raise ValueError(f"`max_norm` should be a number > 0; found {max_norm!r}")
         self.max_norm, self.norm_type = max_norm, norm_type
-    def before_step(self, learn): torch.nn.utils.clip_grad_norm_(learn.model.parameters(), self.max_norm, self.norm_type)
+    def before_step(self, learn):
+        learn.unscale_()  # clip the true gradients, not the scaled ones
+        torch.nn.utils.clip_grad_norm_(learn.model.parameters(), self.max_norm, self.norm_type)

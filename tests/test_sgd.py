@@ -74,8 +74,8 @@ def test_gradient_clip_reads_nothing_on_the_host_and_checks_its_argument():
     from mtlearn.sgd import GradientClip
     m = torch.nn.Linear(4, 3)
     m(torch.randn(5, 4)).pow(2).sum().mul(100).backward()
-    class L: model = m
-    with CountSyncs() as c: GradientClip(0.1).before_step(L())
+    learn = TrainLearner(m, toy_dls(n=16), F.mse_loss)  # no scaler: `unscale_` has nothing to do
+    with CountSyncs() as c: GradientClip(0.1).before_step(learn)
     assert c.n == 0
     torch.testing.assert_close(torch.cat([p.grad.flatten() for p in m.parameters()]).norm(), torch.tensor(0.1))
     with pytest.raises(ValueError, match='`max_norm` should be a number > 0; found 0'): GradientClip(0)
