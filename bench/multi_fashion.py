@@ -10,7 +10,7 @@ It measures accuracies for the notebook's table and has no speed goal, so it pri
 """
 import argparse, json, time
 import torch
-from mtlearn.learner import MetricsCB
+from mtlearn.learner import Callback, MetricsCB
 from mtlearn.datasets import DataLoaders
 from mtlearn.multitask import load_multi_fashion, mf_methods, mf_learner, MF_LABELS
 
@@ -22,13 +22,17 @@ def main(epochs=10, methods=None, bs=256, n_train=120_000, n_test=20_000, sdm_ba
     for name, agg, mode in mf_methods():
         if methods and not name.startswith(tuple(methods)): continue
         if name == 'SDMGrad' and sdm_batches != 'split': name = f'SDMGrad {sdm_batches}'
-        learn, hist = mf_learner(dls, agg, mode, **({'sdm_batches': sdm_batches} if name.startswith('SDMGrad') else {})), []
-        def log(d, name=name):
-            if d['train'] != 'eval': return
-            hist.append((float(d['acc_left']), float(d['acc_right'])))
-            print(json.dumps({'method': name, 'epoch': d['epoch'], 'acc_left': hist[-1][0], 'acc_right': hist[-1][1],
-                              'time': round(time.time() - t0, 1)}), flush=True)
-        next(cb for cb in learn.cbs if isinstance(cb, MetricsCB))._log = log
+        hist = []
+        class Log(Callback):
+            order = MetricsCB.order + 1
+            def after_epoch(self, learn, name=name):
+                if learn.training: return
+                h = learn.history[-1]
+                hist.append((h['valid_acc_left'], h['valid_acc_right']))
+                print(json.dumps({'method': name, 'epoch': h['epoch'], 'acc_left': hist[-1][0], 'acc_right': hist[-1][1],
+                                  'time': round(time.time() - t0, 1)}), flush=True)
+        learn = mf_learner(dls, agg, mode, cbs=[Log()], **({'sdm_batches': sdm_batches} if name.startswith('SDMGrad') else {}))
+        learn.logging = False
         t0 = time.time()
         learn.fit(epochs)
         best = max(range(len(hist)), key=lambda i: sum(hist[i]))

@@ -15,7 +15,8 @@ from .sgd import *
 from .resnet import *
 from .augment import *
 from .accel import *
+from .tracker import *
 import sys as _sys
 
 # nbdev writes an empty `__all__` for a module that defines nothing; this one re-exports every module's names
-__all__ = [n for m in ('datasets', 'conv', 'learner', 'activations', 'init', 'sgd', 'resnet', 'augment', 'accel') for n in _sys.modules[f'mtlearn.{m}'].__all__]
+__all__ = [n for m in ('datasets', 'conv', 'learner', 'activations', 'init', 'sgd', 'resnet', 'augment', 'accel', 'tracker') for n in _sys.modules[f'mtlearn.{m}'].__all__]

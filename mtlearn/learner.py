@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_learner.ipynb #66328e2a
 from __future__ import annotations
-import math, os, shutil, sys, time, warnings
+import difflib, math, os, re, shutil, sys, time, warnings
 from copy import copy, deepcopy
 from operator import attrgetter
 from pathlib import Path
@@ -57,8 +57,23 @@ def run_cbs(cbs, method_nm, learn=None):
 _cancels = {'fit': CancelFitException, 'epoch': CancelEpochException, 'batch': CancelBatchException,
             'backward': CancelBackwardException, 'step': CancelStepException}
 
+def _cleanup(o, nm, exc=None):
+    "Run every callback's `nm` even if some raise. With `exc` in flight (not a cancel), their errors become notes on it; else the first is raised."
+    errs = []
+    for cb, m in o._methods(nm):
+        try: m(o)
+        except Exception as e:
+            e.add_note(f"(raised in {type(cb).__name__}.{nm})")
+            errs.append(e)
+    if not errs: return
+    if exc is not None and not isinstance(exc, CancelException):
+        for e in errs: exc.add_note(f"(then, while cleaning up, {type(e).__name__}: {e} {' '.join(e.__notes__)})")
+        return
+    for e in errs[1:]: errs[0].add_note(f"(and {type(e).__name__}: {e} {' '.join(e.__notes__)})")
+    raise errs[0]
+
 class with_cbs:
-    "Decorator running `before_{nm}`, the method, `after_{nm}`; `Cancel{Nm}Exception` skips to `cleanup_{nm}`, which always runs."
+    "Decorator running `before_{nm}`, the method, `after_{nm}`; `Cancel{Nm}Exception` skips to `cleanup_{nm}`, which always runs, for every callback."
     def __init__(self, nm): self.nm, self.exc = nm, _cancels[nm]
     def __call__(self, f):
         nm, exc = self.nm, self.exc
@@ -68,7 +83,10 @@ class with_cbs:
                 f(o, *args, **kwargs)
                 o.callback(f'after_{nm}')
             except exc: pass
-            finally: o.callback(f'cleanup_{nm}')
+            except BaseException as e:
+                _cleanup(o, f'cleanup_{nm}', e)
+                raise
+            _cleanup(o, f'cleanup_{nm}')
         return _f
 
 # %% ../nbs/09_learner.ipynb #ac9192d9
@@ -86,15 +104,43 @@ def split_batch(batch, n_inp=1):
     if not 0 < n_inp <= len(batch): raise ValueError(f"`n_inp` should be between 1 and the batch's {len(batch)} items; found n_inp = {n_inp!r}")
     return tuple(batch[:n_inp]), tuple(batch[n_inp:])
 
+# %% ../nbs/09_learner.ipynb #c0de0102
+def _get_rng(dl=None):
+    "Every random state a training run draws from: torch (CPU and each GPU), numpy, Python's, and the loader's own generator."
+    import numpy as np, random
+    v, keys, gauss = random.getstate()
+    kind, nkeys, pos, has_gauss, cached = np.random.get_state()
+    s = {'torch': torch.get_rng_state(), 'python': (v, torch.tensor(keys), gauss),
+         'numpy': (kind, torch.from_numpy(nkeys.astype('int64')), pos, has_gauss, cached)}
+    if torch.cuda.is_available(): s['cuda'] = torch.cuda.get_rng_state_all()
+    g = getattr(dl, 'generator', None)
+    if isinstance(g, torch.Generator): s['loader'] = g.get_state()
+    return s
+
+def _set_rng(s, dl=None):
+    import numpy as np, random
+    torch.set_rng_state(s['torch'])
+    v, keys, gauss = s['python']
+    random.setstate((v, tuple(keys.tolist()), gauss))
+    kind, nkeys, pos, has_gauss, cached = s['numpy']
+    np.random.set_state((kind, nkeys.numpy().astype('uint32'), pos, has_gauss, cached))
+    if 'cuda' in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
+    g = getattr(dl, 'generator', None)
+    if 'loader' in s and isinstance(g, torch.Generator): g.set_state(s['loader'])
+
 # %% ../nbs/09_learner.ipynb #70388bb4
+_EVENTS = tuple(f'{w}_{nm}' for nm in ('fit', 'epoch', 'batch', 'backward', 'step') for w in ('before', 'after', 'cleanup')) + ('after_predict', 'after_loss')
+
 class Learner():
     "Trains `model` on `dls` with `loss_func` and an optimiser from `opt_func(params, lr)`; callbacks `cbs` do the rest."
     _steps = ('predict', 'get_loss', 'backward', 'step', 'zero_grad')
+    events = _EVENTS + _steps  # every method name a callback may have that the learner calls
     n_inp = 1
     def __init__(self, model, dls=(0,), loss_func=F.mse_loss, lr=0.1, cbs=None, opt_func=optim.SGD):
         cbs = cb_list(cbs)
         fc.store_attr()
-        self.opt, self._opt_state, self._events, self.scaler, self._unscaled = None, None, None, None, False
+        self.opt, self._events, self.scaler, self._unscaled, self.grad_factor = None, None, None, False, 1.
+        self._pending, self._resume, self._done, self._valid, self.history, self.logging = {}, None, None, True, [], True
 
     @with_cbs('batch')
     def _one_batch(self):
@@ -104,15 +150,18 @@ class Learner():
         self._check_loss()
         self.callback('after_loss')
         if self.training:
-            self._unscaled = False
+            self._unscaled = self._stepped = False
             self._backward()
             self._step()
-            self.zero_grad()
+            if self._stepped: self.zero_grad()  # a cancelled step keeps its gradients (gradient accumulation)
+            self._done = (self.epoch, self.iter + 1, False)
 
     @with_cbs('backward')
     def _backward(self): self.backward()
     @with_cbs('step')
-    def _step(self): self.step()
+    def _step(self):
+        self.step()
+        self._stepped = True
 
     @property
     def xb(self):
@@ -124,7 +173,8 @@ class Learner():
         return split_batch(self.batch, self.n_inp)[1]
 
     def scaled(self, t):
-        "What to back-propagate for `t`: `t` times the gradient scaler's scale (`learn.scaler`), or `t` itself without one."
+        "What to back-propagate for `t`: `t` times `grad_factor` and the gradient scaler's scale (`learn.scaler`), if any."
+        if self.grad_factor != 1: t = t * self.grad_factor
         return t if self.scaler is None else self.scaler.scale(t)
     def unscale_(self):
         "Turn the scaled `.grad`s into true gradients before they are read (once per step; nothing to do without a scaler)."
@@ -147,7 +197,20 @@ class Learner():
 
     @with_cbs('epoch')
     def _one_epoch(self):
-        for self.iter, self.batch in enumerate(self.dl): self._one_batch()
+        r, self._resume = (self._resume, None) if self.training else (None, self._resume)
+        if r is not None:  # the epoch a resumed fit starts inside: the same data order, the batches done skipped
+            _set_rng(r['rng_epoch'], self.dls.train)
+            self._restore(r)
+        if self.training: self._rng_epoch = _get_rng(self.dls.train)
+        for self.iter, self.batch in enumerate(self.dl):
+            if r is not None:
+                if self.iter < r['iter']: continue
+                _set_rng(r['rng'], self.dls.train)
+                r = None
+            self._one_batch()
+        if r is not None: _set_rng(r['rng'], self.dls.train)  # saved after the epoch's last batch
+        if self.training: self._done = (self.epoch, self._done[1], True) if self._valid else (self.epoch + 1, 0, False)
+        else: self._done = (self.epoch + 1, 0, False)
 
     def one_epoch(self, training):
         "One pass over the training (or validation) data."
@@ -155,10 +218,23 @@ class Learner():
         self.dl = self.dls.train if training else self.dls.valid
         self._one_epoch()
 
+    def _restore(self, r):
+        "Give the callbacks their saved state, and the optimiser's param groups their saved hyperparameters (which the callbacks' set-up may have changed)."
+        if r.get('cbs') is not None: self._load_cbs(r['cbs'], resuming='epoch' in r)
+        if r.get('opt') is not None:  # in place: schedulers and recorders hold these dicts
+            for g, s in zip(self.opt.param_groups, r['opt']['param_groups']): g.update({k: v for k, v in s.items() if k != 'params'})
+
     @with_cbs('fit')
     def _fit(self, train, valid):
+        r = self._resume or {}
+        r['cbs'] = self._pending.pop('cbs', None)
+        if not (0 < r.get('iter', 0) and not r['train_done']):  # else restored inside that epoch, after its before_epoch
+            self._restore(r)
+            if 'rng' in r: _set_rng(r['rng'], getattr(self.dls, 'train', None))
+            self._resume = None
+        r = r if 'epoch' in r else None
         for self.epoch in self.epochs:
-            if train: self.one_epoch(True)
+            if train and not (r is not None and self.epoch == r['epoch'] and r['train_done']): self.one_epoch(True)
             if valid:
                 with torch.no_grad(): self.one_epoch(False)
 
@@ -169,40 +245,60 @@ class Learner():
             if wanted and not hasattr(self.dls, nm):
                 raise ValueError(f"`dls` should have a `.{nm}` data loader (a `DataLoaders`, say); found a {type(self.dls).__name__} without one")
 
-    def fit(self, n_epochs=1, train=True, valid=True, cbs=None, lr=None):
-        "Train for `n_epochs` with a fresh optimiser at `lr` (default `self.lr`); `cbs` are added for this fit only."
+    def fit(self, n_epochs=1, train=True, valid=True, cbs=None, lr=None, resume=None):
+        "Train for `n_epochs` with a fresh optimiser at `lr` (default `self.lr`); `cbs` are added for this fit only; `resume`: a checkpoint to continue from."
         self._check_fit(n_epochs, train, valid)
+        if resume is not None:
+            self.load(resume)
+            pos = self._pending.pop('pos', None)
+            if pos is None: raise ValueError(f"`resume`: checkpoint {str(resume)!r} was saved outside a fit, so it has no place to resume from; load it with `learn.load`")
+            pos['opt'], lr = self._pending.get('opt'), None  # the saved learning rates and momenta are the run's, whatever `lr` says
+        else: pos = self._pending.pop('pos', None) and None  # a plain `load` carries the state over, not the run's position
         cbs = cb_list(cbs)
         for cb in cbs: self.cbs.append(cb)
         try:
-            self.n_epochs, self.epochs = n_epochs, range(n_epochs)
+            self.n_epochs, self.epochs, self._valid, self._resume = n_epochs, range(pos['epoch'] if pos else 0, n_epochs), valid, pos
+            if pos is None: self.history = []
+            self._done = (self.epochs.start, 0, False)
             self._new_opt(lr)
             self._events = {}
             self._sorted_cbs = sorted(self.cbs, key=attrgetter('order'))
             self._check_cbs()
             self._fit(train, valid)
         finally:
-            self._events = None
+            self._events, self._resume = None, None
             for cb in cbs: self.cbs.remove(cb)
 
     def _new_opt(self, lr):
         "A fresh optimiser at `lr` (default `self.lr`) that takes over any state `load` left pending; an explicit `lr` wins over the loaded one."
-        explicit = lr is not None
+        explicit, state = lr is not None, self._pending.pop('opt', None)
         if self.opt_func is None: raise ValueError("`opt_func` should be a function (params, lr) -> optimiser, such as optim.SGD; found None")
         lr = self.lr if lr is None else lr
         if not isinstance(lr, (int, float)) or isinstance(lr, bool):
             raise ValueError(f"`lr` should be a number: give it to the learner or to `fit(lr=...)`; found lr = {lr!r}")
         self.opt = self.opt_func(self.model.parameters(), lr)
-        if self._opt_state is not None:
-            self.opt.load_state_dict(self._opt_state)
+        if state is not None:
+            self.opt.load_state_dict(state)
             if explicit:
                 for pg in self.opt.param_groups: pg['lr'] = lr
-        self._opt_state = None
 
     def _check_cbs(self):
         takers = [type(cb).__name__ for cb in self._sorted_cbs if getattr(cb, 'replaces_backward', False)]
         if len(takers) > 1:
             raise ValueError(f"callbacks {', '.join(takers)} each replace the backward pass (`replaces_backward`); a fit can have only one")
+        for cb in self._sorted_cbs:
+            for nm in dir(cb):
+                if re.match(r'(before|after|cleanup)_', nm) and nm not in self.events and callable(getattr(cb, nm, None)):
+                    close = difflib.get_close_matches(nm, self.events, 1, 0.5)
+                    raise ValueError(f"{type(cb).__name__}.{nm} is not an event of the Learner, so it would never run"
+                                     + (f": did you mean `{close[0]}`?" if close else f"; the events are {', '.join(_EVENTS)}"))
+
+    def _methods(self, method_nm):
+        "The (callback, method) pairs for event `method_nm`, in `order`; looked up once per fit."
+        if self._events is None: return [(cb, m) for cb in sorted(self.cbs, key=attrgetter('order')) if (m := getattr(cb, method_nm, None)) is not None]
+        ms = self._events.get(method_nm)
+        if ms is None: ms = self._events[method_nm] = [(cb, m) for cb in self._sorted_cbs if (m := getattr(cb, method_nm, None)) is not None]
+        return ms
 
     def __getattr__(self, name):
         if name in self._steps: return lambda: self.callback(name)
@@ -210,13 +306,14 @@ class Learner():
 
     def callback(self, method_nm):
         "Run event `method_nm` on the callbacks."
-        if self._events is None: return run_cbs(self.cbs, method_nm, self)
-        ms = self._events.get(method_nm)
-        if ms is None: ms = self._events[method_nm] = [(cb, m) for cb in self._sorted_cbs if (m := getattr(cb, method_nm, None)) is not None]
-        for cb, m in ms: _call_cb(cb, method_nm, m, self)
+        for cb, m in self._methods(method_nm): _call_cb(cb, method_nm, m, self)
 
     @property
     def training(self): return self.model.training
+    @property
+    def last_phase(self):
+        "Whether the phase now running ends the epoch: validation, or training in a fit without validation."
+        return not self.training or not self._valid
 
 # %% ../nbs/09_learner.ipynb #e719cd03
 class TrainCB(Callback):
@@ -239,7 +336,7 @@ def to_cpu(x):
 
 # %% ../nbs/09_learner.ipynb #b88ae6c4
 class RunningMean:
-    "Weighted mean of scalars: the sum stays on the device (one op per update), the total weight on the host."
+    "Weighted mean of scalars: the sum stays on the device (one op per update), the total weight on the host; NaN before any update."
     def __init__(self, device='cpu'): self.total, self.weights = torch.zeros((), device=device), 0.
     @property
     def device(self): return self.total.device
@@ -247,7 +344,7 @@ class RunningMean:
         self.total.add_(x.detach().to(self.total.dtype), alpha=weight)
         self.weights += weight
         return self
-    def compute(self): return self.total/self.weights if self.weights else self.total.clone()
+    def compute(self): return self.total/self.weights if self.weights else torch.full_like(self.total, math.nan)
     def reset(self):
         self.total.zero_()
         self.weights = 0.
@@ -255,25 +352,47 @@ class RunningMean:
     def to(self, device):
         self.total = self.total.to(device)
         return self
+    def state_dict(self): return {'total': self.total.clone(), 'weights': self.weights}
+    def load_state_dict(self, sd): self.total, self.weights = sd['total'].to(self.total), sd['weights']
 
 # %% ../nbs/09_learner.ipynb #5d59b4af
+def _is_metric(m): return not isinstance(m, type) and all(callable(getattr(m, a, None)) for a in ('update', 'compute', 'reset'))
+
+def _to_floats(d):
+    "The scalar tensors of dict `d` as Python floats, moved to the host in one transfer (other values unchanged)."
+    ks = [k for k, v in d.items() if isinstance(v, torch.Tensor) and v.numel() == 1]
+    out = dict(d)
+    if ks:
+        for k, v in zip(ks, torch.stack([d[k].detach().float().reshape(()).cpu() for k in ks]).tolist()): out[k] = v
+    return out
+
 class MetricsCB(Callback):
-    "Torcheval `metrics` (and the running loss) updated each batch on the device, computed and logged each epoch."
+    "Torcheval `metrics` (and the running loss) updated each batch on the device, computed once per epoch into `learn.history`, and printed."
     def __init__(self, *ms, **metrics):
         for o in ms: metrics[type(o).__name__] = o
+        for k, m in metrics.items():
+            if not _is_metric(m):
+                what = f'the class {m.__name__}' if isinstance(m, type) else f'a {type(m).__name__}'
+                raise ValueError(f"metric `{k}` should be a metric object with update, compute and reset, such as MulticlassAccuracy(); found {what}")
         self.metrics = metrics
         self.all_metrics = copy(metrics)
         self.all_metrics['loss'] = self.loss = RunningMean()
+        self.log = {}
 
-    def _log(self, d): print(d)
-    def before_fit(self, learn): learn.metrics = self
+    def before_fit(self, learn):
+        learn.metrics = self
+        self.printing = not any(getattr(cb, 'shows_metrics', False) for cb in learn.cbs)  # else a progress callback shows the table
     def before_epoch(self, learn): [o.reset() for o in self.all_metrics.values()]
 
     def after_epoch(self, learn):
-        log = {k: f'{v.compute():.3f}' for k, v in self.all_metrics.items()}
-        log['epoch'] = learn.epoch
-        log['train'] = 'train' if learn.model.training else 'eval'
-        self._log(log)
+        phase = 'train' if learn.training else 'valid'
+        if not self.loss.weights: warnings.warn(f"the {phase} data loader yielded no batch in epoch {learn.epoch}: its metrics are NaN")
+        vals = _to_floats({k: v.compute() for k, v in self.all_metrics.items()})
+        self.log = {**vals, 'epoch': learn.epoch, 'train': 'train' if learn.training else 'eval'}
+        row = learn.history[-1] if learn.history and learn.history[-1]['epoch'] == learn.epoch else None
+        if row is None: learn.history.append(row := {'epoch': learn.epoch})
+        row.update({f'{phase}_{k}': v for k, v in vals.items()})
+        if self.printing and learn.logging: print({k: f'{v:.3f}' if isinstance(v, float) else v for k, v in self.log.items()})
 
     def after_batch(self, learn):
         xs, ys = split_batch(learn.batch, learn.n_inp)
@@ -283,6 +402,13 @@ class MetricsCB(Callback):
         preds = apply_tensors(torch.Tensor.detach, preds)  # one output, or one per task
         for m in self.metrics.values(): m.update(preds, *ys)
         self.loss.update(learn.loss.detach(), weight=len(xs[0]))
+
+    def state_dict(self):
+        "The metrics' accumulated state (for a checkpoint taken inside an epoch)."
+        return {k: m.state_dict() for k, m in self.all_metrics.items() if hasattr(m, 'state_dict')}
+    def load_state_dict(self, sd):
+        for k, v in sd.items():
+            if k in self.all_metrics: self.all_metrics[k].load_state_dict(v)
 
 # %% ../nbs/09_learner.ipynb #5da3dbcb
 class HostScalar:
@@ -318,7 +444,7 @@ class _ConsoleBar:
 
     def __len__(self): return len(self.gen)
     def __iter__(self):
-        n, t0, last = len(self.gen), time.perf_counter(), -1.
+        n, t0, last = len(self.gen) if hasattr(self.gen, '__len__') else None, time.perf_counter(), -1.
         for i, o in enumerate(self.gen):
             yield o
             now = time.perf_counter()
@@ -328,8 +454,10 @@ class _ConsoleBar:
 
     def _draw(self, i, n, elapsed):
         cols = shutil.get_terminal_size((100, 20)).columns - 1
-        text = f'{self.prefix}{i}/{n} [{format_time(elapsed)}<{format_time(elapsed/i*(n-i))}] {self.comment}'
-        bw = max(min(30, cols-len(text)-3), 0)
+        if n is None: text, bw = f'{self.prefix}{i} [{format_time(elapsed)}] {self.comment}', 0  # a loader of unknown length
+        else:
+            text = f'{self.prefix}{i}/{n} [{format_time(elapsed)}<{format_time(elapsed/i*(n-i))}] {self.comment}'
+            bw = max(min(30, cols-len(text)-3), 0)
         line = (f'|{"█"*(bw*i//n)}{"-"*(bw-bw*i//n)}| ' if bw else '') + text
         line = line[:cols]
         self.stream.write('\r' + line.ljust(self.width))
@@ -347,6 +475,7 @@ class _ConsoleBar:
 class ProgressCB(Callback):
     "Progress bars and a table of metrics per epoch (HTML in a notebook, one clean line per epoch in a terminal); `plot` draws the losses."
     order = MetricsCB.order + 1
+    shows_metrics = True  # MetricsCB leaves the printing to this callback
     def __init__(self, plot=False, stream=None): self.plot, self.stream = plot, stream
 
     def before_fit(self, learn):
@@ -354,15 +483,14 @@ class ProgressCB(Callback):
         self.out = self.stream or sys.stdout
         if self.nb: learn.epochs = self.mbar = master_bar(learn.epochs)
         self.first, self.widths, self.loss, self.bar = True, None, HostScalar(), None
-        if hasattr(learn, 'metrics'): learn.metrics._log = self._log
         self.losses, self.val_losses, self._epoch_losses = [], [], []
 
     def _log(self, d):
+        d = {k: f'{v:.3f}' if isinstance(v, float) else v for k, v in d.items()}
         if self.nb:
             if self.first: self.mbar.write(list(d), table=True)
             self.mbar.write([str(v) for v in d.values()], table=True)
         else:
-            if self.bar is not None: self.bar.clear()  # MetricsCB logs before our after_epoch: erase the bar first
             if self.first:
                 self.widths = [max(len(str(k)), 8) for k in d]
                 print('  '.join(str(k).ljust(w) for k, w in zip(d, self.widths)), file=self.out, flush=True)
@@ -370,9 +498,11 @@ class ProgressCB(Callback):
         self.first = False
 
     def before_epoch(self, learn):
-        if self.nb: learn.dl = progress_bar(learn.dl, leave=False, parent=self.mbar)
+        sized = hasattr(learn.dl, '__len__')
+        if self.nb:
+            if sized: learn.dl = progress_bar(learn.dl, leave=False, parent=self.mbar)
         else: learn.dl = self.bar = _ConsoleBar(learn.dl, f'Epoch {learn.epoch+1}/{learn.n_epochs} {"train" if learn.training else "valid"} ', self.out)
-        learn.dl.comment = self.loss
+        if not self.nb or sized: learn.dl.comment = self.loss
 
     def after_batch(self, learn):
         self.loss.put(learn.loss)
@@ -383,11 +513,13 @@ class ProgressCB(Callback):
 
     def after_epoch(self, learn):
         self.cleanup_epoch(learn)
+        m = getattr(learn, 'metrics', None)
+        if m is not None and learn.logging: self._log(m.log)
         if not self.plot: return
         if learn.training:
             if self._epoch_losses: self.losses += torch.stack(self._epoch_losses).float().cpu().tolist()
             self._epoch_losses = []
-        elif hasattr(learn, 'metrics'): self.val_losses.append(learn.metrics.all_metrics['loss'].compute().item())
+        elif m is not None: self.val_losses.append(m.log['loss'])
         if self.nb and self.losses:
             nb = len(self.losses)//max(len(self.val_losses), 1)
             graphs = [[list(range(len(self.losses))), self.losses]]
@@ -442,14 +574,15 @@ class SingleBatchCB(Callback):
 class LRFinderCB(Callback):
     "Grow the learning rate by `gamma` each batch; stop when the loss passes `max_mult` × its minimum or is not finite."
     def __init__(self, gamma=1.3, max_mult=3): fc.store_attr()
-    def before_fit(self, learn): self.lrs, self.losses, self.min = [], [], math.inf
+    def before_fit(self, learn): self.lrs, self.losses, self.min, self.stopped = [], [], math.inf, False
     def after_batch(self, learn):
-        if not learn.training: raise CancelEpochException()
         pgs = getattr(learn.opt, 'param_groups', None)
         self.lrs.append(pgs[0]['lr'] if pgs else learn.opt.lr)
         loss = to_cpu(learn.loss).item()  # the decision to stop needs the value: one sync per batch, in a diagnostic run only
         self.losses.append(loss)
-        if not math.isfinite(loss) or loss > self.min*self.max_mult: raise CancelFitException()
+        if not math.isfinite(loss) or loss > self.min*self.max_mult:
+            self.stopped = True
+            raise CancelFitException()
         self.min = min(self.min, loss)
         if pgs:
             for pg in pgs: pg['lr'] *= self.gamma
@@ -475,42 +608,61 @@ def valley(lrs, losses, beta=0.98):
 # %% ../nbs/09_learner.ipynb #f31a50ce
 @patch
 def lr_find(self:Learner, gamma=1.3, max_mult=3, start_lr=1e-5, max_epochs=10, plot=True):
-    "Run an LR range test from `start_lr`, plot loss against lr, and return the suggested learning rate; weights and optimiser are restored."
-    state, opt, pending = deepcopy(self.model.state_dict()), self.opt, self._opt_state
+    "Run an LR range test from `start_lr`, plot loss against lr, and return the suggested learning rate; weights, optimiser and mode are restored."
+    kept = deepcopy(self.model.state_dict()), self.opt, self._pending, self.history, self._done, self.model.training, self.logging
     cb = LRFinderCB(gamma=gamma, max_mult=max_mult)
-    self._opt_state = None  # a fresh optimiser from `start_lr`; the state `load` left waits for the next fit
-    try: self.fit(max_epochs, lr=start_lr, cbs=cb)
+    self._pending, self.logging = {}, False  # a fresh optimiser from `start_lr`; what `load` left waits for the next fit; no metric rows
+    try: self.fit(max_epochs, lr=start_lr, valid=False, cbs=cb)
     finally:
+        state, self.opt, self._pending, self.history, self._done, training, self.logging = kept
         self.model.load_state_dict(state)
-        self.opt, self._opt_state = opt, pending
-    if sum(map(math.isfinite, cb.losses)) < 2:
-        raise ValueError(f"lr_find: the loss was finite for {sum(map(math.isfinite, cb.losses))} batch(es) only; try a smaller `start_lr` (found start_lr = {start_lr})")
+        self.model.train(training)
+    self.lr_finder = cb  # its lrs and losses, to look at even when no suggestion comes
+    fin = [(lr, l) for lr, l in zip(cb.lrs, cb.losses) if math.isfinite(l)]
+    if len(fin) < 2:
+        raise ValueError(f"lr_find: the loss was finite for {len(fin)} batch(es) only; try a smaller `start_lr` (found start_lr = {start_lr})")
+    if not cb.stopped:
+        warnings.warn(f"lr_find: the loss did not diverge within `max_epochs` = {max_epochs} epochs ({len(cb.losses)} batches, up to lr {cb.lrs[-1]:.2e}); "
+                      "the suggestion may be too low: raise `max_epochs` or `gamma`")
     sugg = valley(cb.lrs, cb.losses)
+    if sugg == fin[0][0]:
+        raise ValueError(f"lr_find: the loss did not fall from its first value ({fin[0][1]:.4g}) at any learning rate tried, so there is none to suggest; "
+                         f"try a smaller `start_lr` (found start_lr = {start_lr})")
     if plot:
-        fin = [(lr, l) for lr, l in zip(cb.lrs, cb.losses) if math.isfinite(l)]
         _, ax = plt.subplots()
         ax.plot(*zip(*fin))
         ax.axvline(sugg, ls='--', c='r', label=f'valley: {sugg:.2e}')
         ax.set_xscale('log'); ax.set_xlabel('learning rate'); ax.set_ylabel('loss'); ax.legend()
-    self.lr_finder = cb
     return sugg
 
 # %% ../nbs/09_learner.ipynb #ea2b99f9
 def _cb_keys(cbs):
     "A name per callback that has state: its class name, numbered from the second of a class on."
     seen, out = {}, {}
-    for cb in cbs:
-        if not hasattr(cb, 'state_dict'): continue
+    for cb in sorted(cbs, key=attrgetter('order')):
+        if not callable(getattr(cb, 'state_dict', None)): continue
         nm = type(cb).__name__
         seen[nm] = seen.get(nm, 0) + 1
         out[nm if seen[nm] == 1 else f'{nm}_{seen[nm]}'] = cb
     return out
 
 @patch
+def _load_cbs(self:Learner, saved, resuming=False):
+    cbs = _cb_keys(self.cbs)
+    if resuming and saved.keys() - cbs.keys():  # (a plain `load` for inference needs none of them)
+        warnings.warn(f"the checkpoint holds the state of callbacks {sorted(saved.keys() - cbs.keys())}, which the resumed fit does not have: not loaded")
+    for k, cb in cbs.items():
+        if k in saved: cb.load_state_dict(saved[k])
+
+@patch
 def save(self:Learner, path, with_opt=True):
-    "Save the model's (and optimiser's) state and the callbacks' state to `path`, atomically."
-    state = {'model': self.model.state_dict(), 'cbs': {k: cb.state_dict() for k, cb in _cb_keys(self.cbs).items()}}
+    "Save a checkpoint to `path`, atomically: the model, the optimiser, every callback's state, and (inside a fit) the position and random states to resume from."
+    state = {'model': _unwrap(self.model).state_dict(), 'cbs': {k: cb.state_dict() for k, cb in _cb_keys(self.cbs).items()}, 'history': self.history}
     if with_opt and hasattr(self.opt, 'state_dict'): state['opt'] = self.opt.state_dict()
+    if self._done is not None:
+        e, i, train_done = self._done
+        state['pos'] = {'epoch': e, 'iter': i, 'train_done': train_done, 'rng': _get_rng(getattr(self.dls, 'train', None)),
+                        'rng_epoch': getattr(self, '_rng_epoch', None) if 0 < i and not train_done else None}
     path = Path(path)
     tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
     try:
@@ -518,26 +670,27 @@ def save(self:Learner, path, with_opt=True):
         os.replace(tmp, path)  # the old checkpoint stays whole until the new one is
     finally: tmp.unlink(missing_ok=True)
 
+def _unwrap(model): return getattr(model, 'module', model) if type(model).__name__ == 'DistributedDataParallel' else model
+
 @patch
 def load(self:Learner, path, with_opt=True):
-    "Load model (and optimiser, and callback) state saved by `save`, after checking it matches the model."
+    "Load a checkpoint written by `save` into the model, after checking it fits; optimiser and callback state wait for the next `fit`."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"`path` {str(path)!r} does not exist")
     p = next(iter(self.model.parameters()), None)
-    state = torch.load(path, map_location='cpu' if p is None else p.device, weights_only=True)
-    if not isinstance(state, dict) or 'model' not in state: raise ValueError(f"`path` {str(path)!r} is not a checkpoint written by `Learner.save`")
-    own, new = self.model.state_dict(), state['model']
+    try: state = torch.load(path, map_location='cpu' if p is None else p.device, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"Checkpoint {str(path)!r} is damaged or is not a checkpoint written by `Learner.save` ({type(e).__name__}: {str(e)[:200]})") from e
+    if not isinstance(state, dict) or 'model' not in state: raise ValueError(f"Checkpoint {str(path)!r} is not a checkpoint written by `Learner.save`")
+    own, new = _unwrap(self.model).state_dict(), state['model']
     if own.keys() != new.keys():
         raise ValueError(f"Checkpoint {str(path)!r} does not fit the model: missing {sorted(own.keys()-new.keys())}, unexpected {sorted(new.keys()-own.keys())}")
     for k, v in own.items():
         if v.shape != new[k].shape: raise ValueError(f"Checkpoint {str(path)!r} does not fit the model: parameter `{k}` has shape {tuple(new[k].shape)} there, {tuple(v.shape)} in the model")
-    cbs, saved = _cb_keys(self.cbs), state.get('cbs', {})
-    if saved.keys() - cbs.keys():
-        warnings.warn(f"Checkpoint {str(path)!r} holds the state of callbacks {sorted(saved.keys() - cbs.keys())}, which the learner does not have: not loaded")
-    self.model.load_state_dict(new)
-    for k, cb in cbs.items():
-        if k in saved: cb.load_state_dict(saved[k])
-    if with_opt and 'opt' in state: self._opt_state = state['opt']
+    _unwrap(self.model).load_state_dict(new)
+    self._pending = {k: state[k] for k in ('cbs', 'pos') if k in state}
+    if with_opt and 'opt' in state: self._pending['opt'] = state['opt']
+    self.history = state.get('history', [])
 
 # %% ../nbs/09_learner.ipynb #b59da94c
 class TerminateOnNaNCB(Callback):

@@ -311,7 +311,7 @@ class MultiTaskGradCB(Callback):
             raise ValueError(f"`sdm_batches`='consecutive' is for aggregators that need independent batches, such as SDMGrad; the aggregator is a {type(aggregator).__name__}")
         self.agg, self.mode, self.shared, self.guard, self.sdm_batches = aggregator, mode, shared, guard, sdm_batches
         self.losses, self.weights, self.stepguard = DeviceSeries(max_records), DeviceSeries(max_records), StepGuard()
-        self._pending, self._resumed, self.z = [], False, None
+        self._pending, self.z = [], None
 
     def _shared_module(self, model):
         s = self.shared
@@ -334,9 +334,8 @@ class MultiTaskGradCB(Callback):
         ids = {id(p) for p in self.shared_params}
         self.head_params = [p for p in learn.model.parameters() if p.requires_grad and id(p) not in ids]
         self._hook = mod.register_forward_hook(self._keep)
-        if not self._resumed:  # a callback whose state `Learner.load` just restored carries on
-            self.losses.reset(); self.weights.reset(); self.stepguard.reset()
-        self._resumed, self._pending, self.z = False, [], None
+        self.losses.reset(); self.weights.reset(); self.stepguard.reset()  # a loaded state is applied after this
+        self._pending, self.z = [], None
         self.task_names = getattr(learn.loss_func, 'tasks', None)
     def cleanup_fit(self, learn):
         if getattr(self, '_hook', None) is not None: self._hook.remove()
@@ -358,7 +357,8 @@ class MultiTaskGradCB(Callback):
         self.stepguard.watch(losses)
         if not guarded and not bool(torch.isfinite(losses).all()): self._raise(self.stepguard.n_step, losses.tolist())  # the CPU: the read waits for nothing
         if guarded: self.stepguard.keep_modules(self.agg)
-        scale = learn.scaled(losses.new_ones(())) if learn.scaler is not None else None  # a device tensor: no read
+        scaled = learn.scaler is not None or learn.grad_factor != 1
+        scale = learn.scaled(losses.new_ones(())) if scaled else None  # a device tensor: no read
         z, self.z = self.z, None
         if self.sdm_batches == 'consecutive' and len(self._pending) < self.agg.parts - 1:  # J₁, J₂ wait for the third batch
             self._pending.append(task_jacobian(losses, z, self.shared_params, scale))
@@ -399,7 +399,7 @@ class MultiTaskGradCB(Callback):
         if isinstance(self.agg, nn.Module) and 'aggregator' in sd: self.agg.load_state_dict(sd['aggregator'])
         self.losses.load_state_dict(sd['losses']); self.weights.load_state_dict(sd['weights'])
         self.stepguard.reset()
-        self.stepguard.n_step, self._resumed = sd['n_step'], True
+        self.stepguard.n_step = sd['n_step']
 
     def plot_losses(self, ax=None, names=None):
         "The task losses at every training step."
@@ -498,14 +498,12 @@ def mf_train(dls, agg=None, mode='params', epochs=1, lr=1e-3, seed=0):
     "Train `mf_learner`; returns (left acc, right acc, seconds per epoch, the multi-task callback or None)."
     import time
     learn = mf_learner(dls, agg, mode, lr, seed=seed)
-    logs = []
-    metrics = next(cb for cb in learn.cbs if isinstance(cb, MetricsCB))
-    metrics._log = logs.append
+    learn.logging = False
     t = time.perf_counter()
     learn.fit(epochs)
     secs = (time.perf_counter() - t) / epochs
     mtl = next((cb for cb in learn.cbs if isinstance(cb, MultiTaskGradCB)), None)
-    return float(logs[-1]['acc_left']), float(logs[-1]['acc_right']), secs, mtl
+    return learn.history[-1]['valid_acc_left'], learn.history[-1]['valid_acc_right'], secs, mtl
 
 def mf_table(dls, epochs=1, lr=1e-3):
     "Per-method test accuracy of each side and seconds per epoch, printed as a table; returns the callbacks by method."

@@ -92,6 +92,8 @@ class BaseSchedCB(Callback):
             raise TypeError(f"`sched` should accept the optimiser as its only argument; `sched(learn.opt)` raised: {e}") from e
     def _step(self, learn):
         if learn.training: self.schedo.step()
+    def state_dict(self): return self.schedo.state_dict()
+    def load_state_dict(self, sd): self.schedo.load_state_dict(sd)
 
 class BatchSchedCB(BaseSchedCB):
     "Step the scheduler after every training batch."
@@ -144,8 +146,12 @@ class RecorderCB(HasLearnCB):
             v = f(self)
             self.recs[k].append(v.detach() if isinstance(v, torch.Tensor) else float(v))
     def after_epoch(self, learn):
-        for v in self.recs.values(): _floats(v)
+        for v in getattr(self, 'recs', {}).values(): _floats(v)  # (no records if the fit failed before this callback's before_fit)
     cleanup_fit = after_epoch
+    def state_dict(self):
+        self.after_epoch(None)
+        return {'recs': {k: list(v) for k, v in self.recs.items()}}
+    def load_state_dict(self, sd): self.recs = {k: list(v) for k, v in sd['recs'].items()}
 
     def plot(self, imsize=4):
         "One plot per record, side by side."
@@ -162,15 +168,15 @@ def _mom(pg):
     return pg['betas'][0] if 'betas' in pg else pg.get('momentum', 0.)
 
 @patch
-def fit_one_cycle(self:Learner, n_epochs, lr_max=None, pct_start=0.25, cbs=None, record=True, **kwargs):
-    "Fit `n_epochs` with a one-cycle schedule peaking at `lr_max` (default `self.lr`); lr and momentum go to `self.recorder`."
+def fit_one_cycle(self:Learner, n_epochs, lr_max=None, pct_start=0.25, cbs=None, record=True, resume=None, **kwargs):
+    "Fit `n_epochs` with a one-cycle schedule peaking at `lr_max` (default `self.lr`); lr and momentum go to `self.recorder`; `resume` as `fit`'s."
     lr_max = self.lr if lr_max is None else lr_max
     sched = partial(lr_scheduler.OneCycleLR, max_lr=lr_max, total_steps=n_epochs*len(self.dls.train), pct_start=pct_start, **kwargs)
     extra = [BatchSchedCB(sched)]
     if record:
         self.recorder = RecorderCB(lr=lambda cb: cb.pg['lr'], mom=lambda cb: _mom(cb.pg))
         extra.append(self.recorder)
-    self.fit(n_epochs, lr=lr_max, cbs=extra + list(cb_list(cbs)))
+    self.fit(n_epochs, lr=lr_max, cbs=extra + list(cb_list(cbs)), resume=resume)
 
 # %% ../nbs/12_sgd.ipynb #c2421751
 class GradientClip(Callback):

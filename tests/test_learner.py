@@ -218,7 +218,11 @@ def test_hand_written_optimizer():
     torch.manual_seed(0); a = learner(opt_func=HandSGD, lr=0.1); a.fit(1)
     torch.manual_seed(0); b = learner(opt_func=optim.SGD, lr=0.1); b.fit(1)
     torch.testing.assert_close(a.model.weight, b.model.weight)
-    a.lr_find(plot=False, max_epochs=1)  # no param_groups: the finder sets `opt.lr`
+    torch.manual_seed(0)
+    try: a.lr_find(plot=False, start_lr=1e-3, gamma=2, max_epochs=20)  # no param_groups: the finder sets `opt.lr`
+    except ValueError as e: assert 'did not fall' in str(e)  # on 8 items the loss may not; the lrs below are what is tested
+    lrs = a.lr_finder.lrs
+    assert lrs[0] == pytest.approx(1e-3) and lrs[1] == pytest.approx(2e-3)
 
 def test_progress_notebook_branch():
     "In an IPython shell with IN_NOTEBOOK set, ProgressCB drives fastprogress's HTML bars, table and live loss plot."

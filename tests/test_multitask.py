@@ -16,14 +16,12 @@ def test_named_tasks_dict_batches_and_metrics():
     model = MultiTaskModel(nn.Linear(4, 6), {'left': nn.Linear(6, 1), 'right': nn.Linear(6, 1)})
     x, y = torch.randn(8, 4), {'left': torch.randn(8, 1), 'right': torch.randn(8, 1)}
     loss = MultiTaskLoss(left=F.mse_loss, right=F.mse_loss)
-    logs = []
     metrics = MetricsCB(mse_left=TaskMetric(MeanSquaredError(), 'left'), mse_right=TaskMetric(MeanSquaredError(), 'right'))
-    metrics._log = logs.append
     learn = TrainLearner(model, batch_dls((x, y)), loss, lr=0.1, cbs=[MultiTaskGradCB(MGDA()), metrics])
     learn.fit(1)
     with torch.no_grad(): out = model(x)
     want = F.mse_loss(out['right'], y['right']).item()
-    assert float(logs[-1]['mse_right']) == pytest.approx(want, abs=1e-3)
+    assert learn.history[-1]['valid_mse_right'] == pytest.approx(want, abs=1e-3)
     assert learn.losses.shape == (2,) and torch.allclose(learn.loss, learn.losses.sum())
 
 def test_training_reduces_every_task_loss():
