@@ -4,11 +4,15 @@
 
 # %% ../nbs/17_accel.ipynb #3141ade0
 from __future__ import annotations
+import os
 import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 from .learner import *
+from .datasets import TensorDataLoader
 
 # %% auto #0
-__all__ = ['MixedPrecision', 'AccelerateCB']
+__all__ = ['MixedPrecision', 'init_distributed', 'shard_loader', 'AccelerateCB', 'DistributedCB']
 
 # %% ../nbs/17_accel.ipynb #f850e11f
 def _publish_scaler(learn, scaler, owner):
@@ -44,6 +48,36 @@ class MixedPrecision(Callback):
             self.ac.__exit__(None, None, None)
             self.ac = None
 
+# %% ../nbs/17_accel.ipynb #c0de0203
+def init_distributed(backend=None):
+    "Join the process group `torchrun` describes in the environment (gloo on the CPU, NCCL with GPUs); with one process, nothing. Returns (rank, world)."
+    if int(os.environ.get('WORLD_SIZE', '1')) > 1 and not dist.is_initialized():
+        cuda = torch.cuda.is_available()
+        backend = backend or ('nccl' if cuda else 'gloo')
+        if backend == 'nccl' and not cuda: raise ValueError("`backend` 'nccl' needs CUDA GPUs, which this machine lacks; use 'gloo' (the default without GPUs)")
+        if cuda: torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', '0')))
+        dist.init_process_group(backend)
+    return rank(), world()
+
+class _Strided(Sampler):
+    "The items `rank::world` of a dataset, in order, unpadded: validation on several processes without an item twice."
+    def __init__(self, n, rank, world): self.idx = range(rank, n, world)
+    def __iter__(self): return iter(self.idx)
+    def __len__(self): return len(self.idx)
+
+def shard_loader(dl, training, seed=0):
+    "This process's share of loader `dl`: a sharded `TensorDataLoader`, or a `DataLoader` with a distributed sampler (padded for `training` only)."
+    if world() == 1 or getattr(dl, 'world', 1) > 1 or isinstance(getattr(dl, 'sampler', None), (DistributedSampler, _Strided)): return dl
+    if isinstance(dl, (list, tuple)) and not dl: return dl  # no data (a fit without validation)
+    if isinstance(dl, TensorDataLoader): return dl.shard(rank(), world(), pad=training, seed=seed)
+    if isinstance(dl, DataLoader) and not isinstance(dl.dataset, torch.utils.data.IterableDataset):
+        sampler = (DistributedSampler(dl.dataset, shuffle=isinstance(dl.sampler, RandomSampler), seed=seed) if training
+                   else _Strided(len(dl.dataset), rank(), world()))
+        return DataLoader(dl.dataset, batch_size=dl.batch_size, sampler=sampler, num_workers=dl.num_workers, collate_fn=dl.collate_fn,
+                          pin_memory=dl.pin_memory, drop_last=dl.drop_last, generator=dl.generator)
+    raise ValueError(f"the {'training' if training else 'validation'} loader (a {type(dl).__name__}) can be neither sharded nor used as it is on "
+                     f"{world()} processes: use a TensorDataLoader or a PyTorch DataLoader over a map-style dataset, or shard it yourself and give it `world = {world()}`")
+
 # %% ../nbs/17_accel.ipynb #cfbe6826
 class _AccelerateScaler:
     "Accelerate's gradient scaler seen through the `GradScaler` interface the learner uses: its prepared optimiser steps through the scaler itself."
@@ -68,7 +102,8 @@ class AccelerateCB(TrainCB):
             raise ValueError("AccelerateCB: `mixed_precision` 'fp16' needs CUDA, which this machine lacks; use 'bf16' or 'no'")
         if kwargs.get('gradient_accumulation_steps', 1) != 1:
             raise ValueError(f"AccelerateCB: `gradient_accumulation_steps` should be 1 (every batch makes a step); found {kwargs['gradient_accumulation_steps']!r}")
-        self.opt = None  # set while a fit is prepared
+        self.opt, self.scaler = None, None  # set while a fit is prepared
+        if int(os.environ.get('WORLD_SIZE', '1')) > 1 and not cuda: kwargs.setdefault('cpu', True)  # else each process trains alone on all the data
         try: self.acc = Accelerator(mixed_precision=mixed_precision, **kwargs)
         except ValueError as e:
             raise ValueError(f"AccelerateCB: Accelerate keeps one precision per process and could not switch to "
@@ -78,6 +113,8 @@ class AccelerateCB(TrainCB):
         super().before_fit(learn)
         self.opt, self.dls = learn.opt, (learn.dls.train, learn.dls.valid)
         learn.model, learn.opt, learn.dls.train, learn.dls.valid = self.acc.prepare(learn.model, learn.opt, *self.dls)
+        if isinstance(learn.dls.train, TensorDataLoader):  # Accelerate passes these through: shard them as DistributedCB does
+            learn.dls.train, learn.dls.valid = shard_loader(learn.dls.train, True), shard_loader(learn.dls.valid, False)
         self.scaler = _AccelerateScaler(self.acc) if self.acc.scaler is not None else None
         _publish_scaler(learn, self.scaler, 'AccelerateCB')
 
@@ -88,3 +125,31 @@ class AccelerateCB(TrainCB):
         if learn.scaler is self.scaler: learn.scaler = None
         self.opt = None
         self.acc.free_memory()
+
+# %% ../nbs/17_accel.ipynb #c0de0202
+class DistributedCB(Callback):
+    "Data-parallel training on the processes `torchrun` starts: the model in DDP, each process its share of every batch; with one process, nothing."
+    order = DeviceCB.order + 5  # once DeviceCB has placed the model
+    def __init__(self, backend=None, seed=0, **ddp_kwargs): self.backend, self.seed, self.ddp_kwargs, self.kept = backend, seed, ddp_kwargs, None
+
+    def before_fit(self, learn):
+        init_distributed(self.backend)
+        if world() == 1: return
+        p = next(iter(learn.model.parameters()), None)
+        if dist.get_backend() == 'nccl' and (p is None or p.device.type != 'cuda'):
+            raise ValueError(f"DistributedCB: the NCCL backend needs the model on a GPU; it is on {p.device if p is not None else 'no device'}: add DeviceCB() before it")
+        dls = (learn.dls.train, learn.dls.valid)
+        shards = (shard_loader(dls[0], True, self.seed), shard_loader(dls[1], False, self.seed))  # every process fails here alike, or none does
+        self.kept = (learn.model, dls)
+        learn.dls.train, learn.dls.valid = shards
+        ids = None if p is None or p.device.type != 'cuda' else [p.device]
+        learn.model = torch.nn.parallel.DistributedDataParallel(learn.model, device_ids=ids, **self.ddp_kwargs)
+
+    def before_epoch(self, learn):
+        s = getattr(learn.dls.train if learn.training else learn.dls.valid, 'sampler', None)
+        if isinstance(s, DistributedSampler): s.set_epoch(learn.epoch)
+
+    def cleanup_fit(self, learn):
+        if self.kept is None: return
+        (learn.model, (learn.dls.train, learn.dls.valid)), self.kept = self.kept, None
+

@@ -62,6 +62,7 @@ class Weighting(nn.Module):
     def _sync_free(self, M): return _accel(M) if self.sync_free is None else self.sync_free
     arg = 'G'  # the input's name in error messages
     needs_losses = False  # True when `set_losses` must be called before each use
+    deterministic = True  # the same input gives the same weights (not so for the random ones)
     def forward(self, G):
         _check_matrix(G, self.arg)
         nosync = self._sync_free(G)
@@ -78,6 +79,10 @@ class Aggregator(nn.Module):
     def needs_losses(self):
         "Whether the task losses must be given (`set_losses`) before each call."
         return self.weighting.needs_losses
+    @property
+    def deterministic(self):
+        "Whether the same input always gives the same result (so that processes given the same Jacobian agree without talking)."
+        return self.weighting.deterministic
     def __init__(self, weighting):
         super().__init__()
         self.weighting, self.last_weights = weighting, None
@@ -126,6 +131,7 @@ class ConstantWeighting(Weighting):
 
 class RandomWeighting(Weighting):
     "Weights softmax(z), z ~ N(0, I) drawn afresh at every call (RLW)."
+    deterministic = False
     def weights(self, G, sync_free): return torch.randn(len(G), device=G.device, dtype=G.dtype).softmax(0)
 
 Mean = _aggregator(MeanWeighting, "Mean of the task gradients.")
@@ -327,6 +333,7 @@ DualProj = _aggregator(DualProjWeighting, "DualProj: the mean gradient projected
 # %% ../nbs/20_aggregators.ipynb #9034710c
 class PCGradWeighting(Weighting):
     "PCGrad's weights: each task gradient with its conflicting components removed in random order, summed."
+    deterministic = False
     def weights(self, G, sync_free):
         m = len(G)
         perms = torch.stack([torch.randperm(m) for _ in range(m)]).to(G.device)  # as torchjd draws them, on the CPU

@@ -18,7 +18,8 @@ from fastcore.script import call_parse
 
 from .datasets import load_fashion_mnist, DataLoaders
 from .conv import get_device
-from .learner import TrainLearner, DeviceCB, MetricsCB, ProgressCB, lr_find
+from .learner import TrainLearner, DeviceCB, MetricsCB, ProgressCB, lr_find, rank, world
+from .accel import DistributedCB, init_distributed
 from .sgd import fit_one_cycle
 from .activations import ActivationStats, set_seed
 from .init import GeneralRelu, get_model, init_weights
@@ -40,34 +41,38 @@ def simple_cnn(nfs=(8, 16, 32, 64), n_out=10):
 
 # %% ../nbs/90_cli.ipynb #33b09a69
 def _save(out, name):
-    plt.savefig(out/name, dpi=100, bbox_inches='tight')
+    if rank() == 0: plt.savefig(out/name, dpi=100, bbox_inches='tight')  # under torchrun: the first process writes
     plt.close('all')
     return out/name
+
+def _say(*args):
+    if rank() == 0: print(*args)
 
 def train(epochs=3, bs=256, lr=1e-2, data=None, out='out', device=None, seed=42, lr_find=True):
     "Train the course's CNN on Fashion-MNIST with a one-cycle schedule; write the plots listed above to `out`; return the learner."
     if not isinstance(epochs, int) or epochs < 1: raise ValueError(f"`epochs` should be a positive int; found epochs = {epochs!r}")
+    init_distributed()  # under torchrun: join the other processes (and pick this one's GPU) before anything is placed
     dev = get_device(device)
     set_seed(seed)
-    dls = DataLoaders.from_dd_tensors(load_fashion_mnist(data), bs, mean=0.28, std=0.35, device=dev)
+    dls = DataLoaders.from_dd_tensors(load_fashion_mnist(data), bs // world(), mean=0.28, std=0.35, device=dev)
     model = get_model(act_gr, norm=nn.BatchNorm2d).apply(partial(init_weights, leaky=0.1))
-    learn = TrainLearner(model, dls, F.cross_entropy, cbs=DeviceCB(dev), opt_func=optim.AdamW)
+    learn = TrainLearner(model, dls, F.cross_entropy, cbs=[DeviceCB(dev), DistributedCB()], opt_func=optim.AdamW)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     if lr_find:
-        print(f'LR finder suggests {learn.lr_find():.2e}')
+        _say(f'LR finder suggests {learn.lr_find():.2e}')
         written.append(_save(out, 'lr_find.png'))
     prog, astats = ProgressCB(plot=True), ActivationStats(fc.risinstance(GeneralRelu))  # for the training run only
     t = time.perf_counter()
     learn.fit_one_cycle(epochs, lr, cbs=[MetricsCB(accuracy=MulticlassAccuracy()), prog, astats])
-    print(f'{epochs} epochs in {time.perf_counter()-t:.1f}s on {dev}')
+    _say(f'{epochs} epochs in {time.perf_counter()-t:.1f}s on {dev}' + (f', {world()} processes' if world() > 1 else ''))
     prog.plot_losses(); written.append(_save(out, 'loss.png'))
     learn.recorder.plot(); written.append(_save(out, 'schedule.png'))
     astats.color_dim(); written.append(_save(out, 'color_dim.png'))
     astats.dead_chart(); written.append(_save(out, 'dead_chart.png'))
     astats.plot_stats(); written.append(_save(out, 'stats.png'))
-    print('plots written: ' + ', '.join(map(str, written)))
+    _say('plots written: ' + ', '.join(map(str, written)))
     return learn
 
 # %% ../nbs/90_cli.ipynb #f8d5f7be
@@ -77,25 +82,26 @@ def train_multitask(epochs=3, bs=256, lr=1e-3, data=None, out='out', device=None
     "Train the two-head LeNet-style model on Multi-Fashion with `MultiTaskGradCB(aggregator)`; write the task losses and weights to `out`; return the learner."
     if not isinstance(epochs, int) or epochs < 1: raise ValueError(f"`epochs` should be a positive int; found epochs = {epochs!r}")
     if aggregator not in _AGGREGATORS: raise ValueError(f"`aggregator` should be one of {', '.join(_AGGREGATORS)}; found {aggregator!r}")
+    init_distributed()
     dev = get_device(device)
     set_seed(seed)
-    dls = DataLoaders.from_dd_tensors(load_multi_fashion(n_train, n_test, seed=seed, path=data), bs, y=MF_LABELS, mean=0.275, std=0.363, device=dev)
-    learn = mf_learner(dls, _AGGREGATORS[aggregator](), lr=lr, cbs=[ProgressCB()], seed=seed, device=dev)
+    dls = DataLoaders.from_dd_tensors(load_multi_fashion(n_train, n_test, seed=seed, path=data), bs // world(), y=MF_LABELS, mean=0.275, std=0.363, device=dev)
+    learn = mf_learner(dls, _AGGREGATORS[aggregator](), lr=lr, cbs=[ProgressCB(), DistributedCB()], seed=seed, device=dev)
     mtl = next(cb for cb in learn.cbs if isinstance(cb, MultiTaskGradCB))
     t = time.perf_counter()
     learn.fit(epochs)
-    print(f'{epochs} epochs in {time.perf_counter()-t:.1f}s on {dev}')
+    _say(f'{epochs} epochs in {time.perf_counter()-t:.1f}s on {dev}' + (f', {world()} processes' if world() > 1 else ''))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     mtl.plot_losses(names=['left', 'right']); written = [_save(out, 'task_losses.png')]
     mtl.plot_weights(names=['left', 'right']); written.append(_save(out, 'task_weights.png'))
-    print('plots written: ' + ', '.join(map(str, written)))
+    _say('plots written: ' + ', '.join(map(str, written)))
     return learn
 
 # %% ../nbs/90_cli.ipynb #fab9a981
 @call_parse
 def main(epochs:int=3,  # Number of epochs
-         bs:int=256,  # Batch size
+         bs:int=256,  # Batch size (the global one: under torchrun each process takes its share)
          lr:float=1e-2,  # Peak learning rate of the one-cycle schedule
          data:str=None,  # Folder with the Fashion-MNIST IDX files (default: see `load_fashion_mnist`)
          out:str='out',  # Folder for the PNG plots

@@ -4,6 +4,7 @@
 
 # %% ../nbs/05_datasets.ipynb #77ec1d1a
 from __future__ import annotations
+from copy import copy
 import gzip, hashlib, importlib.resources, io, math, os, shutil, socket, tempfile, warnings
 from itertools import zip_longest
 from operator import itemgetter
@@ -229,16 +230,36 @@ class TensorDataLoader:
         self.tensors, self.tfms = tensors, tfms + [None]*(len(tensors)-len(tfms))
         self.dataset = TensorDataset(*tensors)
         fc.store_attr('batch_size,shuffle,drop_last,generator')
+        self.rank, self.world, self.pad = 0, 1, False
+
+    def shard(self, rank, world, pad=True, seed=0):
+        "This loader's part on process `rank` of `world`: items `rank::world` of each epoch's order, the same order on every process."
+        if not (isinstance(world, int) and world >= 1 and isinstance(rank, int) and 0 <= rank < world):
+            raise ValueError(f"`rank` should be in [0, `world`); found rank = {rank!r}, world = {world!r}")
+        o = copy(self)
+        o.rank, o.world, o.pad = rank, world, pad
+        if self.shuffle and self.generator is None: o.generator = torch.Generator().manual_seed(seed)  # `seed` must be the same everywhere
+        return o
+
+    def _n(self):
+        "How many items this process sees per epoch."
+        n, w = len(self.tensors[0]), self.world
+        return -(-n//w) if self.pad else len(range(self.rank, n, w))
 
     def __len__(self):
-        n = len(self.tensors[0])
+        n = self._n()
         return n//self.batch_size if self.drop_last else -(-n//self.batch_size)
 
     def __iter__(self):
         bs, ts = self.batch_size, self.tensors
-        idxs = torch.randperm(len(ts[0]), generator=self.generator).to(ts[0].device) if self.shuffle else None
+        n = len(ts[0])
+        idxs = torch.randperm(n, generator=self.generator).to(ts[0].device) if self.shuffle else None
+        if self.world > 1:  # sharded: as DistributedSampler, padded with the first items so every process has as many
+            idxs = torch.arange(n, device=ts[0].device) if idxs is None else idxs
+            if self.pad: idxs = torch.cat([idxs, idxs[:self._n()*self.world - n]])
+            idxs = idxs[self.rank::self.world]
         for i in range(len(self)):
-            if self.shuffle:  # index_select gathers whole rows: several times faster than `t[idx]` here
+            if idxs is not None:  # index_select gathers whole rows: several times faster than `t[idx]` here
                 sl = idxs[i*bs:(i+1)*bs]
                 b = (t.index_select(0, sl) for t in ts)
             else: b = (t[i*bs:(i+1)*bs] for t in ts)

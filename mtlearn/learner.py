@@ -13,6 +13,7 @@ import fastcore.all as fc
 from fastcore.basics import patch
 import matplotlib.pyplot as plt
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import optim
 from fastprogress.fastprogress import master_bar, progress_bar, format_time, IN_NOTEBOOK
@@ -21,9 +22,10 @@ from .conv import get_device, to_device, apply_tensors
 
 # %% auto #0
 __all__ = ['CancelException', 'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'CancelBackwardException',
-           'CancelStepException', 'Callback', 'run_cbs', 'with_cbs', 'cb_list', 'split_batch', 'Learner', 'TrainCB',
-           'to_cpu', 'RunningMean', 'MetricsCB', 'HostScalar', 'ProgressCB', 'DeviceCB', 'TrainLearner',
-           'MomentumLearner', 'SingleBatchCB', 'LRFinderCB', 'valley', 'TerminateOnNaNCB']
+           'CancelStepException', 'Callback', 'run_cbs', 'with_cbs', 'cb_list', 'split_batch', 'world', 'rank',
+           'all_mean', 'any_rank', 'Learner', 'TrainCB', 'to_cpu', 'RunningMean', 'MetricsCB', 'HostScalar',
+           'ProgressCB', 'DeviceCB', 'TrainLearner', 'MomentumLearner', 'SingleBatchCB', 'LRFinderCB', 'valley',
+           'TerminateOnNaNCB']
 
 # %% ../nbs/09_learner.ipynb #fb5bddc5
 class CancelException(Exception):
@@ -127,6 +129,34 @@ def _set_rng(s, dl=None):
     if 'cuda' in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
     g = getattr(dl, 'generator', None)
     if 'loader' in s and isinstance(g, torch.Generator): g.set_state(s['loader'])
+
+# %% ../nbs/09_learner.ipynb #c0de0103
+def world():
+    "The number of processes training together (1 without torch.distributed)."
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+def rank():
+    "This process's rank among them (0 without torch.distributed)."
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+def _comm(t):
+    "`t` where the process group's backend can reduce it (NCCL: the GPU)."
+    return t.cuda() if dist.get_backend() == 'nccl' and t.device.type != 'cuda' else t
+
+def all_mean(t):
+    "The mean of tensor `t` over the processes (`t` itself with one process); a collective: every process must call it."
+    if world() == 1: return t
+    r = _comm(t.detach().clone())
+    dist.all_reduce(r)
+    return (r / world()).to(t.device)
+
+def any_rank(flag):
+    "Whether `flag` (a bool, or a bool tensor) is true on any process, as a tensor on every process; the collective for decisions to stop."
+    t = torch.as_tensor(flag).detach().to(torch.float32).reshape(())
+    if world() == 1: return t > 0
+    r = _comm(t.clone())
+    dist.all_reduce(r, op=dist.ReduceOp.MAX)
+    return (r > 0).to(t.device)
 
 # %% ../nbs/09_learner.ipynb #70388bb4
 _EVENTS = tuple(f'{w}_{nm}' for nm in ('fit', 'epoch', 'batch', 'backward', 'step') for w in ('before', 'after', 'cleanup')) + ('after_predict', 'after_loss')
@@ -344,7 +374,12 @@ class RunningMean:
         self.total.add_(x.detach().to(self.total.dtype), alpha=weight)
         self.weights += weight
         return self
-    def compute(self): return self.total/self.weights if self.weights else torch.full_like(self.total, math.nan)
+    def compute(self):
+        total, weights = self.total, self.weights
+        if world() > 1:  # over every process: one all-reduce of the sum and the weight
+            tw = all_mean(torch.stack([total.float(), total.new_tensor(weights, dtype=torch.float32)])) * world()
+            total, weights = tw[0], float(tw[1])
+        return total/weights if weights else torch.full_like(total, math.nan)
     def reset(self):
         self.total.zero_()
         self.weights = 0.
@@ -365,6 +400,12 @@ def _to_floats(d):
     if ks:
         for k, v in zip(ks, torch.stack([d[k].detach().float().reshape(()).cpu() for k in ks]).tolist()): out[k] = v
     return out
+
+def _compute(m):
+    "A metric's value over every process (torcheval's own synchronisation of the metric's state)."
+    if world() == 1 or isinstance(m, RunningMean): return m.compute()
+    from torcheval.metrics.toolkit import sync_and_compute
+    return sync_and_compute(getattr(m, 'metric', m))  # (TaskMetric: the metric inside)
 
 class MetricsCB(Callback):
     "Torcheval `metrics` (and the running loss) updated each batch on the device, computed once per epoch into `learn.history`, and printed."
@@ -387,12 +428,12 @@ class MetricsCB(Callback):
     def after_epoch(self, learn):
         phase = 'train' if learn.training else 'valid'
         if not self.loss.weights: warnings.warn(f"the {phase} data loader yielded no batch in epoch {learn.epoch}: its metrics are NaN")
-        vals = _to_floats({k: v.compute() for k, v in self.all_metrics.items()})
+        vals = _to_floats({k: _compute(v) for k, v in self.all_metrics.items()})
         self.log = {**vals, 'epoch': learn.epoch, 'train': 'train' if learn.training else 'eval'}
         row = learn.history[-1] if learn.history and learn.history[-1]['epoch'] == learn.epoch else None
         if row is None: learn.history.append(row := {'epoch': learn.epoch})
         row.update({f'{phase}_{k}': v for k, v in vals.items()})
-        if self.printing and learn.logging: print({k: f'{v:.3f}' if isinstance(v, float) else v for k, v in self.log.items()})
+        if self.printing and learn.logging and rank() == 0: print({k: f'{v:.3f}' if isinstance(v, float) else v for k, v in self.log.items()})
 
     def after_batch(self, learn):
         xs, ys = split_batch(learn.batch, learn.n_inp)
@@ -479,7 +520,8 @@ class ProgressCB(Callback):
     def __init__(self, plot=False, stream=None): self.plot, self.stream = plot, stream
 
     def before_fit(self, learn):
-        self.nb = IN_NOTEBOOK and self.stream is None
+        self.on = rank() == 0  # one table, one bar: the first process's
+        self.nb = IN_NOTEBOOK and self.stream is None and self.on
         self.out = self.stream or sys.stdout
         if self.nb: learn.epochs = self.mbar = master_bar(learn.epochs)
         self.first, self.widths, self.loss, self.bar = True, None, HostScalar(), None
@@ -498,6 +540,7 @@ class ProgressCB(Callback):
         self.first = False
 
     def before_epoch(self, learn):
+        if not self.on: return
         sized = hasattr(learn.dl, '__len__')
         if self.nb:
             if sized: learn.dl = progress_bar(learn.dl, leave=False, parent=self.mbar)
@@ -514,7 +557,7 @@ class ProgressCB(Callback):
     def after_epoch(self, learn):
         self.cleanup_epoch(learn)
         m = getattr(learn, 'metrics', None)
-        if m is not None and learn.logging: self._log(m.log)
+        if m is not None and learn.logging and self.on: self._log(m.log)
         if not self.plot: return
         if learn.training:
             if self._epoch_losses: self.losses += torch.stack(self._epoch_losses).float().cpu().tolist()
@@ -578,7 +621,7 @@ class LRFinderCB(Callback):
     def after_batch(self, learn):
         pgs = getattr(learn.opt, 'param_groups', None)
         self.lrs.append(pgs[0]['lr'] if pgs else learn.opt.lr)
-        loss = to_cpu(learn.loss).item()  # the decision to stop needs the value: one sync per batch, in a diagnostic run only
+        loss = to_cpu(all_mean(learn.loss.detach())).item()  # the decision to stop needs the value (of every process): one sync per batch, in a diagnostic run only
         self.losses.append(loss)
         if not math.isfinite(loss) or loss > self.min*self.max_mult:
             self.stopped = True
@@ -664,11 +707,13 @@ def save(self:Learner, path, with_opt=True):
         state['pos'] = {'epoch': e, 'iter': i, 'train_done': train_done, 'rng': _get_rng(getattr(self.dls, 'train', None)),
                         'rng_epoch': getattr(self, '_rng_epoch', None) if 0 < i and not train_done else None}
     path = Path(path)
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # the old checkpoint stays whole until the new one is
-    finally: tmp.unlink(missing_ok=True)
+    if rank() == 0:  # one writer; the others wait until the file is whole
+        tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, path)  # the old checkpoint stays whole until the new one is
+        finally: tmp.unlink(missing_ok=True)
+    if world() > 1: dist.barrier()
 
 def _unwrap(model): return getattr(model, 'module', model) if type(model).__name__ == 'DistributedDataParallel' else model
 
@@ -699,7 +744,7 @@ class TerminateOnNaNCB(Callback):
     def before_fit(self, learn): self.bad, self.flag = None, HostScalar()
     def after_loss(self, learn):
         if not learn.training: return
-        bad = ~torch.isfinite(learn.loss.detach())
+        bad = any_rank(~torch.isfinite(learn.loss.detach()))  # every process stops at the same batch
         self.bad = bad if self.bad is None else self.bad | bad
         self.flag.put(self.bad)
         if self.flag.get(): raise CancelFitException()

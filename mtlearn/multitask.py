@@ -8,11 +8,12 @@ import math
 import fastcore.all as fc
 import matplotlib.pyplot as plt
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from .learner import *
-from .learner import HostScalar
+from .learner import HostScalar, _comm, _unwrap
 from .conv import apply_tensors
 from .aggregators import Aggregator
 
@@ -175,18 +176,32 @@ def _through_encoder(fs, shared, Fz, batched):
                                  "the shared parameters should be those that compute the features")
     return torch.cat([g.flatten(1 if batched else 0) for g in gs], -1)
 
-def task_jacobian(losses, features, shared=None, scale=None):
-    "The m×n Jacobian of the task `losses` with respect to the `shared` parameters, through `features`: two batched backward passes."
+def _bcast(t):
+    "The first process's `t`, on every process."
+    r = _comm(t.detach().clone())
+    dist.broadcast(r, 0)
+    return r.to(t.device)
+
+_REDUCE = (None, 'jacobian', 'gramian')
+
+def task_jacobian(losses, features, shared=None, scale=None, reduce='jacobian'):
+    "The m×n Jacobian of the task `losses` with respect to the `shared` parameters, through `features`: two batched backward passes (averaged over the processes)."
     fs = _features(features)
     shared = _graph_params(fs) if shared is None else _params(shared, 'shared')
     rows, _, _ = _task_rows(losses, None, ())
     Fz, _ = _feature_grads(rows, fs, [], scale)
     J = _through_encoder(fs, shared, Fz, True)
+    if reduce is not None: J = all_mean(J)
     return J if scale is None else J / scale
 
-def mtl_backward(losses, features, aggregator, shared=None, heads=None, mode='params', jacobians=(), scale=None):
+def mtl_backward(losses, features, aggregator, shared=None, heads=None, mode='params', jacobians=(), scale=None, reduce='jacobian'):
     "Fill `.grad`: the `shared` parameters get `aggregator`'s combination of the task gradients, each head its own task's gradient; return the weights."
     check_mode(aggregator, mode)
+    if reduce not in _REDUCE: raise ValueError(f"`reduce` should be one of {', '.join(map(repr, _REDUCE))}; found reduce = {reduce!r}")
+    if reduce == 'gramian' and (mode == 'features' or getattr(aggregator, 'parts', 1) > 1 or not getattr(aggregator, 'from_gramian', False)):
+        raise ValueError(f"`reduce`='gramian' (the processes' Gramians averaged) is for mode='params' with an aggregator whose weights come from the Gramian; "
+                         f"found mode = {mode!r} and a {type(aggregator).__name__}")
+    spread = world() > 1 and reduce is not None  # several processes, each with its share of the batch
     fs = _features(features)
     rows, m, own = _task_rows(losses, aggregator, jacobians)
     shared = _graph_params(fs) if shared is None else _params(shared, 'shared')
@@ -200,19 +215,33 @@ def mtl_backward(losses, features, aggregator, shared=None, heads=None, mode='pa
     if mode == 'features':  # MGDA-UB: weights from the Gramian of the feature gradients, one ordinary backward of Σ wᵢ ∂Lᵢ/∂z
         Ff = torch.cat([g.flatten(1) for g in Fz], 1)
         G = Ff @ Ff.T
+        if spread: G = all_mean(G) / world()  # Σ_r G_r / W²: the Gramian of the gradients of the losses averaged over the processes
         w = agg.weighting(G if scale is None else G / (scale * scale))
+        if spread and not agg.deterministic: w = _bcast(w)
         agg.last_weights = w.detach()
         d = _through_encoder(fs, shared, [(w.to(g.dtype) @ g.flatten(1)).view_as(f) for f, g in zip(fs, Fz)], False)
+        if spread: d = all_mean(d)
     else:
         J = _through_encoder(fs, shared, Fz, True)
         if scale is not None: J = J / scale  # the aggregator sees the true gradients
-        parts = getattr(agg, 'parts', 1)
-        if parts > 1: d = agg(*jacobians, J) if jacobians else agg(*J.chunk(parts))
-        else: d = agg(J)
+        if spread and reduce == 'gramian':  # an estimate: the weights from the mean of the processes' Gramians, each process's own J
+            w = agg.weighting(all_mean(J @ J.T))
+            if not agg.deterministic: w = _bcast(w)
+            agg.last_weights = w.detach()
+            d = all_mean(w.to(J.dtype) @ J)
+        else:
+            if spread: J = all_mean(J)  # exact: the Jacobian of the losses averaged over the processes
+            parts = getattr(agg, 'parts', 1)
+            if parts > 1: d = agg(*jacobians, J) if jacobians else agg(*J.chunk(parts))
+            else: d = agg(J)
+            if spread and not getattr(agg, 'deterministic', False): d = _bcast(d)
         if scale is not None: d = d * scale
+    hg = [(p, g[own].sum(0)) for p, g in zip(heads, head_rows) if g is not None]
+    if spread and hg:  # the heads' gradients averaged over the processes, in one collective
+        flat = all_mean(torch.cat([g.flatten() for _, g in hg]))
+        hg = [(p, g.view_as(p)) for (p, _), g in zip(hg, flat.split([g.numel() for _, g in hg]))]
     for p, g in zip(shared, d.split([p.numel() for p in shared])): _accumulate(p, g.view_as(p))
-    for p, g in zip(heads, head_rows):
-        if g is not None: _accumulate(p, g[own].sum(0))
+    for p, g in hg: _accumulate(p, g)
     return getattr(agg, 'last_weights', None)
 
 def _accumulate(p, g):
@@ -303,13 +332,14 @@ class MultiTaskGradCB(Callback):
     "Take over the backward pass of a multi-task model: the shared parameters get `aggregator`'s combination of the tasks' gradients."
     order = 90  # before_step before GradientClip (95), which clips what this writes
     replaces_backward = True
-    def __init__(self, aggregator, mode='params', shared=None, guard=None, sdm_batches='split', max_records=10_000):
+    def __init__(self, aggregator, mode='params', shared=None, guard=None, sdm_batches='split', max_records=10_000, reduce='jacobian'):
         check_mode(aggregator, mode)
+        if reduce not in ('jacobian', 'gramian'): raise ValueError(f"`reduce` should be 'jacobian' (exact) or 'gramian' (an estimate); found reduce = {reduce!r}")
         if guard not in (None, True, False): raise ValueError(f"`guard` should be None, True or False; found {guard!r}")
         if sdm_batches not in ('split', 'consecutive'): raise ValueError(f"`sdm_batches` should be 'split' or 'consecutive'; found {sdm_batches!r}")
         if sdm_batches == 'consecutive' and getattr(aggregator, 'parts', 1) == 1:
             raise ValueError(f"`sdm_batches`='consecutive' is for aggregators that need independent batches, such as SDMGrad; the aggregator is a {type(aggregator).__name__}")
-        self.agg, self.mode, self.shared, self.guard, self.sdm_batches = aggregator, mode, shared, guard, sdm_batches
+        self.agg, self.mode, self.shared, self.guard, self.sdm_batches, self.reduce = aggregator, mode, shared, guard, sdm_batches, reduce
         self.losses, self.weights, self.stepguard = DeviceSeries(max_records), DeviceSeries(max_records), StepGuard()
         self._pending, self.z = [], None
 
@@ -328,17 +358,21 @@ class MultiTaskGradCB(Callback):
         raise ValueError(f"`shared` should be None, a submodule's name or the submodule; found a {type(s).__name__}")
 
     def before_fit(self, learn):
-        mod = self._shared_module(learn.model)
+        model = _unwrap(learn.model)  # under DistributedDataParallel: the model inside; this callback averages over the processes itself
+        self._ddp = learn.model if model is not learn.model else None
+        if self._ddp is not None: self._ddp.require_backward_grad_sync = False
+        mod = self._shared_module(model)
         self.shared_params = [p for p in mod.parameters() if p.requires_grad]
         if not self.shared_params: raise ValueError("the shared module has no trainable parameter")
         ids = {id(p) for p in self.shared_params}
-        self.head_params = [p for p in learn.model.parameters() if p.requires_grad and id(p) not in ids]
+        self.head_params = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
         self._hook = mod.register_forward_hook(self._keep)
         self.losses.reset(); self.weights.reset(); self.stepguard.reset()  # a loaded state is applied after this
         self._pending, self.z = [], None
         self.task_names = getattr(learn.loss_func, 'tasks', None)
     def cleanup_fit(self, learn):
         if getattr(self, '_hook', None) is not None: self._hook.remove()
+        if getattr(self, '_ddp', None) is not None: self._ddp.require_backward_grad_sync = True
         self.z, self._pending = None, []  # a triple of batches left incomplete at the end is dropped
         self.losses.flush(); self.weights.flush()
     def after_epoch(self, learn):
@@ -353,18 +387,19 @@ class MultiTaskGradCB(Callback):
         if losses is None: raise ValueError("MultiTaskGradCB needs the per-task losses: use a loss function that returns one loss per task, such as MultiTaskLoss")
         if self.z is None: raise RuntimeError("MultiTaskGradCB saw no output of the shared module in this forward pass: is `shared` the module the heads read?")
         guarded = self._guarded(losses.device)
-        self.losses.append(losses)
-        self.stepguard.watch(losses)
-        if not guarded and not bool(torch.isfinite(losses).all()): self._raise(self.stepguard.n_step, losses.tolist())  # the CPU: the read waits for nothing
+        seen = all_mean(losses.detach())  # with several processes: their mean, so that all record, and decide, alike
+        self.losses.append(seen)
+        self.stepguard.watch(seen)
+        if not guarded and not bool(torch.isfinite(seen).all()): self._raise(self.stepguard.n_step, seen.tolist())  # the CPU: the read waits for nothing
         if guarded: self.stepguard.keep_modules(self.agg)
         scaled = learn.scaler is not None or learn.grad_factor != 1
         scale = learn.scaled(losses.new_ones(())) if scaled else None  # a device tensor: no read
         z, self.z = self.z, None
         if self.sdm_batches == 'consecutive' and len(self._pending) < self.agg.parts - 1:  # J₁, J₂ wait for the third batch
-            self._pending.append(task_jacobian(losses, z, self.shared_params, scale))
+            self._pending.append(task_jacobian(losses, z, self.shared_params, scale, self.reduce))
             raise CancelBackwardException()
         rows = losses if self._pending or self.agg.parts == 1 else self._split_losses(learn, len(z))
-        w = mtl_backward(rows, z, self.agg, self.shared_params, self.head_params, self.mode, tuple(self._pending), scale)
+        w = mtl_backward(rows, z, self.agg, self.shared_params, self.head_params, self.mode, tuple(self._pending), scale, self.reduce)
         self._pending = []
         if w is not None: self.weights.append(w)
         raise CancelBackwardException()
