@@ -4,7 +4,7 @@
 
 # %% ../nbs/90_cli.ipynb #414d05ad
 from __future__ import annotations
-import os, time
+import argparse, os, time
 from functools import partial
 from pathlib import Path
 import matplotlib
@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch import nn, optim
 from torcheval.metrics import MulticlassAccuracy
 import fastcore.all as fc
-from fastcore.script import call_parse
 
 from .datasets import load_fashion_mnist, DataLoaders
 from .conv import get_device
@@ -99,20 +98,31 @@ def train_multitask(epochs=3, bs=256, lr=1e-3, data=None, out='out', device=None
     return learn
 
 # %% ../nbs/90_cli.ipynb #fab9a981
-@call_parse
-def main(epochs:int=3,  # Number of epochs
-         bs:int=256,  # Batch size (the global one: under torchrun each process takes its share)
-         lr:float=1e-2,  # Peak learning rate of the one-cycle schedule
-         data:str=None,  # Folder with the Fashion-MNIST IDX files (default: see `load_fashion_mnist`)
-         out:str='out',  # Folder for the PNG plots
-         device:str=None,  # cpu, cuda, mps... (default: the best available)
-         seed:int=42,  # Random seed
-         no_lr_find:bool=False,  # Skip the LR range test before training
-         tasks:str=None,  # 'multi-fashion': train two tasks on Multi-Fashion instead
-         aggregator:str='mgda',  # With --tasks: mean, mgda, sdmgrad or upgrad
-         n_train:int=120_000):  # With --tasks: Multi-Fashion training images (test: a sixth as many)
-    "Train the course's CNN on Fashion-MNIST with a one-cycle schedule (or, with --tasks, a two-task model); print the metrics and save the plots to `out`."
+def _parser():
+    "The job's flags, spelt the same whatever fastcore is installed: `--n_train` and `--n-train` alike."
+    p = argparse.ArgumentParser(prog='mtlearn-train', description="Train the course's CNN on Fashion-MNIST with a one-cycle schedule "
+                                "(or, with --tasks, a two-task model); print the metrics and save the plots to --out.")
+    def arg(name, **kw): p.add_argument(f'--{name}', *([f"--{name.replace('_', '-')}"] if '_' in name else []), dest=name, **kw)
+    arg('epochs', type=int, default=3, help='number of epochs (default 3)')
+    arg('bs', type=int, default=256, help='batch size, the global one: under torchrun each process takes its share (default 256)')
+    arg('lr', type=float, default=None, help='learning rate: the one-cycle peak (default 1e-2), or with --tasks Adam\'s (default 1e-3)')
+    arg('data', default=None, help='folder with the Fashion-MNIST IDX files (default: see load_fashion_mnist)')
+    arg('out', default='out', help='folder for the PNG plots (default out)')
+    arg('device', default=None, help='cpu, cuda, mps... (default: the best available)')
+    arg('seed', type=int, default=42, help='random seed (default 42)')
+    arg('no_lr_find', action='store_true', help='skip the LR range test before training')
+    arg('tasks', choices=['multi-fashion'], default=None, help='train two tasks on Multi-Fashion instead')
+    arg('aggregator', choices=list(_AGGREGATORS), default='mgda', help='with --tasks: how the tasks\' gradients are combined (default mgda)')
+    arg('n_train', type=int, default=120_000, help='with --tasks: Multi-Fashion training images; test: a sixth as many (default 120000)')
+    return p
+
+def main(argv=None):
+    "The `mtlearn-train` command: bad arguments end with a one-line error, not a traceback."
+    a = _parser().parse_args(argv)
     if os.environ.get('MPLBACKEND') is None: matplotlib.use('Agg')
-    if tasks is None: train(epochs, bs, lr, data, out, device, seed, lr_find=not no_lr_find)
-    elif tasks != 'multi-fashion': raise SystemExit(f"mtlearn-train: --tasks should be 'multi-fashion'; found {tasks!r}")
-    else: train_multitask(epochs, bs, 1e-3 if lr == 1e-2 else lr, data, out, device, seed, aggregator, n_train, max(n_train // 6, 1))
+    try:
+        if a.tasks is None: train(a.epochs, a.bs, 1e-2 if a.lr is None else a.lr, a.data, a.out, a.device, a.seed, lr_find=not a.no_lr_find)
+        else: train_multitask(a.epochs, a.bs, 1e-3 if a.lr is None else a.lr, a.data, a.out, a.device, a.seed, a.aggregator, a.n_train, max(a.n_train // 6, 1))
+    except (ValueError, FileNotFoundError) as e: raise SystemExit(f'mtlearn-train: {e}') from None
+
+if __name__ == '__main__': main()

@@ -283,7 +283,7 @@ class Learner():
             pos = self._pending.pop('pos', None)
             if pos is None: raise ValueError(f"`resume`: checkpoint {str(resume)!r} was saved outside a fit, so it has no place to resume from; load it with `learn.load`")
             pos['opt'], lr = self._pending.get('opt'), None  # the saved learning rates and momenta are the run's, whatever `lr` says
-        else: pos = self._pending.pop('pos', None) and None  # a plain `load` carries the state over, not the run's position
+        else: pos = self._pending.pop('pos', None) and None  # a plain `load` carries the state over, not the run's position: dropped
         cbs = cb_list(cbs)
         for cb in cbs: self.cbs.append(cb)
         try:

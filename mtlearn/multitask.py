@@ -337,7 +337,10 @@ class MultiTaskGradCB(Callback):
         if reduce not in ('jacobian', 'gramian'): raise ValueError(f"`reduce` should be 'jacobian' (exact) or 'gramian' (an estimate); found reduce = {reduce!r}")
         if guard not in (None, True, False): raise ValueError(f"`guard` should be None, True or False; found {guard!r}")
         if sdm_batches not in ('split', 'consecutive'): raise ValueError(f"`sdm_batches` should be 'split' or 'consecutive'; found {sdm_batches!r}")
-        if sdm_batches == 'consecutive' and getattr(aggregator, 'parts', 1) == 1:
+        self.parts = getattr(aggregator, 'parts', 1)  # a plain function J -> direction takes one Jacobian
+        if reduce == 'gramian' and (mode == 'features' or self.parts > 1 or not getattr(aggregator, 'from_gramian', False)):
+            raise ValueError(f"`reduce`='gramian' is for mode='params' with an aggregator whose weights come from the Gramian; found mode = {mode!r} and a {type(aggregator).__name__}")
+        if sdm_batches == 'consecutive' and self.parts == 1:
             raise ValueError(f"`sdm_batches`='consecutive' is for aggregators that need independent batches, such as SDMGrad; the aggregator is a {type(aggregator).__name__}")
         self.agg, self.mode, self.shared, self.guard, self.sdm_batches, self.reduce = aggregator, mode, shared, guard, sdm_batches, reduce
         self.losses, self.weights, self.stepguard = DeviceSeries(max_records), DeviceSeries(max_records), StepGuard()
@@ -395,10 +398,10 @@ class MultiTaskGradCB(Callback):
         scaled = learn.scaler is not None or learn.grad_factor != 1
         scale = learn.scaled(losses.new_ones(())) if scaled else None  # a device tensor: no read
         z, self.z = self.z, None
-        if self.sdm_batches == 'consecutive' and len(self._pending) < self.agg.parts - 1:  # J₁, J₂ wait for the third batch
+        if self.sdm_batches == 'consecutive' and len(self._pending) < self.parts - 1:  # J₁, J₂ wait for the third batch
             self._pending.append(task_jacobian(losses, z, self.shared_params, scale, self.reduce))
             raise CancelBackwardException()
-        rows = losses if self._pending or self.agg.parts == 1 else self._split_losses(learn, len(z))
+        rows = losses if self._pending or self.parts == 1 else self._split_losses(learn, len(z))
         w = mtl_backward(rows, z, self.agg, self.shared_params, self.head_params, self.mode, tuple(self._pending), scale, self.reduce)
         self._pending = []
         if w is not None: self.weights.append(w)
@@ -406,7 +409,7 @@ class MultiTaskGradCB(Callback):
 
     def _split_losses(self, learn, n):
         "The task losses of the batch's parts (ξ, ξ′, ζ for SDMGrad), rows of a (parts, m) tensor, from the one forward pass."
-        k = self.agg.parts
+        k = self.parts
         if n < k: raise ValueError(f"{type(self.agg).__name__} needs each batch split in {k} independent parts; this batch has {n} item(s): use batches of at least {k}")
         _, ys = split_batch(learn.batch, learn.n_inp)
         cut = lambda o, idx: apply_tensors(lambda t: t[idx], o)

@@ -83,8 +83,8 @@ class EarlyStoppingCB(TrackerCB):
         if self.reset_on_fit: self.wait = 0
     def epoch_done(self, learn):
         self.wait = 0 if self.new_best else self.wait + 1
-        if self.wait >= self.patience:
-            print(f'No improvement of {self.monitor} since epoch {self.best_epoch} ({self.best:.4g}): stopping after epoch {learn.epoch}')
+        if bool(any_rank(self.wait >= self.patience)):  # with several processes: all stop together
+            if rank() == 0: print(f'No improvement of {self.monitor} since epoch {self.best_epoch} ({self.best:.4g}): stopping after epoch {learn.epoch}')
             raise CancelFitException()
     def state_dict(self): return {**super().state_dict(), 'wait': self.wait}
     def load_state_dict(self, sd):

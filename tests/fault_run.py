@@ -1,5 +1,5 @@
 "A training run for the fault tests: `python fault_run.py DIR [resume|save-loop]`; writes DIR/final.pt when it finishes."
-import sys, time, torch
+import os, sys, time, torch
 from pathlib import Path
 import torch.nn.functional as F
 from torch import nn
@@ -20,7 +20,7 @@ def learner(seed):
 
 class Slow(Callback):
     "Give the parent time to interrupt somewhere in the run."
-    def after_batch(self, learn): time.sleep(0.01)
+    def after_batch(self, learn): time.sleep(0.03)
 
 if mode == 'save-loop':  # save again and again until killed
     learn = learner(0)
@@ -28,7 +28,7 @@ if mode == 'save-loop':  # save again and again until killed
     for i in range(10_000):
         with torch.no_grad(): learn.model[0].bias.fill_(i)
         learn.save(d/'loop.pt')
-        (d/'saved').write_text(str(i))
+        (d/'saved.tmp').write_text(str(i)); os.replace(d/'saved.tmp', d/'saved')  # the count, itself written whole
 else:
     learn = learner(0 if mode == 'fresh' else 1)
     from mtlearn.sgd import fit_one_cycle  # noqa: F401

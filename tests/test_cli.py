@@ -32,3 +32,13 @@ def test_mtlearn_train_multi_fashion(tmp_path):
 def test_train_multitask_bad_arguments():
     from mtlearn.cli import train_multitask
     with pytest.raises(ValueError, match='`aggregator` should be one of mean, mgda, sdmgrad, upgrad'): train_multitask(epochs=1, aggregator='cagrad')
+
+def test_flags_are_the_same_whatever_fastcore(capsys):
+    from mtlearn.cli import _parser, main
+    for flag in ('--n_train', '--n-train'): assert _parser().parse_args([flag, '600']).n_train == 600
+    assert _parser().parse_args(['--no-lr-find']).no_lr_find and _parser().parse_args(['--no_lr_find']).no_lr_find
+    assert _parser().parse_args(['--tasks', 'multi-fashion', '--lr', '0.01']).lr == 0.01  # no longer turned into 1e-3
+    with pytest.raises(SystemExit, match='mtlearn-train: `epochs` should be a positive int; found epochs = 0'): main(['--epochs', '0'])
+    with pytest.raises(SystemExit, match='mtlearn-train: `device`'): main(['--device', 'gpu'])
+    with pytest.raises(SystemExit): main(['--aggregator', 'foo'])
+    assert "invalid choice: 'foo'" in capsys.readouterr().err

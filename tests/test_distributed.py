@@ -68,3 +68,16 @@ def test_the_command_line_job_under_torchrun(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.count('acc_left') == 1 and '2 processes' in p.stdout  # one table, from the first process
     assert (tmp_path / 'task_weights.png').exists()
+
+def test_a_backend_that_cannot_work_is_named(monkeypatch):
+    from mtlearn.accel import init_distributed
+    if torch.cuda.is_available(): pytest.skip('this machine has CUDA')
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    with pytest.raises(ValueError, match="`backend` 'nccl' needs CUDA GPUs, which this machine lacks; use 'gloo'"): init_distributed('nccl')
+
+def test_reduce_is_checked_when_the_callback_is_made():
+    from mtlearn.multitask import MultiTaskGradCB
+    from mtlearn.aggregators import SDMGrad, MGDA
+    with pytest.raises(ValueError, match="`reduce`='gramian' is for mode='params' with an aggregator whose weights come from the Gramian; found mode = 'params' and a SDMGrad"):
+        MultiTaskGradCB(SDMGrad(), reduce='gramian')
+    with pytest.raises(ValueError, match="`reduce` should be 'jacobian' \\(exact\\) or 'gramian'"): MultiTaskGradCB(MGDA(), reduce='all')
