@@ -125,4 +125,6 @@ def main(argv=None):
         else: train_multitask(a.epochs, a.bs, 1e-3 if a.lr is None else a.lr, a.data, a.out, a.device, a.seed, a.aggregator, a.n_train, max(a.n_train // 6, 1))
     except (ValueError, FileNotFoundError) as e: raise SystemExit(f'mtlearn-train: {e}') from None
 
-if __name__ == '__main__': main()
+# %% ../nbs/90_cli.ipynb #c0de0401
+#| eval: false
+if __name__ == '__main__': main()  # `python -m mtlearn.cli`, as `torchrun -m mtlearn.cli` starts it

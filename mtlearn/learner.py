@@ -152,8 +152,8 @@ def all_mean(t):
 
 def any_rank(flag):
     "Whether `flag` (a bool, or a bool tensor) is true on any process, as a tensor on every process; the collective for decisions to stop."
+    if world() == 1: return torch.as_tensor(flag)  # (per batch in TerminateOnNaNCB: no extra work on one process)
     t = torch.as_tensor(flag).detach().to(torch.float32).reshape(())
-    if world() == 1: return t > 0
     r = _comm(t.clone())
     dist.all_reduce(r, op=dist.ReduceOp.MAX)
     return (r > 0).to(t.device)
