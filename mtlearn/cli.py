@@ -10,6 +10,7 @@ from pathlib import Path
 import matplotlib
 import matplotlib.pyplot as plt
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn, optim
 from torcheval.metrics import MulticlassAccuracy
@@ -124,6 +125,8 @@ def main(argv=None):
         if a.tasks is None: train(a.epochs, a.bs, 1e-2 if a.lr is None else a.lr, a.data, a.out, a.device, a.seed, lr_find=not a.no_lr_find)
         else: train_multitask(a.epochs, a.bs, 1e-3 if a.lr is None else a.lr, a.data, a.out, a.device, a.seed, a.aggregator, a.n_train, max(a.n_train // 6, 1))
     except (ValueError, FileNotFoundError) as e: raise SystemExit(f'mtlearn-train: {e}') from None
+    finally:
+        if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()  # gloo's threads ended before the interpreter exits
 
 # %% ../nbs/90_cli.ipynb #c0de0401
 #| eval: false

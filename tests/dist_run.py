@@ -71,3 +71,5 @@ stop = EarlyStoppingCB(patience=1)
 learn = single_task(); learn.cbs.append(stop); learn.logging = False; learn.fit(20)
 res['early_stop_epoch'] = learn.epoch
 torch.save(res, out / f'r{r}_w{w}.pt')
+if w > 1:  # leave together: a process that exits with gloo's threads running can abort
+    torch.distributed.barrier(); torch.distributed.destroy_process_group()
