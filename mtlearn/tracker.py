@@ -71,9 +71,8 @@ class SaveModelCB(TrackerCB):
     def after_fit(self, learn):
         if self.at_end: learn.save(self.fname, self.with_opt)
 
-class EarlyStoppingCB(TrackerCB):
-    "Stop the fit when `monitor` has not improved by more than `min_delta` for `patience` epochs."
-    order = TrackerCB.order + 5  # after the checkpoints of the epoch are written
+class _PatienceCB(TrackerCB):
+    "A tracker that acts (`run_out`) once `monitor` has not improved for `patience` epochs, decided by all processes together."
     def __init__(self, monitor='valid_loss', comp=None, min_delta=0., patience=1, mode=None, reset_on_fit=True):
         super().__init__(monitor, comp, min_delta, mode, reset_on_fit)
         if not (isinstance(patience, int) and patience >= 1): raise ValueError(f"`patience` should be an int ≥ 1; found patience = {patience!r}")
@@ -83,35 +82,31 @@ class EarlyStoppingCB(TrackerCB):
         if self.reset_on_fit: self.wait = 0
     def epoch_done(self, learn):
         self.wait = 0 if self.new_best else self.wait + 1
-        if bool(any_rank(self.wait >= self.patience)):  # with several processes: all stop together
-            if rank() == 0: print(f'No improvement of {self.monitor} since epoch {self.best_epoch} ({self.best:.4g}): stopping after epoch {learn.epoch}')
-            raise CancelFitException()
+        if bool(any_rank(self.wait >= self.patience)): self.run_out(learn)
+    def run_out(self, learn): raise NotImplementedError
     def state_dict(self): return {**super().state_dict(), 'wait': self.wait}
     def load_state_dict(self, sd):
         super().load_state_dict(sd)
         self.wait = sd['wait']
 
-class ReduceLROnPlateau(TrackerCB):
+class EarlyStoppingCB(_PatienceCB):
+    "Stop the fit when `monitor` has not improved by more than `min_delta` for `patience` epochs."
+    order = TrackerCB.order + 5  # after the checkpoints of the epoch are written
+    def run_out(self, learn):
+        if rank() == 0: print(f'No improvement of {self.monitor} since epoch {self.best_epoch} ({self.best:.4g}): stopping after epoch {learn.epoch}')
+        raise CancelFitException()
+
+class ReduceLROnPlateau(_PatienceCB):
     "Divide the learning rate by `factor` (not below `min_lr`) when `monitor` has not improved for `patience` epochs."
     order = TrackerCB.order - 5  # before the epoch's checkpoint, which then holds the new rate
     def __init__(self, monitor='valid_loss', comp=None, min_delta=0., patience=1, factor=10., min_lr=0, mode=None, reset_on_fit=True):
-        super().__init__(monitor, comp, min_delta, mode, reset_on_fit)
-        if not (isinstance(patience, int) and patience >= 1): raise ValueError(f"`patience` should be an int ≥ 1; found patience = {patience!r}")
+        super().__init__(monitor, comp, min_delta, patience, mode, reset_on_fit)
         if not (isinstance(factor, (int, float)) and factor > 1): raise ValueError(f"`factor` should be a number > 1 (the learning rate is divided by it); found factor = {factor!r}")
-        self.patience, self.factor, self.min_lr, self.wait = patience, factor, min_lr, 0
-    def before_fit(self, learn):
-        super().before_fit(learn)
-        if self.reset_on_fit: self.wait = 0
-    def epoch_done(self, learn):
-        self.wait = 0 if self.new_best else self.wait + 1
-        if self.wait >= self.patience:
-            for pg in learn.opt.param_groups: pg['lr'] = max(pg['lr'] / self.factor, self.min_lr)
-            print(f"Epoch {learn.epoch}: no improvement of {self.monitor} for {self.wait} epoch(s); lr now {learn.opt.param_groups[0]['lr']:.3g}")
-            self.wait = 0
-    def state_dict(self): return {**super().state_dict(), 'wait': self.wait}
-    def load_state_dict(self, sd):
-        super().load_state_dict(sd)
-        self.wait = sd['wait']
+        self.factor, self.min_lr = factor, min_lr
+    def run_out(self, learn):
+        for pg in learn.opt.param_groups: pg['lr'] = max(pg['lr'] / self.factor, self.min_lr)
+        if rank() == 0: print(f"Epoch {learn.epoch}: no improvement of {self.monitor} for {self.wait} epoch(s); lr now {learn.opt.param_groups[0]['lr']:.3g}")
+        self.wait = 0
 
 # %% ../nbs/15_tracker.ipynb #300afd5c
 class CSVLogger(Callback):
