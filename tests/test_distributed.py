@@ -1,9 +1,19 @@
 "Two CPU processes (torchrun, gloo) against one, on the same global batch: the same parameters, metrics and decisions."
-import os, subprocess, sys
+import os, subprocess, sys, warnings
 from pathlib import Path
 import pytest, torch
 
 RUN = Path(__file__).with_name('dist_run.py')
+
+def launch(cmd, env):
+    "Run `cmd`; once more if a process aborted in C++ at random."
+    for attempt in range(2):
+        p = subprocess.run(cmd, env={**env, 'PYTHONFAULTHANDLER': '1'}, capture_output=True, text=True, timeout=600)
+        # twice in about twenty full-suite runs (never when run alone) a process aborted with this message, from a C++ thread of gloo
+        # or of the rendezvous store; not understood yet: one more try, with a warning that keeps it visible
+        if p.returncode == 0 or 'terminate called without an active exception' not in p.stderr: return p
+        warnings.warn('a torchrun process aborted (terminate called without an active exception); ran again:\n' + p.stderr[-2000:])
+    return p
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
@@ -11,7 +21,7 @@ def runs(tmp_path_factory):
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     for cmd in ([sys.executable, str(RUN), str(out)],
                 [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(RUN), str(out)]):
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        p = launch(cmd, env)
         assert p.returncode == 0, p.stderr[-3000:]
     return [torch.load(out / f, weights_only=False) for f in ('r0_w1.pt', 'r0_w2.pt', 'r1_w2.pt')]
 
@@ -63,8 +73,8 @@ def test_tensor_loader_shards_are_disjoint_the_same_order_and_padded_for_trainin
 
 def test_the_command_line_job_under_torchrun(tmp_path):
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MPLBACKEND': 'Agg'}
-    p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '-m', 'mtlearn.cli', '--tasks', 'multi-fashion',
-                        '--epochs', '1', '--n_train', '600', '--out', str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+    p = launch([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '-m', 'mtlearn.cli', '--tasks', 'multi-fashion',
+                '--epochs', '1', '--n_train', '600', '--out', str(tmp_path)], env)
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.count('acc_left') == 1 and '2 processes' in p.stdout  # one table, from the first process
     assert (tmp_path / 'task_weights.png').exists()
