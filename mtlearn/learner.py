@@ -283,7 +283,9 @@ class Learner():
             pos = self._pending.pop('pos', None)
             if pos is None: raise ValueError(f"`resume`: checkpoint {str(resume)!r} was saved outside a fit, so it has no place to resume from; load it with `learn.load`")
             pos['opt'], lr = self._pending.get('opt'), None  # the saved learning rates and momenta are the run's, whatever `lr` says
-        else: pos = self._pending.pop('pos', None) and None  # a plain `load` carries the state over, not the run's position: dropped
+        else:  # a plain `load` carries the state over, not the run's position
+            self._pending.pop('pos', None)
+            pos = None
         cbs = cb_list(cbs)
         for cb in cbs: self.cbs.append(cb)
         try:
@@ -393,13 +395,12 @@ class RunningMean:
 # %% ../nbs/09_learner.ipynb #5d59b4af
 def _is_metric(m): return not isinstance(m, type) and all(callable(getattr(m, a, None)) for a in ('update', 'compute', 'reset'))
 
-def _to_floats(d):
-    "The scalar tensors of dict `d` as Python floats, moved to the host in one transfer (other values unchanged)."
-    ks = [k for k, v in d.items() if isinstance(v, torch.Tensor) and v.numel() == 1]
-    out = dict(d)
-    if ks:
-        for k, v in zip(ks, torch.stack([d[k].detach().float().reshape(()).cpu() for k in ks]).tolist()): out[k] = v
-    return out
+def _floats(xs):
+    "List `xs` with its scalar tensors replaced by floats, moved to the host in one transfer (other values unchanged)."
+    idx = [i for i, x in enumerate(xs) if isinstance(x, torch.Tensor) and x.numel() == 1]
+    if idx:
+        for i, v in zip(idx, torch.stack([xs[i].detach().float().reshape(()) for i in idx]).cpu().tolist()): xs[i] = v
+    return xs
 
 def _compute(m):
     "A metric's value over every process (torcheval's own synchronisation of the metric's state)."
@@ -428,7 +429,7 @@ class MetricsCB(Callback):
     def after_epoch(self, learn):
         phase = 'train' if learn.training else 'valid'
         if not self.loss.weights: warnings.warn(f"the {phase} data loader yielded no batch in epoch {learn.epoch}: its metrics are NaN")
-        vals = _to_floats({k: _compute(v) for k, v in self.all_metrics.items()})
+        vals = dict(zip(self.all_metrics, _floats([_compute(v) for v in self.all_metrics.values()])))
         self.log = {**vals, 'epoch': learn.epoch, 'train': 'train' if learn.training else 'eval'}
         row = learn.history[-1] if learn.history and learn.history[-1]['epoch'] == learn.epoch else None
         if row is None: learn.history.append(row := {'epoch': learn.epoch})

@@ -12,6 +12,7 @@ import torch
 from torch.optim import lr_scheduler
 
 from .learner import *
+from .learner import _floats
 from .datasets import subplots
 
 # %% auto #0
@@ -122,13 +123,6 @@ def sched_lrs(sched, steps, ax=None):
     return lrs
 
 # %% ../nbs/12_sgd.ipynb #61f2c72d
-def _floats(xs):
-    "`xs` with its tensors replaced by floats, moved to the host in one transfer."
-    idx = [i for i, x in enumerate(xs) if isinstance(x, torch.Tensor)]
-    if idx:
-        for i, v in zip(idx, torch.stack([xs[i].float() for i in idx]).cpu().tolist()): xs[i] = v
-    return xs
-
 class RecorderCB(HasLearnCB):
     "Record `name=fn(cb)` after each training batch (`cb.pg` is the first param group, `cb.learn` the learner); `plot` draws each record."
     order = 50
