@@ -21,12 +21,22 @@ def _publish_scaler(learn, scaler, owner):
         raise ValueError(f"{owner}: the learner already has a gradient scaler ({type(learn.scaler).__name__}); use one mixed-precision callback")
     learn.scaler = scaler
 
-class MixedPrecision(Callback):
-    "Autocast the forward pass and loss (`dtype` float16 on CUDA, bfloat16 elsewhere by default); scale gradients for float16."
+class MixedPrecision(TrainCB):
+    "Autocast the forward pass and loss (`dtype` float16 on CUDA, bfloat16 elsewhere by default); scale gradients for float16. A `TrainCB` for a plain `Learner`."
     order = 100  # before_fit after DeviceCB (the model is on its device)
-    def __init__(self, dtype=None, device_type=None): self.dtype, self.device_type = dtype, device_type
+    def __init__(self, dtype=None, device_type=None, n_inp=1):
+        super().__init__(n_inp)
+        self.dtype, self.device_type = dtype, device_type
+
+    def _steps_elsewhere(self, learn):
+        "Whether the learner (a `TrainLearner`) or another callback of the fit does the training steps."
+        return (any(getattr(type(learn), s, None) is not None for s in Learner._steps)
+                or any(cb is not self and callable(getattr(cb, 'predict', None)) for cb in learn.cbs))
 
     def before_fit(self, learn):
+        if self._steps_elsewhere(learn):  # then only autocast: these instance attributes hide TrainCB's steps for this fit
+            for s in Learner._steps: setattr(self, s, None)
+        else: super().before_fit(learn)
         p = next(iter(learn.model.parameters()), None)
         self.dev = self.device_type or (p.device.type if p is not None else 'cpu')
         self.dt = self.dtype or (torch.float16 if self.dev == 'cuda' else torch.bfloat16)
@@ -37,6 +47,7 @@ class MixedPrecision(Callback):
         self.ac = None
     def cleanup_fit(self, learn):
         if learn.scaler is getattr(self, 'scaler', None): learn.scaler = None
+        for s in Learner._steps: self.__dict__.pop(s, None)
 
     def before_batch(self, learn):
         self.ac = torch.autocast(self.dev, dtype=self.dt)

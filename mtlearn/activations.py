@@ -17,7 +17,8 @@ from .learner import *
 from .datasets import get_grid
 
 # %% auto #0
-__all__ = ['set_seed', 'Hook', 'Hooks', 'HooksCallback', 'append_stats', 'get_hist', 'get_min', 'ActivationStats']
+__all__ = ['HIST_BINS', 'HIST_MAX', 'set_seed', 'Hook', 'Hooks', 'HooksCallback', 'append_stats', 'get_hist', 'get_min',
+           'ActivationStats']
 
 # %% ../nbs/10_activations.ipynb #241b6cbe
 def set_seed(seed, deterministic=False):
@@ -66,6 +67,8 @@ class HooksCallback(Callback):
     def __len__(self): return len(self.hooks)
 
 # %% ../nbs/10_activations.ipynb #7b28da58
+HIST_BINS, HIST_MAX = 40, 10.  # the |activation| histogram: 40 bins over [0, 10], as in the course
+
 def append_stats(hook, mod, inp, outp, max_records=10_000, stat_items=64):
     "Keep mean, std and |activation| histogram of `outp`'s first `stat_items` items on `hook.stats`, on the device; at most `max_records`."
     if not hasattr(hook, 'stats'): hook.stats = tuple(deque(maxlen=max_records) for _ in range(3))
@@ -76,7 +79,7 @@ def append_stats(hook, mod, inp, outp, max_records=10_000, stat_items=64):
     std = torch.linalg.vector_norm(acts - mean) / max(acts.numel() - 1, 0) ** 0.5  # two passes: exact, and faster than std_mean on the CPU
     hook.stats[0].append(mean)
     hook.stats[1].append(std)
-    hook.stats[2].append(acts.abs().histc(40, 0, 10))
+    hook.stats[2].append(acts.abs().histc(HIST_BINS, 0, HIST_MAX))
 
 # %% ../nbs/10_activations.ipynb #a6a6ab62
 def get_hist(h):
@@ -104,11 +107,12 @@ class ActivationStats(HooksCallback):
 
     def color_dim(self, figsize=(11, 5)):
         "Histograms of each layer over time: brighter means more activations at that magnitude."
-        fig, axes = get_grid(len(self), figsize=figsize)
+        fig, axes = get_grid(len(self), figsize=figsize, layout='constrained')  # (tight_layout cannot place colourbars)
         for i, (ax, h) in enumerate(zip(axes.flat, self)):
-            ax.imshow(get_hist(h), origin='lower', aspect='auto')
-            ax.set_title(f'layer {i}'); ax.set_xlabel('record'); ax.set_ylabel('|activation| bin')
-        fig.tight_layout()
+            hist = get_hist(h)
+            im = ax.imshow(hist, origin='lower', aspect='auto', extent=(0, hist.shape[1], 0, HIST_MAX))
+            fig.colorbar(im, ax=ax, label='log(1 + count)')
+            ax.set_title(f'layer {i}'); ax.set_xlabel('record'); ax.set_ylabel('|activation|')
         return axes
 
     def dead_chart(self, figsize=(11, 5)):
@@ -126,7 +130,6 @@ class ActivationStats(HooksCallback):
         for i, h in enumerate(self):
             for j in (0, 1): axs[j].plot(torch.stack(list(h.stats[j])).cpu(), label=str(i))
         axs[0].set_title('Means'); axs[1].set_title('Stdevs')
-        for ax in axs: ax.set_xlabel('record')
-        axs[1].legend(title='layer', fontsize='small')
+        for ax, what in zip(axs, ('mean', 'std')): ax.set_xlabel('record'); ax.set_ylabel(f'activation {what}'); ax.legend(title='layer', fontsize='small')
         fig.tight_layout()
         return axs

@@ -10,20 +10,22 @@ from torch import nn, Tensor
 
 # %% auto #0
 __all__ = ['Mean', 'Sum', 'Constant', 'Random', 'MGDA', 'UPGrad', 'DualProj', 'PCGrad', 'IMTLG', 'AlignedMTL', 'CAGrad',
-           'NashMTL', 'Weighting', 'Aggregator', 'MeanWeighting', 'SumWeighting', 'ConstantWeighting',
-           'RandomWeighting', 'frank_wolfe', 'MGDAWeighting', 'project_simplex', 'SDMGradWeighting', 'SDMGrad',
-           'dual_cone_qp', 'UPGradWeighting', 'DualProjWeighting', 'PCGradWeighting', 'IMTLGWeighting',
-           'AlignedMTLWeighting', 'CAGradWeighting', 'NashMTLWeighting']
+           'NashMTL', 'Krum', 'ConFIG', 'FairGrad', 'CRMOGM', 'Weighting', 'Aggregator', 'MeanWeighting',
+           'SumWeighting', 'ConstantWeighting', 'RandomWeighting', 'frank_wolfe', 'MGDAWeighting', 'project_simplex',
+           'SDMGradWeighting', 'SDMGrad', 'dual_cone_qp', 'UPGradWeighting', 'DualProjWeighting', 'PCGradWeighting',
+           'IMTLGWeighting', 'AlignedMTLWeighting', 'CAGradWeighting', 'NashMTLWeighting', 'TrimmedMean',
+           'KrumWeighting', 'ConFIGWeighting', 'FairGradWeighting', 'CRMOGMWeighting', 'MoDoWeighting',
+           'ExcessMTLWeighting', 'MoDo', 'ExcessMTL']
 
 # %% ../nbs/20_aggregators.ipynb #9ec43299
 def _accel(t): return t.device.type in ('cuda', 'mps', 'xpu')
 
 def _check_matrix(M, name, square=True):
-    "Raise a `ValueError` naming `name` unless `M` is a floating-point 2-D (`square`) tensor."
+    "Raise a `ValueError` naming `name` unless `M` is a floating-point 2-D (`square`) tensor (m = 0 tasks allowed)."
     want = 'a square 2-D tensor (m×m)' if square else 'a 2-D tensor (m×n)'
     if not isinstance(M, Tensor): raise ValueError(f"`{name}` should be {want}; found a {type(M).__name__}")
-    if M.ndim != 2 or (square and M.shape[0] != M.shape[1]) or M.shape[0] == 0:
-        raise ValueError(f"`{name}` should be {want} with m ≥ 1; found shape {tuple(M.shape)}")
+    if M.ndim != 2 or (square and M.shape[0] != M.shape[1]):
+        raise ValueError(f"`{name}` should be {want}; found shape {tuple(M.shape)}")
     if not M.is_floating_point(): raise ValueError(f"`{name}` should be a floating-point tensor; found dtype {M.dtype}")
 
 def _check_finite(M, name, what='entries'):
@@ -38,13 +40,41 @@ def _check_vector(v, name, m=None):
     if m is not None and len(v) != m: raise ValueError(f"`{name}` should have one value per task, {m}; found {len(v)}")
 
 def _pref(pref_vector, name='pref_vector'):
-    "Check a preference vector: 1-D, non-negative, summing to 1."
+    "Check a preference vector (a 1-D tensor, list or tuple of finite values, one per task, used as given); None stays None."
     if pref_vector is None: return None
+    if isinstance(pref_vector, (list, tuple)):
+        try: pref_vector = torch.tensor(pref_vector, dtype=torch.get_default_dtype())
+        except (TypeError, ValueError): raise ValueError(f"`{name}` should be a 1-D tensor of numbers, one per task; found {pref_vector!r}") from None
     _check_vector(pref_vector, name)
     pv = pref_vector.detach()
-    if not bool(torch.isfinite(pv).all()) or bool((pv < 0).any()) or abs(float(pv.sum()) - 1) > 1e-6:
-        raise ValueError(f"`{name}` should be non-negative and sum to 1; found {pref_vector.tolist()}")
+    if not pv.is_floating_point() or not bool(torch.isfinite(pv).all()):
+        raise ValueError(f"`{name}` should hold finite floating-point values; found {pref_vector.tolist()}")
     return pv.clone()
+
+def _number(name, test, what, integer=False, none=False):
+    "A check for the setting `name`: a number (an int if `integer`) for which `test` holds (or None if `none`)."
+    def check(v):
+        if v is None and none: return v
+        ok = isinstance(v, int if integer else (int, float)) and not isinstance(v, bool)
+        if not (ok and test(v)):
+            raise ValueError(f"`{name}` should be {'an int' if integer else 'a number'} {what}{' or None' if none else ''}; found {name} = {v!r}")
+        return v
+    return check
+
+def _choice(name, options):
+    "A check for the setting `name`: one of `options`."
+    def check(v):
+        if v not in options: raise ValueError(f"`{name}` should be one of {', '.join(map(repr, options))}; found {name} = {v!r}")
+        return v
+    return check
+
+def _sync_check(v):
+    if v not in (None, True, False): raise ValueError(f"`sync_free` should be None, True or False; found sync_free = {v!r}")
+    return v
+
+def _hi(G):
+    "`G` in float64 for a small solve (float32 rounding would show in the weights), except where float64 is missing (MPS)."
+    return G if G.device.type == 'mps' else G.double()
 
 def _pref_weights(pv, M):
     "The preference weights for the tasks of `M`: the checked preference vector `pv`, or uniform."
@@ -55,21 +85,33 @@ def _pref_weights(pv, M):
 # %% ../nbs/20_aggregators.ipynb #1f5322f9
 class Weighting(nn.Module):
     "Map an m×m matrix (the Gramian J Jᵀ unless the subclass says otherwise) to m task weights."
+    _settings = {'sync_free': _sync_check}  # the hyperparameters, each with the check a value written to it must pass
     def __init__(self, sync_free=None):
         super().__init__()
-        if sync_free not in (None, True, False): raise ValueError(f"`sync_free` should be None, True or False; found {sync_free!r}")
         self.sync_free = sync_free
+    def __setattr__(self, name, value):
+        check = type(self)._settings.get(name)
+        super().__setattr__(name, value if check is None else check(value))  # checked when written, not only when constructed
     def _sync_free(self, M): return _accel(M) if self.sync_free is None else self.sync_free
     arg = 'G'  # the input's name in error messages
     needs_losses = False  # True when `set_losses` must be called before each use
     deterministic = True  # the same input gives the same weights (not so for the random ones)
     def forward(self, G):
         _check_matrix(G, self.arg)
-        nosync = self._sync_free(G)
-        if not nosync: _check_finite(G, self.arg)
-        return self.weights(G, nosync)
+        if len(G) == 0: return G.new_zeros(0)
+        with torch.no_grad():  # weights are constants: no autograd graph through a solver
+            nosync = self._sync_free(G)
+            if not nosync: _check_finite(G, self.arg)
+            return self.weights(G.detach(), nosync)
     def weights(self, G, sync_free): raise NotImplementedError
     def reset(self): "Forget any state (stateless weightings have none)."
+    def _repr_args(self):
+        "The constructor's arguments as they are now, as torchjd shows them (`sync_free` only if set)."
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p not in ('self', 'sync_free')]
+        args = {k: getattr(self, k) for k in names}
+        if self.sync_free is not None: args['sync_free'] = self.sync_free
+        return ', '.join(f'{k}={v!r}' for k, v in args.items())
+    def __repr__(self): return f'{type(self).__name__}({self._repr_args()})'
 
 class Aggregator(nn.Module):
     "Combine the rows of a Jacobian `J` (m×n) into the direction Jᵀw, with w from `weighting` applied to G = J Jᵀ."
@@ -88,11 +130,15 @@ class Aggregator(nn.Module):
         self.weighting, self.last_weights = weighting, None
     def forward(self, J):
         _check_matrix(J, 'J', square=False)
-        G = J @ J.T
-        nosync = self.weighting._sync_free(G)
-        if not nosync: _check_finite(G, 'J', 'entries (and a finite Gramian J Jᵀ)')  # m² values to read, not m×n
-        w = self.weighting.weights(G, nosync)
-        self.last_weights = w.detach()
+        if len(J) == 0:  # no task: no direction
+            self.last_weights = J.new_zeros(0)
+            return J.new_zeros(J.shape[1])
+        with torch.no_grad():  # the weights are constants: no autograd graph through the solver (Jᵀw still depends on J)
+            G = J.detach() @ J.detach().T
+            nosync = self.weighting._sync_free(G)
+            if not nosync: _check_finite(G, 'J', 'entries (and a finite Gramian J Jᵀ)')  # m² values to read, not m×n
+            w = self.weighting.weights(G, nosync)
+        self.last_weights = w
         return w @ J
     def reset(self): self.weighting.reset()
     def set_losses(self, losses): self.weighting.set_losses(losses)
@@ -101,6 +147,11 @@ class Aggregator(nn.Module):
         except AttributeError:
             if name == 'weighting': raise
             return getattr(self.weighting, name)  # hyperparameters and state are the weighting's
+    def __setattr__(self, name, value):
+        w = self.__dict__.get('_modules', {}).get('weighting')
+        if w is not None and name in type(w)._settings: setattr(w, name, value)  # written (and checked) where it is used
+        else: super().__setattr__(name, value)
+    def __repr__(self): return f'{type(self).__name__}({self.weighting._repr_args()})'
 
 def _aggregator(wcls, doc):
     "An `Aggregator` subclass whose constructor takes `wcls`'s arguments."
@@ -124,6 +175,7 @@ class ConstantWeighting(Weighting):
         super().__init__(sync_free)
         _check_vector(weights, 'weights')
         self.register_buffer('const', weights.detach().clone())
+    def _repr_args(self): return f'weights={self.const!r}' + (f', sync_free={self.sync_free!r}' if self.sync_free is not None else '')
     def weights(self, G, sync_free):
         if len(self.const) != len(G):
             raise ValueError(f"`weights` has {len(self.const)} values but the matrix is for {len(G)} tasks: give one weight per task")
@@ -178,11 +230,10 @@ _MGDA_NORMS = ('none', 'l2', 'loss', 'loss+')
 
 class MGDAWeighting(Weighting):
     "Min-norm weights of the (rescaled) task gradients by Frank-Wolfe, exact for two tasks; `norm_type` in none, l2, loss, loss+."
+    _settings = {**Weighting._settings, 'norm_type': _choice('norm_type', _MGDA_NORMS), 'epsilon': _number('epsilon', lambda v: v > 0, '> 0'),
+                 'max_iters': _number('max_iters', lambda v: v >= 1, '≥ 1', integer=True)}
     def __init__(self, norm_type='none', epsilon=1e-5, max_iters=250, sync_free=None):
         super().__init__(sync_free)
-        if norm_type not in _MGDA_NORMS: raise ValueError(f"`norm_type` should be one of {', '.join(map(repr, _MGDA_NORMS))}; found {norm_type!r}")
-        if not epsilon > 0: raise ValueError(f"`epsilon` should be > 0; found {epsilon!r}")
-        if not (isinstance(max_iters, int) and max_iters >= 1): raise ValueError(f"`max_iters` should be an int ≥ 1; found {max_iters!r}")
         self.norm_type, self.epsilon, self.max_iters, self.losses = norm_type, epsilon, max_iters, None
 
     @property
@@ -225,24 +276,31 @@ def project_simplex(y, k=None):
     return (y - theta).clamp_min(0)
 
 # %% ../nbs/20_aggregators.ipynb #ddcd2fb1
+def _simplex_pref(v):
+    "A preference vector for SDMGrad, whose preferred direction lies in the simplex: non-negative, summing to 1 (scaled to)."
+    pv = _pref(v)
+    if pv is not None and (bool((pv < 0).any()) or not float(pv.sum()) > 0):
+        raise ValueError(f"`pref_vector` should be non-negative with a positive sum (it is scaled to sum to 1); found {pv.tolist()}")
+    return pv if pv is None else pv / pv.sum()
+
 class SDMGradWeighting(Weighting):
     "SDMGrad's weights from A = J₁J₂ᵀ of two independent mini-batches; the simplex weights persist between calls (a buffer)."
     arg = 'A'
+    _settings = {**Weighting._settings, 'lr': _number('lr', lambda v: v > 0, '> 0'), 'momentum': _number('momentum', lambda v: 0 <= v < 1, 'in [0, 1)'),
+                 'n_iter': _number('n_iter', lambda v: v >= 1, '≥ 1', integer=True), 'lambda_': _number('lambda_', lambda v: v >= 0, '≥ 0'),
+                 'pref_vector': _simplex_pref}
     def __init__(self, lr=10.0, momentum=0.5, n_iter=20, lambda_=0.3, pref_vector=None, sync_free=None):
         super().__init__(sync_free)
-        if not lr > 0: raise ValueError(f"`lr` should be > 0; found {lr!r}")
-        if not 0 <= momentum < 1: raise ValueError(f"`momentum` should be in [0, 1); found {momentum!r}")
-        if not (isinstance(n_iter, int) and n_iter >= 1): raise ValueError(f"`n_iter` should be an int ≥ 1; found {n_iter!r}")
-        if not lambda_ >= 0: raise ValueError(f"`lambda_` should be ≥ 0; found {lambda_!r}")
         self.lr, self.momentum, self.n_iter, self.lambda_ = lr, momentum, n_iter, lambda_
-        self.register_buffer('pref_vector', _pref(pref_vector))
+        self.register_buffer('pref_vector', None)
+        self.pref_vector = pref_vector
         self.register_buffer('w', torch.zeros(0))
 
     def reset(self): self.w = self.w.new_zeros(0)
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for k in ('w', 'pref_vector'):
             v = state_dict.get(prefix + k)
-            if v is not None: setattr(self, k, torch.empty_like(v))  # the stored state may be for another number of tasks
+            if v is not None: self._buffers[k] = torch.empty_like(v)  # the stored state may be for another number of tasks
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def weights(self, A, sync_free):
@@ -260,21 +318,29 @@ class SDMGradWeighting(Weighting):
         self.w = w
         return (w + self.lambda_ * wt) / (1 + self.lambda_)
 
-class SDMGrad(Aggregator):
-    "SDMGrad: weights from A = J₁J₂ᵀ, direction Jᵀw (`J` defaults to (J₁ + J₂)/2)."
+class _TwoBatch(Aggregator):
+    "An aggregator whose weights come from A = J₁J₂ᵀ of two independent batches and whose direction is Jᵀw (`J` defaults to (J₁ + J₂)/2)."
     parts, from_gramian = 3, False  # J₁, J₂ and J from independent batches; A is no Gramian
-    def __init__(self, lr=10.0, momentum=0.5, n_iter=20, lambda_=0.3, pref_vector=None, sync_free=None):
-        super().__init__(SDMGradWeighting(lr, momentum, n_iter, lambda_, pref_vector, sync_free))
     def forward(self, J1, J2, J=None):
         for nm, M in (('J1', J1), ('J2', J2)) + ((('J', J),) if J is not None else ()):
             _check_matrix(M, nm, square=False)
             if M.shape != J1.shape: raise ValueError(f"`{nm}` should have the shape of `J1`, {tuple(J1.shape)}; found {tuple(M.shape)}")
-        A = J1 @ J2.T
-        nosync = self.weighting._sync_free(A)
-        if not nosync: _check_finite(A, 'J1` and `J2', 'entries (and a finite J1 J2ᵀ)')
-        w = self.weighting.weights(A, nosync)
-        self.last_weights = w.detach()
+        if len(J1) == 0:
+            self.last_weights = J1.new_zeros(0)
+            return J1.new_zeros(J1.shape[1])
+        with torch.no_grad():  # constant weights, as in `Aggregator`
+            A = J1.detach() @ J2.detach().T
+            nosync = self.weighting._sync_free(A)
+            if not nosync: _check_finite(A, 'J1` and `J2', 'entries (and a finite J1 J2ᵀ)')
+            w = self.weighting.weights(A, nosync)
+        self.last_weights = w
         return w @ (J if J is not None else (J1 + J2) / 2)
+
+class SDMGrad(_TwoBatch):
+    "SDMGrad: weights from A = J₁J₂ᵀ, direction Jᵀw (`J` defaults to (J₁ + J₂)/2)."
+    def __init__(self, lr=10.0, momentum=0.5, n_iter=20, lambda_=0.3, pref_vector=None, sync_free=None):
+        super().__init__(SDMGradWeighting(lr, momentum, n_iter, lambda_, pref_vector, sync_free))
+
 
 # %% ../nbs/20_aggregators.ipynb #4900706f
 def _normalize_reg(G, norm_eps, reg_eps):
@@ -315,17 +381,21 @@ def dual_cone_qp(U, G, max_iters=None, sync_free=False):
 
 class UPGradWeighting(Weighting):
     "UPGrad: the sum of the projections of each `pref_vector`-weighted task gradient onto the dual cone."
+    _settings = {**Weighting._settings, 'pref_vector': _pref, 'norm_eps': _number('norm_eps', lambda v: v >= 0, '≥ 0'),
+                 'reg_eps': _number('reg_eps', lambda v: v >= 0, '≥ 0'), 'max_iters': _number('max_iters', lambda v: v >= 1, '≥ 1', integer=True, none=True)}
     def __init__(self, pref_vector=None, norm_eps=1e-4, reg_eps=1e-4, max_iters=None, sync_free=None):
         super().__init__(sync_free)
-        self.register_buffer('pref_vector', _pref(pref_vector))
-        self.norm_eps, self.reg_eps, self.max_iters = norm_eps, reg_eps, max_iters
-    def weights(self, G, sync_free):
-        return dual_cone_qp(torch.diag(_pref_weights(self.pref_vector, G)), _normalize_reg(G, self.norm_eps, self.reg_eps), self.max_iters, sync_free).sum(0)
+        self.register_buffer('pref_vector', None)
+        self.pref_vector, self.norm_eps, self.reg_eps, self.max_iters = pref_vector, norm_eps, reg_eps, max_iters
+    def weights(self, G, sync_free):  # the small QP in float64: float32 rounding would show as a dependence on the tasks' order
+        H = _hi(G)
+        return dual_cone_qp(torch.diag(_pref_weights(self.pref_vector, H)), _normalize_reg(H, self.norm_eps, self.reg_eps), self.max_iters, sync_free).sum(0).to(G.dtype)
 
 class DualProjWeighting(UPGradWeighting):
     "DualProj: the projection of the `pref_vector`-weighted (default: mean) gradient onto the dual cone."
     def weights(self, G, sync_free):
-        return dual_cone_qp(_pref_weights(self.pref_vector, G)[None], _normalize_reg(G, self.norm_eps, self.reg_eps), self.max_iters, sync_free)[0]
+        H = _hi(G)
+        return dual_cone_qp(_pref_weights(self.pref_vector, H)[None], _normalize_reg(H, self.norm_eps, self.reg_eps), self.max_iters, sync_free)[0].to(G.dtype)
 
 UPGrad = _aggregator(UPGradWeighting, "UPGrad: the sum of the task gradients' projections onto the dual cone of the Jacobian's rows.")
 DualProj = _aggregator(DualProjWeighting, "DualProj: the mean gradient projected onto the dual cone of the Jacobian's rows.")
@@ -349,8 +419,9 @@ class PCGradWeighting(Weighting):
 
 class IMTLGWeighting(Weighting):
     "IMTL-G: w ∝ G⁺ diag(G)^½, summing to 1. Uses a pseudo-inverse (one host sync on CUDA)."
-    def weights(self, G, sync_free):
-        v = torch.linalg.pinv(G) @ G.diagonal().clamp_min(0).sqrt()
+    def weights(self, G, sync_free):  # in float64, with the cut-off of G's own precision (its rounding noise is not inverted)
+        H = _hi(G)
+        v = (torch.linalg.pinv(H, rtol=10 * len(G) * torch.finfo(G.dtype).eps) @ H.diagonal().clamp_min(0).sqrt()).to(G.dtype)
         tot = v.sum()
         return torch.where(tot.abs() < 1e-12, 0., v / torch.where(tot.abs() < 1e-12, 1., tot))
 
@@ -358,11 +429,11 @@ _ALIGNED_SCALES = ('min', 'median', 'rmse')
 
 class AlignedMTLWeighting(Weighting):
     "Aligned-MTL: `pref_vector` (default mean) weights of the orthogonalised, equally scaled gradients. Uses eigh (one host sync on CUDA)."
+    _settings = {**Weighting._settings, 'pref_vector': _pref, 'scale_mode': _choice('scale_mode', _ALIGNED_SCALES)}
     def __init__(self, pref_vector=None, scale_mode='min', sync_free=None):
         super().__init__(sync_free)
-        if scale_mode not in _ALIGNED_SCALES: raise ValueError(f"`scale_mode` should be one of {', '.join(map(repr, _ALIGNED_SCALES))}; found {scale_mode!r}")
-        self.register_buffer('pref_vector', _pref(pref_vector))
-        self.scale_mode = scale_mode
+        self.register_buffer('pref_vector', None)
+        self.pref_vector, self.scale_mode = pref_vector, scale_mode
     def weights(self, G, sync_free):
         m, w = len(G), _pref_weights(self.pref_vector, G)
         lam, V = torch.linalg.eigh(G)
@@ -401,15 +472,18 @@ def _cagrad_polish(G, b, s, w, tol):
 
 class CAGradWeighting(Weighting):
     "CAGrad's weights 1/m + c|g₀| w/|g_w|, w solving the dual over the simplex by an interior-point method (exact on its support)."
+    _settings = {**Weighting._settings, 'c': _number('c', lambda v: v >= 0, '≥ 0'), 'norm_eps': _number('norm_eps', lambda v: v >= 0, '≥ 0'),
+                 'max_iters': _number('max_iters', lambda v: v >= 1, '≥ 1', integer=True)}
     def __init__(self, c, norm_eps=1e-4, max_iters=50, sync_free=None):
         super().__init__(sync_free)
-        if not (isinstance(c, (int, float)) and c >= 0): raise ValueError(f"`c` should be a number ≥ 0; found {c!r}")
-        if not norm_eps >= 0: raise ValueError(f"`norm_eps` should be ≥ 0; found {norm_eps!r}")
-        if not (isinstance(max_iters, int) and max_iters >= 1): raise ValueError(f"`max_iters` should be an int ≥ 1; found {max_iters!r}")
         self.c, self.norm_eps, self.max_iters = c, norm_eps, max_iters
 
     def weights(self, G, sync_free):
-        m, eps = len(G), self.norm_eps
+        m, eps, dt = len(G), self.norm_eps, G.dtype
+        if not sync_free:  # (eigh reads its status on the host) the directions below the Gramian's rounding are noise: drop them
+            lam, V = torch.linalg.eigh(_hi(G))
+            lam = torch.where(lam > lam.max() * 10 * m * torch.finfo(dt).eps, lam, 0.)
+            G = (V * lam) @ V.T
         tr = G.diagonal().sum()
         G = torch.where(tr < eps, 0., G / torch.where(tr < eps, 1., tr))
         b = G.mean(1)  # J g₀
@@ -435,18 +509,18 @@ class CAGradWeighting(Weighting):
             wp, ok = _cagrad_polish(G, b, s, w, tol)
             w = torch.where(ok, wp, w)
         nq = (w @ G @ w).clamp_min(0).sqrt()
-        return torch.where(nq >= eps, 1 / m + s / torch.where(nq > 0, nq, 1) * w, 0.)
+        return torch.where(nq >= eps, 1 / m + s / torch.where(nq > 0, nq, 1) * w, 0.).to(dt)
 
 CAGrad = _aggregator(CAGradWeighting, "CAGrad: the update that most improves the worst task within a ball of radius c|g₀| around the mean gradient g₀.")
 
 # %% ../nbs/20_aggregators.ipynb #d05bfd85
 class NashMTLWeighting(Weighting):
     "Nash-MTL: α > 0 with Gα = 1/α on G/|G|_F, by damped Newton warm-started from the last call; |Jᵀα| capped at `max_norm`."
+    _settings = {**Weighting._settings, 'max_norm': _number('max_norm', lambda v: v >= 0, '≥ 0'),
+                 'update_weights_every': _number('update_weights_every', lambda v: v >= 1, '≥ 1', integer=True),
+                 'optim_niter': _number('optim_niter', lambda v: v >= 1, '≥ 1', integer=True), 'tol': _number('tol', lambda v: v >= 0, '≥ 0')}
     def __init__(self, max_norm=1.0, update_weights_every=1, optim_niter=20, tol=1e-10, sync_free=None):
         super().__init__(sync_free)
-        if not max_norm >= 0: raise ValueError(f"`max_norm` should be ≥ 0; found {max_norm!r}")
-        for nm, v in (('update_weights_every', update_weights_every), ('optim_niter', optim_niter)):
-            if not (isinstance(v, int) and v >= 1): raise ValueError(f"`{nm}` should be an int ≥ 1; found {v!r}")
         self.max_norm, self.update_weights_every, self.optim_niter, self.tol = max_norm, update_weights_every, optim_niter, tol
         self.register_buffer('alpha', torch.zeros(0))
         self.step = 0
@@ -486,3 +560,204 @@ class NashMTLWeighting(Weighting):
         return a
 
 NashMTL = _aggregator(NashMTLWeighting, "Nash-MTL: the Nash bargaining solution of the tasks, scaled to at most `max_norm`.")
+
+# %% ../nbs/20_aggregators.ipynb #c0de1702
+class TrimmedMean(Aggregator):
+    "Coordinate-wise trimmed mean: in each column of `J`, the `trim_number` largest and smallest values dropped, the rest averaged (Yin et al., ICML 2018)."
+    from_gramian = False  # it reads J's entries, not only J Jᵀ
+    def __init__(self, trim_number):
+        nn.Module.__init__(self)
+        self.trim_number, self.last_weights = _number('trim_number', lambda v: v >= 0, '≥ 0', integer=True)(trim_number), None
+    def __setattr__(self, name, value):
+        if name == 'trim_number': value = _number('trim_number', lambda v: v >= 0, '≥ 0', integer=True)(value)
+        nn.Module.__setattr__(self, name, value)
+    def forward(self, J):
+        _check_matrix(J, 'J', square=False)
+        m, k = len(J), self.trim_number
+        if m < 2 * k + 1: raise ValueError(f"`J` should have at least 2·trim_number + 1 = {2 * k + 1} rows; found {m}")
+        return J.sort(0).values[k:m - k].mean(0)
+    def __repr__(self): return f'TrimmedMean(trim_number={self.trim_number!r})'
+    def reset(self): pass
+    needs_losses, deterministic = False, True
+
+class KrumWeighting(Weighting):
+    "(Multi-)Krum: weight 1/`n_selected` on the rows whose summed distance to their m − `n_byzantine` − 2 nearest rows is smallest (Blanchard et al., NeurIPS 2017)."
+    _settings = {**Weighting._settings, 'n_byzantine': _number('n_byzantine', lambda v: v >= 0, '≥ 0', integer=True),
+                 'n_selected': _number('n_selected', lambda v: v >= 1, '≥ 1', integer=True)}
+    def __init__(self, n_byzantine, n_selected=1, sync_free=None):
+        super().__init__(sync_free)
+        self.n_byzantine, self.n_selected = n_byzantine, n_selected
+    def weights(self, G, sync_free):
+        m = len(G)
+        if m < max(self.n_byzantine + 3, self.n_selected):
+            raise ValueError(f"Krum needs at least max(n_byzantine + 3, n_selected) = {max(self.n_byzantine + 3, self.n_selected)} tasks; found {m}")
+        d = G.diagonal()
+        dist = (d[None] + d[:, None] - 2 * G).clamp_min(0).sqrt()
+        score = dist.topk(m - self.n_byzantine - 1, largest=False).values[:, 1:].sum(1)  # (the nearest is the row itself)
+        chosen = score.topk(self.n_selected, largest=False).indices
+        return (chosen[:, None] == torch.arange(m, device=G.device)).any(0).to(G.dtype) / self.n_selected
+
+def _config_weights(G, w):
+    "ConFIG in Gramian terms: the unit rows' pseudo-inverse direction Jᵀv, v = D⁻¹(D⁻¹GD⁻¹)⁺w, scaled so its length is Σᵢ gᵢ·(unit direction)."
+    H = _hi(G)
+    n = H.diagonal().clamp_min(0).sqrt()
+    inv = torch.where(n > 0, 1 / torch.where(n > 0, n, 1), 0.)  # zero rows stay zero (as nan_to_num does for unit rows)
+    Gu = inv[:, None] * H * inv[None]
+    v = inv * (torch.linalg.pinv(Gu, rtol=10 * len(G) * torch.finfo(G.dtype).eps, hermitian=True) @ w.to(H))
+    b2 = v @ H @ v  # |Jᵀv|²
+    return ((H.sum(0) @ v) / b2.clamp_min(1e-24) * v).to(G.dtype)
+
+class ConFIGWeighting(Weighting):
+    "ConFIG's weights: the direction with equal cosine to every task gradient (the `pref_vector`, default all ones, weighting the unit gradients), of length Σᵢ gᵢ·d̂ (Liu et al., ICLR 2025, eq. 2). Uses a pseudo-inverse (one host sync on CUDA)."
+    _settings = {**Weighting._settings, 'pref_vector': _pref}
+    def __init__(self, pref_vector=None, sync_free=None):
+        super().__init__(sync_free)
+        self.register_buffer('pref_vector', None)
+        self.pref_vector = pref_vector
+    def weights(self, G, sync_free):
+        w = G.new_ones(len(G)) if self.pref_vector is None else _pref_weights(self.pref_vector, G)
+        return _config_weights(G, w)
+
+class FairGradWeighting(Weighting):
+    "FairGrad: α-fair weights, w > 0 solving G w = w^(−1/α) (α = 0: 1/m), by damped Newton on a convex potential (Ban & Ji, ICML 2024)."
+    _settings = {**Weighting._settings, 'alpha': _number('alpha', lambda v: v >= 0, '≥ 0'),
+                 'max_iters': _number('max_iters', lambda v: v >= 1, '≥ 1', integer=True, none=True)}
+    def __init__(self, alpha, max_iters=None, sync_free=None):
+        super().__init__(sync_free)
+        self.alpha, self.max_iters = alpha, max_iters
+    def weights(self, G, sync_free):
+        m, a = len(G), self.alpha
+        if a == 0: return G.new_full((m,), 1 / m)
+        H = _hi(G)
+        s = H.diagonal().sum() / m
+        s = torch.where(s > 0, s, 1.)
+        Hn, p = H / s, 1 / a
+        w = H.new_full((m,), 1.)
+        for _ in range(50 if self.max_iters is None else self.max_iters):  # φ(w) = ½wᵀGw − Σ w^(1−p)/(1−p) (log w for p = 1): ∇φ = Gw − w^(−p)
+            r = Hn @ w - w.pow(-p)
+            step = torch.linalg.solve_ex(Hn + torch.diag(p * w.pow(-p - 1)), -r)[0]
+            lam = (-(r @ step)).clamp_min(0).sqrt()  # the Newton decrement
+            room = torch.where(step < 0, -w / torch.where(step < 0, step, -1.), torch.inf).min()
+            w = w + torch.minimum(torch.where(lam < 0.25, 1., 1 / (1 + lam)), 0.99 * room) * step
+            if not sync_free and lam < 1e-12: break
+        return (w * s.pow(-a / (a + 1))).to(G.dtype)  # the solution for G = s·Gn
+
+class CRMOGMWeighting(Weighting):
+    "CR-MOGM: the weights of `weighting` smoothed across calls, λₖ = α λₖ₋₁ + (1 − α) λ̂ₖ (Zhou et al., NeurIPS 2022); λ₀ = `initial_weights` or the first λ̂."
+    _settings = {**Weighting._settings, 'alpha': _number('alpha', lambda v: 0 <= v <= 1, 'in [0, 1]')}
+    def __init__(self, weighting, alpha=0.9, initial_weights=None, sync_free=None):
+        super().__init__(sync_free)
+        if isinstance(weighting, Aggregator): weighting = weighting.weighting
+        if not isinstance(weighting, Weighting): raise ValueError(f"`weighting` should be a Weighting (or an Aggregator of one); found a {type(weighting).__name__}")
+        if initial_weights is not None: _check_vector(initial_weights, 'initial_weights')
+        self.weighting, self.alpha = weighting, alpha
+        self.register_buffer('initial_weights', None if initial_weights is None else initial_weights.detach().clone())
+        self.register_buffer('lam', torch.zeros(0))
+    arg = property(lambda self: self.weighting.arg)
+    needs_losses = property(lambda self: self.weighting.needs_losses)
+    deterministic = property(lambda self: self.weighting.deterministic)
+    def set_losses(self, losses): self.weighting.set_losses(losses)
+    def reset(self):
+        self.weighting.reset()
+        self.lam = self.lam.new_zeros(0)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        v = state_dict.get(prefix + 'lam')
+        if v is not None: self._buffers['lam'] = torch.empty_like(v)  # the stored state may be for another number of tasks
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    def weights(self, G, sync_free):
+        new = self.weighting.weights(G, sync_free)
+        prev = self.lam
+        if len(prev) != len(G) or prev.dtype != new.dtype or prev.device != new.device:
+            if self.initial_weights is not None: _check_vector(self.initial_weights, 'initial_weights', len(G))
+            prev = new if self.initial_weights is None else self.initial_weights.to(new)
+        self.lam = self.alpha * prev + (1 - self.alpha) * new
+        return self.lam
+    def _repr_args(self): return f'{self.weighting!r}, alpha={self.alpha!r}'
+
+Krum = _aggregator(KrumWeighting, "Krum: the Jacobian's row (or the mean of the `n_selected` rows) closest to its neighbours, robust to `n_byzantine` adversarial rows.")
+ConFIG = _aggregator(ConFIGWeighting, "ConFIG: the conflict-free direction with equal cosine similarity to every (unit) task gradient.")
+FairGrad = _aggregator(FairGradWeighting, "FairGrad: the α-fair allocation of the update between tasks (α = 1: proportional fairness, as Nash-MTL).")
+CRMOGM = _aggregator(CRMOGMWeighting, "CR-MOGM: another weighting's weights smoothed by an exponential moving average across steps.")
+
+
+# %% ../nbs/20_aggregators.ipynb #c0de1705
+class MoDoWeighting(Weighting):
+    "MoDo's weights (Chen, Fernando, Ying & Chen, JMLR 2024): λ ← Π_simplex(λ − γ(Aλ + ρλ)) with A = J₁J₂ᵀ of two independent batches; λ persists (a buffer)."
+    arg = 'A'
+    _settings = {**Weighting._settings, 'gamma': _number('gamma', lambda v: v > 0, '> 0'), 'rho': _number('rho', lambda v: v >= 0, '≥ 0')}
+    def __init__(self, gamma=0.1, rho=0.1, sync_free=None):
+        super().__init__(sync_free)
+        self.gamma, self.rho = gamma, rho
+        self.register_buffer('lam', torch.zeros(0))
+    def reset(self): self.lam = self.lam.new_zeros(0)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        v = state_dict.get(prefix + 'lam')
+        if v is not None: self._buffers['lam'] = torch.empty_like(v)  # the stored state may be for another number of tasks
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    def weights(self, A, sync_free):
+        m, lam = len(A), self.lam
+        if lam.shape != (m,) or lam.dtype != A.dtype or lam.device != A.device: lam = A.new_full((m,), 1 / m)
+        lam = project_simplex(lam - self.gamma * (A @ lam + self.rho * lam))
+        self.lam = lam
+        return lam
+
+class ExcessMTLWeighting(Weighting):
+    "ExcessMTL's weights (He et al., ICML 2024): an exponentiated-gradient step on the tasks' excess risks, estimated from AdaGrad-style sums of squared gradients; reads J itself (m×n state)."
+    _settings = {**Weighting._settings, 'robust_step_size': _number('robust_step_size', lambda v: v > 0, '> 0'),
+                 'n_warmup_steps': _number('n_warmup_steps', lambda v: v >= 0, '≥ 0', integer=True)}
+    def __init__(self, robust_step_size=1.0, n_warmup_steps=0, sync_free=None):
+        super().__init__(sync_free)
+        self.robust_step_size, self.n_warmup_steps = robust_step_size, n_warmup_steps
+        for nm in ('w', 'sq', 'base', 'warm'): self.register_buffer(nm, torch.zeros(0))
+        self.steps = 0
+    def reset(self):
+        for nm in ('w', 'sq', 'base', 'warm'): self._buffers[nm] = torch.zeros(0)
+        self.steps = 0
+    def get_extra_state(self): return {'steps': self.steps}
+    def set_extra_state(self, state): self.steps = state['steps']
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for nm in ('w', 'sq', 'base', 'warm'):
+            v = state_dict.get(prefix + nm)
+            if v is not None: self._buffers[nm] = torch.empty_like(v)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    def forward(self, J):
+        _check_matrix(J, 'J', square=False)
+        with torch.no_grad(): return self.from_jacobian(J.detach())
+    def from_jacobian(self, J):
+        m = len(J)
+        if self.sq.shape != J.shape or self.sq.dtype != J.dtype or self.sq.device != J.device:
+            self.sq, self.warm, self.w, self.base, self.steps = J.new_zeros(J.shape), J.new_zeros(m), J.new_full((m,), 1 / m), J.new_zeros(0), 0
+        J2 = J * J
+        self.sq = self.sq + J2
+        risk = (J2 / (self.sq + 1e-7).sqrt()).sum(1)  # each task's excess risk, as estimated by the paper's eq. 7
+        self.steps += 1
+        if self.steps <= self.n_warmup_steps:  # uniform weights while the baseline is measured
+            self.warm = self.warm + risk
+            return self.w
+        if len(self.base) == 0:  # the baseline: the warm-up's mean excess risk, or the first one; later risks are relative to it (Section 3.2)
+            self.base = self.warm / self.n_warmup_steps if self.n_warmup_steps else risk
+            if self.n_warmup_steps: risk = risk / (self.base + 1e-7)
+        else: risk = risk / (self.base + 1e-7)
+        self.w = torch.softmax(torch.log(self.w) + self.robust_step_size * risk, 0)  # eq. 9: w ∝ w·exp(η·risk)
+        return self.w
+    def weights(self, G, sync_free): raise ValueError("ExcessMTL's weights come from the Jacobian's entries, not from a Gramian: use the `ExcessMTL` aggregator")
+
+class MoDo(_TwoBatch):
+    "MoDo: weights from A = J₁J₂ᵀ of two independent batches by projected gradient steps, direction Jᵀλ (`J` defaults to (J₁ + J₂)/2)."
+    def __init__(self, gamma=0.1, rho=0.1, sync_free=None): super().__init__(MoDoWeighting(gamma, rho, sync_free))
+    __init__.__signature__ = inspect.signature(MoDoWeighting.__init__)
+
+class ExcessMTL(Aggregator):
+    "ExcessMTL: the tasks weighted by their excess risks, with an exponentiated-gradient step per call (stateful)."
+    from_gramian = False  # the weights read J's entries
+    def __init__(self, robust_step_size=1.0, n_warmup_steps=0, sync_free=None): super().__init__(ExcessMTLWeighting(robust_step_size, n_warmup_steps, sync_free))
+    __init__.__signature__ = inspect.signature(ExcessMTLWeighting.__init__)
+    def forward(self, J):
+        _check_matrix(J, 'J', square=False)
+        if len(J) == 0:
+            self.last_weights = J.new_zeros(0)
+            return J.new_zeros(J.shape[1])
+        with torch.no_grad(): w = self.weighting.from_jacobian(J.detach())
+        self.last_weights = w
+        return w @ J
+

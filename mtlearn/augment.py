@@ -74,23 +74,27 @@ def _rect(x, pct):
     szx, szy = int(pct*x.shape[-2]), int(pct*x.shape[-1])
     return int(random.random()*(1-pct)*x.shape[-2]), int(random.random()*(1-pct)*x.shape[-1]), szx, szy
 
+def _rand_erase1(x, pct, xm, xs, mn, mx):
+    "One random rectangle of `x`, in place, replaced by noise of mean `xm` and std `xs` clamped to [`mn`, `mx`]."
+    stx, sty, szx, szy = _rect(x, pct)
+    reg = x[:, :, stx:stx+szx, sty:sty+szy]
+    reg.copy_((torch.randn_like(reg)*xs + xm).clamp_(mn, mx))
+
 def rand_erase(x, pct=0.2, max_num=4):
-    "Up to `max_num` rectangles of `x` replaced by noise with `x`'s mean and std, clamped to its range."
-    x = x.clone()
+    "Up to `max_num` rectangles of `x` replaced, in place, by noise with `x`'s mean and std, clamped to its range; returns `x`."
     xm, xs, mn, mx = x.mean(), x.std(), x.min(), x.max()
-    for _ in range(random.randint(0, max_num)):
-        stx, sty, szx, szy = _rect(x, pct)
-        reg = x[:, :, stx:stx+szx, sty:sty+szy]
-        reg.copy_((torch.randn_like(reg)*xs + xm).clamp_(mn, mx))
+    for _ in range(random.randint(0, max_num)): _rand_erase1(x, pct, xm, xs, mn, mx)
     return x
 
+def _rand_copy1(x, pct):
+    "One random rectangle of `x`, in place, overwritten by a copy of another rectangle of the same images."
+    stx1, sty1, szx, szy = _rect(x, pct)
+    stx2, sty2, _, _ = _rect(x, pct)
+    x[:, :, stx1:stx1+szx, sty1:sty1+szy] = x[:, :, stx2:stx2+szx, sty2:sty2+szy].clone()  # the two may overlap
+
 def rand_copy(x, pct=0.2, max_num=4):
-    "Up to `max_num` rectangles of `x` overwritten by copies of other rectangles of the same images."
-    x = x.clone()
-    for _ in range(random.randint(0, max_num)):
-        stx1, sty1, szx, szy = _rect(x, pct)
-        stx2, sty2, _, _ = _rect(x, pct)
-        x[:, :, stx1:stx1+szx, sty1:sty1+szy] = x[:, :, stx2:stx2+szx, sty2:sty2+szy].clone()
+    "Up to `max_num` rectangles of `x` overwritten, in place, by copies of other rectangles of the same images; returns `x`."
+    for _ in range(random.randint(0, max_num)): _rand_copy1(x, pct)
     return x
 
 class RandErase(nn.Module):

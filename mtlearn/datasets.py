@@ -263,7 +263,8 @@ class TensorDataLoader:
                 sl = idxs[i*bs:(i+1)*bs]
                 b = (t.index_select(0, sl) for t in ts)
             else: b = (t[i*bs:(i+1)*bs] for t in ts)
-            yield tuple(o if f is None else f(o) for o, f in zip(b, self.tfms))
+            # a slice is a view of the data: without a transform making a new tensor, give a copy (a batch may be changed in place)
+            yield tuple(f(o) if f is not None else o if idxs is not None else o.clone() for o, f in zip(b, self.tfms))
 
 # %% ../nbs/05_datasets.ipynb #fe8a983c
 @patch(cls_method=True)

@@ -84,17 +84,19 @@ def plot_func(f, start=-5., end=5., steps=100, ax=None):
 def _is_batchnorm(norm): return isinstance(norm, type) and issubclass(norm, nn.modules.batchnorm._BatchNorm)
 
 def conv(ni, nf, ks=3, stride=2, act=nn.ReLU, norm=None, bias=None):
-    "Conv2d (`ks`, `stride`, same padding), then `norm(nf)` and `act()` if given; no bias before a batch norm."
-    if bias is None: bias = not _is_batchnorm(norm)
+    "Conv2d (`ks`, `stride`, same padding), then `norm(nf)` and `act()` if given. `bias`: None keeps it, as the course's code does; 'auto' drops it before a batch norm."
+    if bias is None: bias = True
+    elif bias == 'auto': bias = not _is_batchnorm(norm)
+    elif not isinstance(bias, bool): raise ValueError(f"`bias` should be None, True, False or 'auto'; found bias = {bias!r}")
     layers = [nn.Conv2d(ni, nf, stride=stride, kernel_size=ks, padding=ks//2, bias=bias)]
     if norm: layers.append(norm(nf))
     if act: layers.append(act())
     return nn.Sequential(*layers)
 
-def get_model(act=nn.ReLU, nfs=None, norm=None):
-    "The course's CNN: `conv` layers through `nfs` channels (default 1, 8, 16, 32, 64), then a conv to 10 logits."
+def get_model(act=nn.ReLU, nfs=None, norm=None, bias=None):
+    "The course's CNN: `conv` layers through `nfs` channels (default 1, 8, 16, 32, 64), then a conv to 10 logits; `bias` as in `conv`."
     if nfs is None: nfs = [1, 8, 16, 32, 64]
-    layers = [conv(nfs[i], nfs[i+1], act=act, norm=norm) for i in range(len(nfs)-1)]
+    layers = [conv(nfs[i], nfs[i+1], act=act, norm=norm, bias=bias) for i in range(len(nfs)-1)]
     return nn.Sequential(*layers, conv(nfs[-1], 10, act=None, norm=False, bias=True), nn.Flatten()).to(def_device)
 
 # %% ../nbs/11_init.ipynb #4a47e1b4

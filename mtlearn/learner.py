@@ -352,10 +352,12 @@ class TrainCB(Callback):
     "The basic training steps, as a callback: model on the first `n_inp` batch items, loss on the rest."
     def __init__(self, n_inp=1): self.n_inp = n_inp
     def before_fit(self, learn): learn.n_inp = self.n_inp
-    def predict(self, learn): learn.preds = learn.model(*learn.xb)
-    def get_loss(self, learn): learn.loss = learn.loss_func(learn.preds, *learn.yb)
-    def backward(self, learn): learn.scaled(learn.loss).backward()
-    def step(self, learn): learn.opt_step()
+    # split with this callback's `n_inp`, and `scaled`/`opt_step` only where the learner has them: the course's
+    # notebooks use these steps with learners they write themselves, which have none of mtlearn's additions
+    def predict(self, learn): learn.preds = learn.model(*split_batch(learn.batch, self.n_inp)[0])
+    def get_loss(self, learn): learn.loss = learn.loss_func(learn.preds, *split_batch(learn.batch, self.n_inp)[1])
+    def backward(self, learn): (learn.scaled(learn.loss) if hasattr(learn, 'scaled') else learn.loss).backward()
+    def step(self, learn): learn.opt_step() if hasattr(learn, 'opt_step') else learn.opt.step()
     def zero_grad(self, learn): learn.opt.zero_grad()
 
 # %% ../nbs/09_learner.ipynb #f3e288f2
@@ -427,17 +429,19 @@ class MetricsCB(Callback):
     def before_epoch(self, learn): [o.reset() for o in self.all_metrics.values()]
 
     def after_epoch(self, learn):
-        phase = 'train' if learn.training else 'valid'
+        phase = 'train' if learn.model.training else 'valid'
         if not self.loss.weights: warnings.warn(f"the {phase} data loader yielded no batch in epoch {learn.epoch}: its metrics are NaN")
         vals = dict(zip(self.all_metrics, _floats([_compute(v) for v in self.all_metrics.values()])))
-        self.log = {**vals, 'epoch': learn.epoch, 'train': 'train' if learn.training else 'eval'}
-        row = learn.history[-1] if learn.history and learn.history[-1]['epoch'] == learn.epoch else None
-        if row is None: learn.history.append(row := {'epoch': learn.epoch})
-        row.update({f'{phase}_{k}': v for k, v in vals.items()})
-        if self.printing and learn.logging and rank() == 0: print({k: f'{v:.3f}' if isinstance(v, float) else v for k, v in self.log.items()})
+        self.log = {**vals, 'epoch': learn.epoch, 'train': 'train' if learn.model.training else 'eval'}
+        hist = getattr(learn, 'history', None)  # (a learner written in a course notebook has none)
+        if hist is not None:
+            row = hist[-1] if hist and hist[-1]['epoch'] == learn.epoch else None
+            if row is None: hist.append(row := {'epoch': learn.epoch})
+            row.update({f'{phase}_{k}': v for k, v in vals.items()})
+        if self.printing and getattr(learn, 'logging', True) and rank() == 0: print({k: f'{v:.3f}' if isinstance(v, float) else v for k, v in self.log.items()})
 
     def after_batch(self, learn):
-        xs, ys = split_batch(learn.batch, learn.n_inp)
+        xs, ys = split_batch(learn.batch, getattr(learn, 'n_inp', 1))
         preds, dev = learn.preds, learn.loss.device
         for m in self.all_metrics.values():
             if m.device != dev: m.to(dev)
@@ -478,23 +482,29 @@ class HostScalar:
 
 # %% ../nbs/09_learner.ipynb #82a9d7e0
 class _ConsoleBar:
-    "A progress bar on one terminal line, redrawn at most every `every` seconds and erased by `clear`."
+    "A progress bar on one terminal line, redrawn at most every `every` seconds and erased by `clear`; nothing at all when `stream` is not a terminal (a log or a pipe gets no carriage-return frames)."
     def __init__(self, gen, prefix='', stream=None, every=0.2):
         self.gen, self.prefix, self.stream, self.every = gen, prefix, stream or sys.stdout, every
-        self.comment, self.width = '', 0
+        self.comment, self.width, self.t0, self.last = '', 0, time.perf_counter(), -1.
         self.tty = getattr(self.stream, 'isatty', lambda: False)()
 
     def __len__(self): return len(self.gen)
     def __iter__(self):
-        n, t0, last = len(self.gen) if hasattr(self.gen, '__len__') else None, time.perf_counter(), -1.
+        self.t0, self.last = time.perf_counter(), -1.
         for i, o in enumerate(self.gen):
             yield o
-            now = time.perf_counter()
-            if self.tty and now - last >= self.every:
-                self._draw(i+1, n, now-t0)
-                last = now
+            self.update(i+1)
+
+    def update(self, i):
+        "Show `i` items done (redrawn at most every `every` seconds); fastprogress's bars have the same method."
+        now = time.perf_counter()
+        if self.tty and now - self.last >= self.every:
+            self._draw(i, len(self.gen) if hasattr(self.gen, '__len__') else None, now-self.t0)
+            self.last = now
+    def on_iter_end(self): self.clear()
 
     def _draw(self, i, n, elapsed):
+        i = max(i, 1)
         cols = shutil.get_terminal_size((100, 20)).columns - 1
         if n is None: text, bw = f'{self.prefix}{i} [{format_time(elapsed)}] {self.comment}', 0  # a loader of unknown length
         else:
@@ -528,8 +538,8 @@ class ProgressCB(Callback):
         self.first, self.widths, self.loss, self.bar = True, None, HostScalar(), None
         self.losses, self.val_losses, self._epoch_losses = [], [], []
 
-    def _log(self, d):
-        d = {k: f'{v:.3f}' if isinstance(v, float) else v for k, v in d.items()}
+    def _log(self, d):  # (the course's 'train' column holds 'train' or 'eval': here it is called 'phase')
+        d = {('phase' if k == 'train' else k): f'{v:.3f}' if isinstance(v, float) else v for k, v in d.items()}
         if self.nb:
             if self.first: self.mbar.write(list(d), table=True)
             self.mbar.write([str(v) for v in d.values()], table=True)
@@ -545,12 +555,12 @@ class ProgressCB(Callback):
         sized = hasattr(learn.dl, '__len__')
         if self.nb:
             if sized: learn.dl = progress_bar(learn.dl, leave=False, parent=self.mbar)
-        else: learn.dl = self.bar = _ConsoleBar(learn.dl, f'Epoch {learn.epoch+1}/{learn.n_epochs} {"train" if learn.training else "valid"} ', self.out)
+        else: learn.dl = self.bar = _ConsoleBar(learn.dl, f'Epoch {learn.epoch+1}/{getattr(learn, "n_epochs", "?")} {"train" if learn.model.training else "valid"} ', self.out)
         if not self.nb or sized: learn.dl.comment = self.loss
 
     def after_batch(self, learn):
         self.loss.put(learn.loss)
-        if self.plot and learn.training: self._epoch_losses.append(learn.loss.detach())
+        if self.plot and learn.model.training: self._epoch_losses.append(learn.loss.detach())
 
     def cleanup_epoch(self, learn):
         if self.bar is not None: self.bar.clear()
@@ -558,9 +568,9 @@ class ProgressCB(Callback):
     def after_epoch(self, learn):
         self.cleanup_epoch(learn)
         m = getattr(learn, 'metrics', None)
-        if m is not None and learn.logging and self.on: self._log(m.log)
+        if m is not None and getattr(learn, 'logging', True) and self.on: self._log(m.log)
         if not self.plot: return
-        if learn.training:
+        if learn.model.training:
             if self._epoch_losses: self.losses += torch.stack(self._epoch_losses).float().cpu().tolist()
             self._epoch_losses = []
         elif m is not None: self.val_losses.append(m.log['loss'])
@@ -576,7 +586,7 @@ class ProgressCB(Callback):
         ax.plot(self.losses, label='train')
         if self.val_losses:
             nb = len(self.losses)//len(self.val_losses)
-            ax.plot([(i+1)*nb for i in range(len(self.val_losses))], self.val_losses, label='valid')
+            ax.plot([(i+1)*nb for i in range(len(self.val_losses))], self.val_losses, 'o-', label='valid (end of epoch)')
         ax.set_xlabel('batch'); ax.set_ylabel('loss'); ax.legend()
         return ax
 
@@ -651,12 +661,12 @@ def valley(lrs, losses, beta=0.98):
 
 # %% ../nbs/09_learner.ipynb #f31a50ce
 @patch
-def lr_find(self:Learner, gamma=1.3, max_mult=3, start_lr=1e-5, max_epochs=10, plot=True):
-    "Run an LR range test from `start_lr`, plot loss against lr, and return the suggested learning rate; weights, optimiser and mode are restored."
+def lr_find(self:Learner, gamma=1.3, max_mult=3, start_lr=1e-5, max_epochs=10, plot=True, cbs=None):
+    "Run an LR range test from `start_lr`, plot loss against lr, and return the suggested learning rate (None, with a warning, if the loss never fell); weights, optimiser and mode are restored; `cbs` (a `ProgressCB`, say) join its run."
     kept = deepcopy(self.model.state_dict()), self.opt, self._pending, self.history, self._done, self.model.training, self.logging
     cb = LRFinderCB(gamma=gamma, max_mult=max_mult)
     self._pending, self.logging = {}, False  # a fresh optimiser from `start_lr`; what `load` left waits for the next fit; no metric rows
-    try: self.fit(max_epochs, lr=start_lr, valid=False, cbs=cb)
+    try: self.fit(max_epochs, lr=start_lr, valid=False, cbs=[cb, *cb_list(cbs)])
     finally:
         state, self.opt, self._pending, self.history, self._done, training, self.logging = kept
         self.model.load_state_dict(state)
@@ -670,13 +680,14 @@ def lr_find(self:Learner, gamma=1.3, max_mult=3, start_lr=1e-5, max_epochs=10, p
                       "the suggestion may be too low: raise `max_epochs` or `gamma`")
     sugg = valley(cb.lrs, cb.losses)
     if sugg == fin[0][0]:
-        raise ValueError(f"lr_find: the loss did not fall from its first value ({fin[0][1]:.4g}) at any learning rate tried, so there is none to suggest; "
-                         f"try a smaller `start_lr` (found start_lr = {start_lr})")
+        warnings.warn(f"lr_find: the loss did not fall from its first value ({fin[0][1]:.4g}) at any learning rate tried, so there is no suggestion "
+                      f"(None); with more batches, or a smaller `start_lr` (found start_lr = {start_lr}), there may be one")
+        sugg = None
     if plot:
         _, ax = plt.subplots()
         ax.plot(*zip(*fin))
-        ax.axvline(sugg, ls='--', c='r', label=f'valley: {sugg:.2e}')
-        ax.set_xscale('log'); ax.set_xlabel('learning rate'); ax.set_ylabel('loss'); ax.legend()
+        if sugg is not None: ax.axvline(sugg, ls='--', c='r', label=f'valley: {sugg:.2e}'); ax.legend()
+        ax.set_xscale('log'); ax.set_xlabel('learning rate'); ax.set_ylabel('loss')
     return sugg
 
 # %% ../nbs/09_learner.ipynb #ea2b99f9

@@ -4,7 +4,7 @@
 
 # %% ../nbs/30_merge.ipynb #9257836b
 from __future__ import annotations
-import math, warnings
+import math, time, warnings
 from copy import deepcopy
 from dataclasses import dataclass
 from functools import partial
@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jvp, vjp, vmap
-from fastprogress.fastprogress import progress_bar
+from fastprogress.fastprogress import progress_bar, IN_NOTEBOOK
 
 from .conv import to_device
-from .learner import Learner, split_batch
+from .learner import Learner, split_batch, _ConsoleBar
 
 # %% auto #0
 __all__ = ['loss_hessians', 'LossHessian', 'register_loss_hessian', 'loss_hessian', 'flat_params', 'GGN', 'CGInfo', 'cg_solve',
@@ -198,8 +198,10 @@ def cg_solve(matvec, b, x0=None, rtol=1e-6, atol=0., max_iter=None, patience=20,
     r = b.clone() if x0 is None else true_residual()
     bnorm = b.norm().item()
     tol, scale = max(rtol * bnorm, atol), (bnorm if bnorm > 0 else 1.)
-    bar = progress_bar(range(max_iter), leave=False) if progress else None
+    # a bar in a notebook, or on a terminal; in a log (not a terminal) one line when the solve ends
+    bar = None if not progress else progress_bar(range(max_iter), leave=False) if IN_NOTEBOOK else _ConsoleBar(range(max_iter), 'CG ')
     if bar is not None: bar.update(0)
+    t0 = time.perf_counter()
     it, last_true, reason = 0, math.inf, None
     while True:  # a CG run from the true residual r; a restart when the updated residual has drifted from it
         rr = torch.dot(r, r).item()
@@ -233,6 +235,8 @@ def cg_solve(matvec, b, x0=None, rtol=1e-6, atol=0., max_iter=None, patience=20,
         r = true_residual()  # the updated residual drifts from b − Ax in finite precision: measure the real one
     if bar is not None: bar.on_iter_end()
     info = CGInfo(it, n_prod, res / scale, reason == 'converged', reason)
+    if isinstance(bar, _ConsoleBar) and not bar.tty:
+        print(f'CG: {info.reason} after {it} iterations, relative residual {info.residual:.2e}, {time.perf_counter()-t0:.1f}s', file=bar.stream, flush=True)
     if not info.converged:
         warnings.warn(f"cg_solve stopped before reaching its tolerance, {info.reason}: relative residual {info.residual:.2e} "
                       f"after {it} iterations (asked for rtol={rtol:g}, atol={atol:g})", stacklevel=2)

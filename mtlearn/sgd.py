@@ -153,7 +153,7 @@ class RecorderCB(HasLearnCB):
         for ax, (k, v) in zip(axs.flat, self.recs.items()):
             ax.plot(v)
             ax.set_title(k)
-            ax.set_xlabel('batch')
+            ax.set_xlabel('batch'); ax.set_ylabel(k)
         return axs
 
 # %% ../nbs/12_sgd.ipynb #a2e7311b

@@ -260,7 +260,7 @@ def test_bad_input():
         with pytest.raises(ValueError, match=msg): SDMGradWeighting(**kw)
     with pytest.raises(ValueError, match='`J2` should have the shape of `J1`'): SDMGrad()(torch.ones(2, 3), torch.ones(3, 3))
     with pytest.raises(ValueError, match='`sync_free`'): MGDAWeighting(sync_free='yes')
-    with pytest.raises(ValueError, match='`c` should be a number ≥ 0; found -1'): CAGrad(-1)
+    with pytest.raises(ValueError, match='`c` should be a number ≥ 0; found c = -1'): CAGrad(-1)
     with pytest.raises(ValueError, match='`max_iters`'): CAGradWeighting(0.4, max_iters=0)
 
 def test_inputs_not_modified_and_dtype_kept():

@@ -9,9 +9,12 @@ def test_mtlearn_train_command(tmp_path):
     r = subprocess.run(['mtlearn-train', '--epochs', '1', '--bs', '500', '--data', str(SAMPLE_FMNIST), '--out', str(tmp_path/'out')],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith('LR finder suggests ')
-    lines = [l.split() for l in r.stdout.splitlines()[1:]]
-    assert lines[0] == ['accuracy', 'loss', 'epoch', 'train'] and lines[1][2:] == ['0', 'train'] and lines[2][2:] == ['0', 'eval']
+    out = r.stdout.splitlines()
+    assert out[0].startswith('LR finder: the learning rate grows') and out[1].startswith('LR finder: ')
+    assert 'one-cycle schedule peaking at --lr 1.00e-02' in out[1]  # what the suggestion is for, next to the rate the run uses
+    assert '\r' not in r.stdout  # a pipe gets lines, not a progress bar's carriage-return frames
+    lines = [l.split() for l in out[2:]]
+    assert lines[0] == ['accuracy', 'loss', 'epoch', 'phase'] and lines[1][2:] == ['0', 'train'] and lines[2][2:] == ['0', 'eval']
     assert 0.5 < float(lines[2][0]) <= 1  # even 3,000 images teach the CNN something in one epoch
     assert sorted(p.name for p in (tmp_path/'out').iterdir()) == ['color_dim.png', 'dead_chart.png', 'loss.png', 'lr_find.png', 'schedule.png', 'stats.png']
 

@@ -1,4 +1,4 @@
-import io, math
+import io, math, warnings
 import pytest, torch
 import torch.nn.functional as F
 from torch import nn, optim
@@ -219,8 +219,9 @@ def test_hand_written_optimizer():
     torch.manual_seed(0); b = learner(opt_func=optim.SGD, lr=0.1); b.fit(1)
     torch.testing.assert_close(a.model.weight, b.model.weight)
     torch.manual_seed(0)
-    try: a.lr_find(plot=False, start_lr=1e-3, gamma=2, max_epochs=20)  # no param_groups: the finder sets `opt.lr`
-    except ValueError as e: assert 'did not fall' in str(e)  # on 8 items the loss may not; the lrs below are what is tested
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # on 8 items the loss may not fall (no suggestion); the lrs below are what is tested
+        a.lr_find(plot=False, start_lr=1e-3, gamma=2, max_epochs=20)  # no param_groups: the finder sets `opt.lr`
     lrs = a.lr_finder.lrs
     assert lrs[0] == pytest.approx(1e-3) and lrs[1] == pytest.approx(2e-3)
 

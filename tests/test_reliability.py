@@ -70,8 +70,12 @@ def test_5_every_cleanup_runs_when_one_raises():
     with pytest.raises(KeyError, match='first') as e: learner(cbs=[BadCleanup(), Boom()]).fit(1)
     assert any('while cleaning up, OSError: disk full' in n for n in e.value.__notes__)  # the original error stays the one raised
 
-def test_6_lr_find_refuses_a_loss_that_never_falls():
-    with pytest.raises(ValueError, match='did not fall from its first value'): learner(opt_func=optim.SGD).lr_find(start_lr=100, plot=False)
+def test_6_lr_find_says_when_the_loss_never_falls():
+    "No suggestion is a warning and None (the curve is still there to look at); a loss finite for under two batches is an error."
+    learn = learner(opt_func=optim.SGD)
+    with pytest.warns(UserWarning, match='did not fall from its first value'): assert learn.lr_find(start_lr=100, plot=False) is None
+    assert len(learn.lr_finder.losses) >= 2
+    with pytest.raises(ValueError, match=r'finite for [01] batch'): learner(opt_func=optim.SGD).lr_find(start_lr=1e30, plot=False)
 
 def test_7_lr_find_on_a_tiny_set_warns_prints_no_rows_and_restores_the_mode(capsys):
     learn = learner(dls=toy(n=16))
