@@ -10,12 +10,12 @@ from torch import nn, Tensor
 
 # %% auto #0
 __all__ = ['Mean', 'Sum', 'Constant', 'Random', 'MGDA', 'UPGrad', 'DualProj', 'PCGrad', 'IMTLG', 'AlignedMTL', 'CAGrad',
-           'NashMTL', 'Krum', 'ConFIG', 'FairGrad', 'CRMOGM', 'Weighting', 'Aggregator', 'MeanWeighting',
+           'NashMTL', 'Krum', 'ConFIG', 'FairGrad', 'CRMOGM', 'GradVac', 'Weighting', 'Aggregator', 'MeanWeighting',
            'SumWeighting', 'ConstantWeighting', 'RandomWeighting', 'frank_wolfe', 'MGDAWeighting', 'project_simplex',
            'SDMGradWeighting', 'SDMGrad', 'dual_cone_qp', 'UPGradWeighting', 'DualProjWeighting', 'PCGradWeighting',
            'IMTLGWeighting', 'AlignedMTLWeighting', 'CAGradWeighting', 'NashMTLWeighting', 'TrimmedMean',
            'KrumWeighting', 'ConFIGWeighting', 'FairGradWeighting', 'CRMOGMWeighting', 'MoDoWeighting',
-           'ExcessMTLWeighting', 'MoDo', 'ExcessMTL']
+           'ExcessMTLWeighting', 'MoDo', 'ExcessMTL', 'GradVacWeighting', 'GradDrop']
 
 # %% ../nbs/20_aggregators.ipynb #9ec43299
 def _accel(t): return t.device.type in ('cuda', 'mps', 'xpu')
@@ -760,4 +760,72 @@ class ExcessMTL(Aggregator):
         with torch.no_grad(): w = self.weighting.from_jacobian(J.detach())
         self.last_weights = w
         return w @ J
+
+
+# %% ../nbs/20_aggregators.ipynb #c0de1708
+class GradVacWeighting(Weighting):
+    "GradVac (Wang et al., ICLR 2021): each task gradient, visiting the others in random order, gets a multiple of gⱼ added when their cosine falls below its running target φ̂ᵢⱼ (an EMA with rate `beta`); the weights sum those multiples."
+    deterministic = False  # the visiting order is drawn at every call
+    _settings = {**Weighting._settings, 'beta': _number('beta', lambda v: 0 <= v <= 1, 'in [0, 1]'), 'eps': _number('eps', lambda v: v >= 0, '≥ 0')}
+    def __init__(self, beta=0.5, eps=1e-8, sync_free=None):
+        super().__init__(sync_free)
+        self.beta, self.eps = beta, eps
+        self.register_buffer('phi', torch.zeros(0))  # the targets φ̂ᵢⱼ
+    def reset(self): self.phi = self.phi.new_zeros(0)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        v = state_dict.get(prefix + 'phi')
+        if v is not None: self._buffers['phi'] = torch.empty_like(v)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    def weights(self, G, sync_free):
+        m, eps, beta = len(G), self.eps, self.beta
+        phi = self.phi if self.phi.shape == (m, m) and self.phi.dtype == G.dtype and self.phi.device == G.device else G.new_zeros(m, m)
+        C = torch.eye(m, dtype=G.dtype, device=G.device)  # row i: gᵢ's current combination of the original gradients
+        nj = G.diagonal().clamp_min(0).sqrt()
+        rows = []
+        for i in range(m):
+            c, others = C[i], [j for j in range(m) if j != i]
+            order = [others[k] for k in torch.randperm(m - 1).tolist()]  # drawn on the CPU, as torchjd does
+            cG = c @ G
+            for j in order:  # tensor selects, no host read: the order is known, the test is a `where`
+                ni = (cG * c).sum().clamp_min(0).sqrt()
+                cos, target = cG[j] / (ni * nj[j] + eps), phi[i, j]
+                w = ni * (target * (1 - cos * cos).clamp_min(0).sqrt() - cos * (1 - target * target).clamp_min(0).sqrt()) / (nj[j] * (1 - target * target).clamp_min(0).sqrt() + eps)
+                w = torch.where(cos < target, w, 0.)
+                c = c + w * (torch.arange(m, device=G.device) == j).to(G.dtype)
+                cG = cG + w * G[j]
+                phi = phi.index_put((torch.tensor([i], device=G.device), torch.tensor([j], device=G.device)), ((1 - beta) * target + beta * cos)[None])
+            rows.append(c)
+        self.phi = phi
+        return torch.stack(rows).sum(0)
+
+GradVac = _aggregator(GradVacWeighting, "GradVac: task gradients pulled towards their running target cosine similarities with the others, summed.")
+
+def _identity(P): return P
+
+class GradDrop(Aggregator):
+    "GradDrop (Chen et al., NeurIPS 2020, Algorithm 1, lines 10–15): per coordinate, keep the positive or the negative parts of the task gradients at random, by the sign purity f(P); `leak` lets each task through."
+    from_gramian, deterministic = False, False  # it reads J's signs; the masks are random
+    needs_losses = False
+    def __init__(self, f=_identity, leak=None):
+        nn.Module.__init__(self)
+        if not callable(f): raise ValueError(f"`f` should be a function of the sign purity P (a tensor); found {f!r}")
+        if leak is not None: _check_vector(leak, 'leak')
+        self.f, self.last_weights = f, None
+        self.register_buffer('leak', None if leak is None else leak.detach().clone())
+    def forward(self, J):
+        _check_matrix(J, 'J', square=False)
+        m = len(J)
+        if self.leak is not None and len(self.leak) != m: raise ValueError(f"`leak` has {len(self.leak)} values, one per task, but `J` has {m} rows")
+        if m == 0 or J.shape[1] == 0: return J.new_zeros(J.shape[1])
+        with torch.no_grad():
+            tot = J.abs().sum(0)
+            P = 0.5 * (1 + J.sum(0) / torch.where(tot > 0, tot, 1))  # the positive sign purity of each coordinate
+            fP = self.f(P)
+            U = torch.rand(P.shape, dtype=J.dtype, device=J.device)
+            M = ((fP > U) & (J > 0)) | ((fP < U) & (J < 0))  # the masks of every task at once
+            leak = J.new_zeros(m) if self.leak is None else self.leak.to(J)
+            keep = leak[:, None] + (1 - leak[:, None]) * M.to(J.dtype)
+        return (keep * J).sum(0)
+    def reset(self): pass
+    def __repr__(self): return f'GradDrop(f={self.f!r}, leak={self.leak!r})'
 

@@ -58,7 +58,8 @@ close = torch.testing.assert_close
 def all_aggregators():
     return {'Mean': Mean(), 'Sum': Sum(), 'Random': Random(), 'MGDA': MGDA(), 'UPGrad': UPGrad(), 'DualProj': DualProj(), 'PCGrad': PCGrad(),
             'IMTLG': IMTLG(), 'AlignedMTL': AlignedMTL(), 'CAGrad': CAGrad(0.5), 'NashMTL': NashMTL(), 'ConFIG': ConFIG(),
-            'FairGrad': FairGrad(1.), 'CRMOGM': CRMOGM(UPGrad(), alpha=0.5), 'Krum': Krum(1), 'TrimmedMean': TrimmedMean(1)}
+            'FairGrad': FairGrad(1.), 'CRMOGM': CRMOGM(UPGrad(), alpha=0.5), 'Krum': Krum(1), 'TrimmedMean': TrimmedMean(1),
+            'GradVac': GradVac(), 'GradDrop': GradDrop(), 'ExcessMTL': ExcessMTL()}
 MIN_ROWS = {'Krum': 4, 'TrimmedMean': 3}  # (as torchjd, these are tested on matrices with enough rows)
 
 # ---- structure: a finite vector of J's width, for every matrix
@@ -67,7 +68,7 @@ def test_expected_structure(name):
     agg = all_aggregators()[name]
     for J in TYPICAL + SCALED:
         if len(J) < MIN_ROWS.get(name, 0): continue
-        if name in ('NashMTL', 'CRMOGM'): agg.reset()
+        if name in ('NashMTL', 'CRMOGM', 'GradVac', 'ExcessMTL'): agg.reset()
         d = agg(J)
         assert d.shape == J.shape[1:] and bool(d.isfinite().all()), (name, tuple(J.shape), J.abs().max())
 
@@ -122,7 +123,7 @@ def test_strongly_stationary(name, make, threshold):
 # ---- no autograd graph through the solver; the direction Jᵀw is linear in J with w held fixed
 @pytest.mark.parametrize('name', list(all_aggregators()))
 def test_no_graph_through_the_solver(name):
-    if name == 'TrimmedMean': pytest.skip('no weights: a coordinate-wise statistic of J')
+    if name in ('TrimmedMean', 'GradDrop'): pytest.skip('no weights: a coordinate-wise function of J')
     agg = all_aggregators()[name]
     J = torch.randn(4, 5, generator=torch.Generator().manual_seed(4)).requires_grad_()
     d = agg(J)
@@ -148,7 +149,8 @@ SETTINGS = [(MGDA, {}, 'epsilon', 0.25, -1.), (MGDA, {}, 'max_iters', 3, 0), (MG
             (Krum, {'n_byzantine': 1}, 'n_byzantine', 2, -1), (Krum, {'n_byzantine': 1}, 'n_selected', 2, 0),
             (TrimmedMean, {'trim_number': 1}, 'trim_number', 2, -1), (FairGrad, {'alpha': 1.}, 'alpha', 2., -1.),
             (FairGrad, {'alpha': 1.}, 'max_iters', 5, 0), (ConFIG, {}, 'pref_vector', torch.tensor([1., 3.]), torch.ones(2, 2)),
-            (CRMOGM, {'weighting': MGDA()}, 'alpha', 0.3, 1.5)]
+            (CRMOGM, {'weighting': MGDA()}, 'alpha', 0.3, 1.5), (GradVac, {}, 'beta', 0.2, 1.5), (GradVac, {}, 'eps', 1e-6, -1.),
+            (ExcessMTL, {}, 'robust_step_size', 0.5, 0.), (ExcessMTL, {}, 'n_warmup_steps', 2, -1), (MoDo, {}, 'gamma', 0.5, 0.), (MoDo, {}, 'rho', 0.5, -1.)]
 
 @pytest.mark.parametrize('cls,kw,name,good,bad', SETTINGS, ids=[f'{c.__name__}.{n}' for c, _, n, _, _ in SETTINGS])
 def test_settings_are_written_through_and_checked(cls, kw, name, good, bad):

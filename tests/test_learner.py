@@ -120,7 +120,7 @@ def test_progress_console_is_clean():
             for part in line.split('\r'): cur = part + cur[len(part):]
             screen.append(cur.rstrip())
         screen = [l for l in screen if l]
-        assert len(screen) == 5 and screen[0].split() == ['loss', 'epoch', 'train']
+        assert len(screen) == 5 and screen[0].split() == ['loss', 'epoch', 'phase']
         assert [l.split()[1:] for l in screen[1:]] == [['0', 'train'], ['0', 'eval'], ['1', 'train'], ['1', 'eval']]
         if not isinstance(out, TTY): assert '\r' not in text
 

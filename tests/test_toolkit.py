@@ -1,3 +1,4 @@
+import random
 from functools import partial
 import pytest, torch
 import fastcore.all as fc
@@ -51,7 +52,9 @@ def test_lsuv_converges_and_refuses_dead_layers():
 def test_general_relu_and_conv():
     x = torch.linspace(-2, 2, 5)
     torch.testing.assert_close(GeneralRelu(leak=0.1, sub=0.4, maxv=1.)(x), torch.tensor([-0.6, -0.5, -0.4, 0.6, 1.0]))
-    assert conv(1, 4, norm=nn.BatchNorm2d)[0].bias is None and conv(1, 4)[0].bias is not None
+    assert conv(1, 4, norm=nn.BatchNorm2d)[0].bias is not None  # the course's model: its bias test never fires
+    assert conv(1, 4, norm=nn.BatchNorm2d, bias='auto')[0].bias is None and conv(1, 4, bias='auto')[0].bias is not None
+    with pytest.raises(ValueError, match="`bias` should be None, True, False or 'auto'"): conv(1, 4, bias=1)
     assert len(conv(1, 4, act=None)) == 1
     with pytest.raises(TypeError, match='`tfm`'): BatchTransformCB(3)
 
@@ -65,17 +68,20 @@ def test_batch_transform_cb():
 
 from mtlearn.augment import *
 
-def test_augmentations_are_new_tensors_and_per_item():
-    torch.manual_seed(0)
+def test_augmentations_new_tensors_or_in_place_as_the_course():
+    torch.manual_seed(0); random.seed(0)
     x = torch.arange(2*1*6*6, dtype=torch.float).reshape(2, 1, 6, 6).repeat(32, 1, 1, 1)
-    for f in (rand_flip, rand_crop, rand_erase, rand_copy):
+    for f in (rand_flip, rand_crop):  # flips and crops: new tensors
         x0 = x.clone()
         assert f(x).shape == x.shape and torch.equal(x, x0)
+    for f in (rand_erase, rand_copy):  # erasing and copying: in place, as the course's (its notebooks show the batch they passed in)
+        y = x.clone()
+        assert f(y, max_num=4) is y
     assert torch.equal(rand_flip(x, p=1.), x.flip(-1)) and torch.equal(rand_flip(x, p=0.), x)
     c = rand_crop(x, pad=1)
     shifts = {tuple((c[i, 0, 1:-1, 1:-1] == x[i, 0, 1+dy:5+dy, 1+dx:5+dx]).all().item() for dy in (-1, 0, 1) for dx in (-1, 0, 1)) for i in range(len(x))}
     assert all(sum(s) >= 1 for s in shifts) and len(shifts) > 1  # every crop is a shift of at most 1 pixel, and they differ
-    e = rand_erase(x, max_num=4)
+    e = rand_erase(x.clone(), max_num=4)
     assert e.min() >= x.min() and e.max() <= x.max()
 
 def test_summary_peek_and_capture_leave_the_model_alone(capsys):
