@@ -779,23 +779,27 @@ class GradVacWeighting(Weighting):
     def weights(self, G, sync_free):
         m, eps, beta = len(G), self.eps, self.beta
         phi = self.phi if self.phi.shape == (m, m) and self.phi.dtype == G.dtype and self.phi.device == G.device else G.new_zeros(m, m)
-        C = torch.eye(m, dtype=G.dtype, device=G.device)  # row i: gᵢ's current combination of the original gradients
         nj = G.diagonal().clamp_min(0).sqrt()
-        rows = []
-        for i in range(m):
-            c, others = C[i], [j for j in range(m) if j != i]
-            order = [others[k] for k in torch.randperm(m - 1).tolist()]  # drawn on the CPU, as torchjd does
-            cG = c @ G
-            for j in order:  # tensor selects, no host read: the order is known, the test is a `where`
+        idx = torch.arange(m, device=G.device)
+        rows, new_phi = [], []
+        for i in range(m):  # indices stay tensors on G's device (gather, not Python indexing): no host read on the GPU
+            others = torch.tensor([j for j in range(m) if j != i])
+            order = others[torch.randperm(m - 1)].to(G.device)  # drawn on the CPU, as torchjd draws them
+            c = (idx == i).to(G.dtype)  # gᵢ's current combination of the original gradients
+            cG, phi_i = c @ G, phi[i]
+            for k in range(m - 1):
+                j = order[k:k + 1]
                 ni = (cG * c).sum().clamp_min(0).sqrt()
-                cos, target = cG[j] / (ni * nj[j] + eps), phi[i, j]
-                w = ni * (target * (1 - cos * cos).clamp_min(0).sqrt() - cos * (1 - target * target).clamp_min(0).sqrt()) / (nj[j] * (1 - target * target).clamp_min(0).sqrt() + eps)
+                nj_j, target = nj.gather(0, j)[0], phi_i.gather(0, j)[0]
+                cos = cG.gather(0, j)[0] / (ni * nj_j + eps)
+                root_t = (1 - target * target).clamp_min(0).sqrt()
+                w = ni * (target * (1 - cos * cos).clamp_min(0).sqrt() - cos * root_t) / (nj_j * root_t + eps)
                 w = torch.where(cos < target, w, 0.)
-                c = c + w * (torch.arange(m, device=G.device) == j).to(G.dtype)
-                cG = cG + w * G[j]
-                phi = phi.index_put((torch.tensor([i], device=G.device), torch.tensor([j], device=G.device)), ((1 - beta) * target + beta * cos)[None])
-            rows.append(c)
-        self.phi = phi
+                hot = (idx == j).to(G.dtype)
+                c, cG = c + w * hot, cG + w * (hot @ G)
+                phi_i = torch.where(idx == j, (1 - beta) * target + beta * cos, phi_i)
+            rows.append(c); new_phi.append(phi_i)
+        self.phi = torch.stack(new_phi)
         return torch.stack(rows).sum(0)
 
 GradVac = _aggregator(GradVacWeighting, "GradVac: task gradients pulled towards their running target cosine similarities with the others, summed.")

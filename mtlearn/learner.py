@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import optim
+from torch.utils._python_dispatch import TorchDispatchMode
 from fastprogress.fastprogress import master_bar, progress_bar, format_time, IN_NOTEBOOK
 
 from .conv import get_device, to_device, apply_tensors
@@ -24,8 +25,8 @@ from .conv import get_device, to_device, apply_tensors
 __all__ = ['CancelException', 'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'CancelBackwardException',
            'CancelStepException', 'Callback', 'run_cbs', 'with_cbs', 'cb_list', 'split_batch', 'world', 'rank',
            'all_mean', 'any_rank', 'Learner', 'TrainCB', 'to_cpu', 'RunningMean', 'MetricsCB', 'HostScalar',
-           'ProgressCB', 'DeviceCB', 'TrainLearner', 'MomentumLearner', 'SingleBatchCB', 'LRFinderCB', 'valley',
-           'TerminateOnNaNCB']
+           'CountSyncs', 'ProgressCB', 'DeviceCB', 'TrainLearner', 'MomentumLearner', 'SingleBatchCB', 'LRFinderCB',
+           'valley', 'TerminateOnNaNCB']
 
 # %% ../nbs/09_learner.ipynb #fb5bddc5
 class CancelException(Exception):
@@ -479,6 +480,16 @@ class HostScalar:
     def __str__(self):
         v = self.get()
         return '' if v is None else self.fmt.format(v)
+
+# %% ../nbs/09_learner.ipynb #c0de0902
+class CountSyncs(TorchDispatchMode):
+    "Count the reads of a tensor's value by the host through `.item()`, `bool(t)`, `float(t)`, `int(t)` while active (not `.tolist()` or `.numpy()`): `with CountSyncs() as c: ...; c.n`."
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default): self.n += 1
+        return func(*args, **(kwargs or {}))
 
 # %% ../nbs/09_learner.ipynb #82a9d7e0
 class _ConsoleBar:

@@ -1,7 +1,7 @@
 "Aggregators: differential tests against torchjd 0.18.0, property tests, and the sync-free path."
 import pytest, torch
 from hypothesis import given, settings, strategies as st, HealthCheck
-from syncs import CountSyncs
+from mtlearn.learner import CountSyncs
 from mtlearn.aggregators import *
 from mtlearn.aggregators import frank_wolfe, _min_norm_2
 
@@ -198,6 +198,9 @@ SYNC_FREE = {
     'DualProj': lambda: DualProjWeighting(sync_free=True), 'PCGrad': lambda: PCGradWeighting(sync_free=True),
     'AlignedMTL': lambda: AlignedMTLWeighting(sync_free=True), 'IMTLG': lambda: IMTLGWeighting(sync_free=True),
     'NashMTL': lambda: NashMTLWeighting(sync_free=True), 'CAGrad': lambda: CAGradWeighting(0.4, sync_free=True),
+    'Krum': lambda: KrumWeighting(1, sync_free=True), 'ConFIG': lambda: ConFIGWeighting(sync_free=True),
+    'FairGrad': lambda: FairGradWeighting(1., sync_free=True), 'MoDo': lambda: MoDoWeighting(sync_free=True),
+    'CRMOGM': lambda: CRMOGMWeighting(MGDAWeighting(sync_free=True), sync_free=True), 'GradVac': lambda: GradVacWeighting(sync_free=True),
 }
 
 @pytest.mark.parametrize('name', list(SYNC_FREE))
@@ -238,6 +241,10 @@ def test_paths_agree(name):
     ('UPGrad', lambda: UPGradWeighting(max_iters=4, sync_free=True)),
     ('NashMTL', lambda: NashMTLWeighting(optim_niter=3, sync_free=True)),
     ('CAGrad', lambda: CAGradWeighting(0.4, max_iters=3, sync_free=True)),
+    ('Krum', lambda: KrumWeighting(1, sync_free=True)),
+    ('FairGrad', lambda: FairGradWeighting(0.5, max_iters=3, sync_free=True)),
+    ('MoDo', lambda: MoDoWeighting(sync_free=True)),
+    ('CRMOGM', lambda: CRMOGMWeighting(MGDAWeighting(max_iters=4, sync_free=True), sync_free=True)),
 ])
 def test_compiles_fullgraph(name, make):
     torch._dynamo.reset()
@@ -277,3 +284,10 @@ def test_state_moves_with_module():
     sdm.double()
     assert sdm.w.dtype == torch.float64
     sdm.reset(); assert sdm.w.numel() == 0
+
+def test_no_host_sync_for_the_aggregators_that_read_J():
+    "TrimmedMean, GradDrop and ExcessMTL work on J's entries (no weighting); they too read nothing back."
+    J = rand_J(5, 20, 9)
+    for agg in (TrimmedMean(1), GradDrop(), ExcessMTL(n_warmup_steps=1)):
+        with CountSyncs() as c: agg(J); agg(J); agg(J)
+        assert c.n == 0, type(agg).__name__

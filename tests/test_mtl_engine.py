@@ -9,7 +9,7 @@ from mtlearn.accel import MixedPrecision, AccelerateCB
 from mtlearn.aggregators import Mean, MGDA, UPGrad, SDMGrad, NashMTL
 from mtlearn.multitask import (MultiTaskModel, MultiTaskLoss, MultiTaskGradCB, mtl_backward, task_jacobian, DeviceSeries, StepGuard,
                                tiny_mtl_model, synthetic_tasks)
-from syncs import CountSyncs
+from mtlearn.learner import CountSyncs
 
 f64 = torch.float64
 flat = lambda ps: torch.cat([p.detach().flatten() for p in ps])

@@ -70,7 +70,7 @@ def test_sched_lrs_and_one_cycle_records():
     assert len(lr) == 8 and max(lr) == pytest.approx(1e-2, rel=0.05) and mom[0] == pytest.approx(0.95) and min(mom) >= 0.85 - 1e-9
 
 def test_gradient_clip_reads_nothing_on_the_host_and_checks_its_argument():
-    from syncs import CountSyncs
+    from mtlearn.learner import CountSyncs
     from mtlearn.sgd import GradientClip
     m = torch.nn.Linear(4, 3)
     m(torch.randn(5, 4)).pow(2).sum().mul(100).backward()
