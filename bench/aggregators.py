@@ -3,10 +3,12 @@
 For m tasks, J is m × n (n = 100,000 by default, float32, standard normal rows with a shared component so that the
 tasks partly agree). 'J→d' times the whole aggregation (Gramian, weights, direction); 'G→w' times the weighting
 alone on the precomputed Gramian (for SDMGrad and MoDo: on A = J₁J₂ᵀ), where the solvers differ; the aggregators that
-read J itself (ConFIG, TrimmedMean, GradDrop, ExcessMTL) have J→d only. speedup = torchjd / mtlearn; one GOAL line
+read J itself (ConFIG, TrimmedMean, GradDrop, ExcessMTL), and Mean (torchjd's `Mean`, which needs no Gramian), have
+J→d only. speedup = torchjd / mtlearn; one GOAL line
 per method, its smallest J→d speedup over the m's.
 MGDA is timed with torchjd's stopping rule (epsilon 1e-3, 100 iterations) on both sides, and with mtlearn's
-defaults (1e-5, 250). Times are medians of --reps calls after one warm-up call.
+defaults (1e-5, 250). Times are medians of --reps calls after one warm-up call, mtlearn's and torchjd's calls
+interleaved, with glibc's allocator kept from returning memory between calls.
 
     python bench/aggregators.py [--device cpu|cuda] [--n 100000] [--reps 20] [--ms 2 4 8] [--methods MGDA SDMGrad ...] [--json out.json] [--quick]
 """
@@ -14,17 +16,20 @@ import argparse, json, re, statistics, time
 import torch
 import torchjd.aggregation as jd
 import mtlearn.aggregators as mt
+from learner_overhead import steady_malloc  # bench/ is on sys.path when this script runs
 
-def timeit(f, reps, cuda):
-    f()
-    ts = []
+def timeit(fs, reps, cuda):
+    "Median time of each function in `fs`, the calls interleaved (one of each per round), so that drift hits all alike."
+    for f in fs: f()
+    ts = [[] for _ in fs]
     for _ in range(reps):
-        if cuda: torch.cuda.synchronize()
-        t = time.perf_counter()
-        f()
-        if cuda: torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+        for f, t_ in zip(fs, ts):
+            if cuda: torch.cuda.synchronize()
+            t = time.perf_counter()
+            f()
+            if cuda: torch.cuda.synchronize()
+            t_.append(time.perf_counter() - t)
+    return [statistics.median(t_) for t_ in ts]
 
 # name, kind, mtlearn factory, torchjd factory, smallest m. kind 'G': weightings of the Gramian (also timed alone, G→w);
 # 'A': of A = J₁J₂ᵀ from two batches (G→w on A); 'J': aggregators that read J itself (J→d only)
@@ -43,7 +48,7 @@ METHODS = [
     ('Krum (f=1)', 'G', lambda: mt.KrumWeighting(1), lambda: jd.KrumWeighting(1), 4),
     ('GradVac', 'G', lambda: mt.GradVacWeighting(), lambda: jd.GradVacWeighting(), 2),
     ('CR-MOGM (UPGrad)', 'G', lambda: mt.CRMOGMWeighting(mt.UPGradWeighting()), lambda: jd.CRMOGMWeighting(jd.UPGradWeighting()), 2),
-    ('Mean', 'G', lambda: mt.MeanWeighting(), lambda: jd.MeanWeighting(), 2),
+    ('Mean', 'J', lambda: mt.Mean(), lambda: jd.Mean(), 2),
     ('ConFIG', 'J', lambda: mt.ConFIG(), lambda: jd.ConFIG(), 2),
     ('TrimmedMean (1)', 'J', lambda: mt.TrimmedMean(1), lambda: jd.TrimmedMean(1), 3),
     ('GradDrop', 'J', lambda: mt.GradDrop(), lambda: jd.GradDrop(), 2),
@@ -52,6 +57,7 @@ METHODS = [
 
 def main(device='cpu', n=100_000, reps=20, ms=(2, 4, 8, 16, 32), methods=None, json_out=None):
     cuda = device.startswith('cuda')
+    steady_malloc()  # freed blocks stay in the heap: without it, m × n buffers came back as fresh pages on some calls and not others
     torch.manual_seed(0)
     print(f'device {device}, n = {n:,}, float32, {torch.get_num_threads()} threads; times in ms (median of {reps})')
     print(f"{'method':<25}{'m':>4}{'J→d mtlearn':>13}{'J→d torchjd':>13}{'speedup':>9}{'G→w mtlearn':>13}{'G→w torchjd':>13}{'speedup':>9}")
@@ -77,7 +83,7 @@ def main(device='cpu', n=100_000, reps=20, ms=(2, 4, 8, 16, 32), methods=None, j
             else:
                 agg_ours, agg_jd = ours(), theirs()
                 f_ours, f_jd, g_ours, g_jd = (lambda: agg_ours(J1)), (lambda: agg_jd(J1)), None, None
-            t = [timeit(f, reps, cuda) * 1e3 if f is not None else float('nan') for f in (f_ours, f_jd, g_ours, g_jd)]
+            t = [x * 1e3 for x in timeit([f_ours, f_jd], reps, cuda)] + ([x * 1e3 for x in timeit([g_ours, g_jd], reps, cuda)] if g_ours else [float('nan')] * 2)
             print(f'{name:<25}{m:>4}{t[0]:>13.3f}{t[1]:>13.3f}{t[1]/t[0]:>9.2f}{t[2]:>13.3f}{t[3]:>13.3f}{t[3]/t[2]:>9.2f}', flush=True)
             rows.append({'method': name, 'm': m, 'ours_ms': t[0], 'torchjd_ms': t[1], 'speedup': t[1] / t[0]})
     if json_out: json.dump({'device': device, 'n': n, 'reps': reps, 'rows': rows}, open(json_out, 'w'), indent=1)

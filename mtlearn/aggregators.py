@@ -96,13 +96,14 @@ class Weighting(nn.Module):
     arg = 'G'  # the input's name in error messages
     needs_losses = False  # True when `set_losses` must be called before each use
     deterministic = True  # the same input gives the same weights (not so for the random ones)
+    reads_matrix = True  # False: the weights depend on the number of tasks only (an aggregator then skips the Gramian)
     def forward(self, G):
         _check_matrix(G, self.arg)
         if len(G) == 0: return G.new_zeros(0)
-        with torch.no_grad():  # weights are constants: no autograd graph through a solver
-            nosync = self._sync_free(G)
-            if not nosync: _check_finite(G, self.arg)
-            return self.weights(G.detach(), nosync)
+        G = G.detach()  # weights are constants: no autograd graph through a solver
+        nosync = self._sync_free(G)
+        if not nosync: _check_finite(G, self.arg)
+        return self.weights(G, nosync)
     def weights(self, G, sync_free): raise NotImplementedError
     def reset(self): "Forget any state (stateless weightings have none)."
     def _repr_args(self):
@@ -133,13 +134,16 @@ class Aggregator(nn.Module):
         if len(J) == 0:  # no task: no direction
             self.last_weights = J.new_zeros(0)
             return J.new_zeros(J.shape[1])
-        with torch.no_grad():  # the weights are constants: no autograd graph through the solver (Jᵀw still depends on J)
-            G = J.detach() @ J.detach().T
-            nosync = self.weighting._sync_free(G)
+        wt = self.weighting
+        if not wt.reads_matrix: w = wt.weights(J, wt._sync_free(J))  # Mean, Sum, Constant, Random: no Gramian (they read m, dtype, device)
+        else:  # from J detached, the weights are constants: no autograd graph through the solver (Jᵀw still depends on J)
+            Jd = J.detach()
+            G = Jd @ Jd.T
+            nosync = wt._sync_free(G)
             if not nosync: _check_finite(G, 'J', 'entries (and a finite Gramian J Jᵀ)')  # m² values to read, not m×n
-            w = self.weighting.weights(G, nosync)
-        self.last_weights = w
-        return w @ J
+            w = wt.weights(G, nosync)
+        object.__setattr__(self, 'last_weights', w)  # (a plain attribute: Module.__setattr__'s checks cost more than the rest here)
+        return w @ J  # (Mean, Sum, Constant, Random: NaN in, NaN out, as any sum; the solvers refuse it above)
     def reset(self): self.weighting.reset()
     def set_losses(self, losses): self.weighting.set_losses(losses)
     def __getattr__(self, name):
@@ -163,14 +167,17 @@ def _aggregator(wcls, doc):
 # %% ../nbs/20_aggregators.ipynb #efc1b64e
 class MeanWeighting(Weighting):
     "Weights 1/m: the gradient of the mean loss."
+    reads_matrix = False
     def weights(self, G, sync_free): return G.new_full((len(G),), 1 / len(G))
 
 class SumWeighting(Weighting):
     "Weights 1: the gradient of the summed loss."
+    reads_matrix = False
     def weights(self, G, sync_free): return G.new_ones(len(G))
 
 class ConstantWeighting(Weighting):
     "The fixed `weights` (a 1-D tensor, one per task)."
+    reads_matrix = False
     def __init__(self, weights, sync_free=None):
         super().__init__(sync_free)
         _check_vector(weights, 'weights')
@@ -183,7 +190,7 @@ class ConstantWeighting(Weighting):
 
 class RandomWeighting(Weighting):
     "Weights softmax(z), z ~ N(0, I) drawn afresh at every call (RLW)."
-    deterministic = False
+    deterministic, reads_matrix = False, False
     def weights(self, G, sync_free): return torch.randn(len(G), device=G.device, dtype=G.dtype).softmax(0)
 
 Mean = _aggregator(MeanWeighting, "Mean of the task gradients.")
@@ -406,7 +413,9 @@ class PCGradWeighting(Weighting):
     deterministic = False
     def weights(self, G, sync_free):
         m = len(G)
-        perms = torch.stack([torch.randperm(m) for _ in range(m)]).to(G.device)  # as torchjd draws them, on the CPU
+        perms = torch.stack([torch.randperm(m) for _ in range(m)])  # as torchjd draws them, on the CPU
+        if not sync_free: return self._weights_host(G, perms)
+        perms = perms.to(G.device)
         rows = torch.arange(m, device=G.device)
         W = torch.eye(m, dtype=G.dtype, device=G.device)
         dG = G.diagonal()
@@ -417,11 +426,23 @@ class PCGradWeighting(Weighting):
             W = W + step[:, None] * (rows == j[:, None]).to(W)
         return W.sum(0)
 
+
+    def _weights_host(self, G, perms):
+        "The same projections in Python floats after one read of G: for the CPU, where m² tiny tensor operations cost more than the arithmetic."
+        m, Gl, P = len(G), G.double().tolist(), perms.tolist()
+        W = [[float(i == k) for k in range(m)] for i in range(m)]
+        for k in range(m):
+            for i in range(m):
+                j = P[i][k]
+                inner = sum(a * b for a, b in zip(Gl[j], W[i]))  # <current gradient of task i, g_j>
+                if j != i and inner < 0 and Gl[j][j] > 0: W[i][j] -= inner / Gl[j][j]
+        return torch.tensor([sum(col) for col in zip(*W)], dtype=G.dtype, device=G.device)
+
 class IMTLGWeighting(Weighting):
     "IMTL-G: w ∝ G⁺ diag(G)^½, summing to 1. Uses a pseudo-inverse (one host sync on CUDA)."
     def weights(self, G, sync_free):  # in float64, with the cut-off of G's own precision (its rounding noise is not inverted)
         H = _hi(G)
-        v = (torch.linalg.pinv(H, rtol=10 * len(G) * torch.finfo(G.dtype).eps) @ H.diagonal().clamp_min(0).sqrt()).to(G.dtype)
+        v = (torch.linalg.pinv(H, rtol=10 * len(G) * torch.finfo(G.dtype).eps, hermitian=True) @ H.diagonal().clamp_min(0).sqrt()).to(G.dtype)
         tot = v.sum()
         return torch.where(tot.abs() < 1e-12, 0., v / torch.where(tot.abs() < 1e-12, 1., tot))
 
@@ -728,7 +749,7 @@ class ExcessMTLWeighting(Weighting):
         if self.sq.shape != J.shape or self.sq.dtype != J.dtype or self.sq.device != J.device:
             self.sq, self.warm, self.w, self.base, self.steps = J.new_zeros(J.shape), J.new_zeros(m), J.new_full((m,), 1 / m), J.new_zeros(0), 0
         J2 = J * J
-        self.sq = self.sq + J2
+        self.sq.add_(J2)  # (in place: an m×n buffer)
         risk = (J2 / (self.sq + 1e-7).sqrt()).sum(1)  # each task's excess risk, as estimated by the paper's eq. 7
         self.steps += 1
         if self.steps <= self.n_warmup_steps:  # uniform weights while the baseline is measured
@@ -779,6 +800,7 @@ class GradVacWeighting(Weighting):
     def weights(self, G, sync_free):
         m, eps, beta = len(G), self.eps, self.beta
         phi = self.phi if self.phi.shape == (m, m) and self.phi.dtype == G.dtype and self.phi.device == G.device else G.new_zeros(m, m)
+        if not sync_free: return self._weights_host(G, phi)
         nj = G.diagonal().clamp_min(0).sqrt()
         idx = torch.arange(m, device=G.device)
         rows, new_phi = [], []
@@ -801,6 +823,29 @@ class GradVacWeighting(Weighting):
             rows.append(c); new_phi.append(phi_i)
         self.phi = torch.stack(new_phi)
         return torch.stack(rows).sum(0)
+
+    def _weights_host(self, G, phi):
+        "The same loop in Python floats, after one read of G and the targets: far fewer small tensor operations, for the CPU."
+        m, eps, beta = len(G), self.eps, self.beta
+        Gl, P = G.double().tolist(), phi.double().tolist()
+        nj = [max(Gl[j][j], 0.) ** 0.5 for j in range(m)]
+        W = [0.] * m
+        for i in range(m):
+            others = [j for j in range(m) if j != i]
+            order = [others[k] for k in torch.randperm(m - 1).tolist()]  # the same draws as the tensor path
+            c, cG = [float(k == i) for k in range(m)], list(Gl[i])
+            for j in order:
+                ni = max(sum(a * b for a, b in zip(cG, c)), 0.) ** 0.5
+                cos, target = cG[j] / (ni * nj[j] + eps), P[i][j]
+                if cos < target:
+                    root_t = max(1 - target * target, 0.) ** 0.5
+                    w = ni * (target * max(1 - cos * cos, 0.) ** 0.5 - cos * root_t) / (nj[j] * root_t + eps)
+                    c[j] += w
+                    cG = [a + w * b for a, b in zip(cG, Gl[j])]
+                P[i][j] = (1 - beta) * target + beta * cos
+            W = [a + b for a, b in zip(W, c)]
+        self.phi = torch.tensor(P, dtype=G.dtype, device=G.device)
+        return torch.tensor(W, dtype=G.dtype, device=G.device)
 
 GradVac = _aggregator(GradVacWeighting, "GradVac: task gradients pulled towards their running target cosine similarities with the others, summed.")
 
