@@ -15,7 +15,7 @@ __all__ = ['Mean', 'Sum', 'Constant', 'Random', 'MGDA', 'UPGrad', 'DualProj', 'P
            'SDMGradWeighting', 'SDMGrad', 'dual_cone_qp', 'UPGradWeighting', 'DualProjWeighting', 'PCGradWeighting',
            'IMTLGWeighting', 'AlignedMTLWeighting', 'CAGradWeighting', 'NashMTLWeighting', 'TrimmedMean',
            'KrumWeighting', 'ConFIGWeighting', 'FairGradWeighting', 'CRMOGMWeighting', 'MoDoWeighting',
-           'ExcessMTLWeighting', 'MoDo', 'ExcessMTL', 'GradVacWeighting', 'GradDrop']
+           'ExcessMTLWeighting', 'MoDo', 'ExcessMTL', 'GradVacWeighting', 'GradDrop', 'DBMTL']
 
 # %% ../nbs/20_aggregators.ipynb #9ec43299
 def _accel(t): return t.device.type in ('cuda', 'mps', 'xpu')
@@ -415,7 +415,7 @@ class PCGradWeighting(Weighting):
         m = len(G)
         perms = torch.stack([torch.randperm(m) for _ in range(m)])  # as torchjd draws them, on the CPU
         if not sync_free: return self._weights_host(G, perms)
-        perms = perms.to(G.device)
+        perms = perms.to(G.device, non_blocking=True)  # (a blocking copy to the GPU would wait for it)
         rows = torch.arange(m, device=G.device)
         W = torch.eye(m, dtype=G.dtype, device=G.device)
         dG = G.diagonal()
@@ -806,7 +806,7 @@ class GradVacWeighting(Weighting):
         rows, new_phi = [], []
         for i in range(m):  # indices stay tensors on G's device (gather, not Python indexing): no host read on the GPU
             others = torch.tensor([j for j in range(m) if j != i])
-            order = others[torch.randperm(m - 1)].to(G.device)  # drawn on the CPU, as torchjd draws them
+            order = others[torch.randperm(m - 1)].to(G.device, non_blocking=True)  # drawn on the CPU, as torchjd draws them
             c = (idx == i).to(G.dtype)  # gᵢ's current combination of the original gradients
             cG, phi_i = c @ G, phi[i]
             for k in range(m - 1):
@@ -877,4 +877,41 @@ class GradDrop(Aggregator):
         return (keep * J).sum(0)
     def reset(self): pass
     def __repr__(self): return f'GradDrop(f={self.f!r}, leak={self.leak!r})'
+
+
+# %% ../nbs/20_aggregators.ipynb #c0de1711
+class DBMTL(Aggregator):
+    "DB-MTL (Lin et al., 2023, Dual-Balancing): the gradients of log Lᵢ, averaged over steps (EMA `beta`), each scaled to the largest one's norm and summed."
+    from_gramian, needs_losses, deterministic = False, True, True  # it keeps the rows themselves, and the losses turn ∇Lᵢ into ∇log Lᵢ = ∇Lᵢ/Lᵢ
+    _settings = {'beta': _number('beta', lambda v: 0 <= v < 1, 'in [0, 1)')}
+    def __init__(self, beta=0.9):
+        nn.Module.__init__(self)
+        self.beta, self.losses, self.last_weights = beta, None, None
+        self.register_buffer('buf', torch.zeros(0))  # the EMA of the log-loss gradients (m×n)
+    def __setattr__(self, name, value):
+        check = type(self)._settings.get(name)
+        nn.Module.__setattr__(self, name, value if check is None else check(value))
+    def set_losses(self, losses):
+        _check_vector(losses, 'losses')
+        self.losses = losses.detach()
+    def reset(self): self.buf, self.losses = torch.zeros(0), None
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        v = state_dict.get(prefix + 'buf')
+        if v is not None: self._buffers['buf'] = torch.empty_like(v)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    def forward(self, J):
+        _check_matrix(J, 'J', square=False)
+        if self.losses is None: raise RuntimeError("DBMTL needs the task losses: call `set_losses(losses)` before each aggregation (MultiTaskGradCB does)")
+        losses, self.losses = self.losses, None
+        _check_vector(losses, 'losses', len(J))
+        if len(J) == 0: return J.new_zeros(J.shape[1])
+        with torch.no_grad():
+            g = J.detach() / (losses.to(J) + 1e-8)[:, None]  # ∇ log Lᵢ
+            buf = self.buf if self.buf.shape == J.shape and self.buf.dtype == J.dtype and self.buf.device == J.device else torch.zeros_like(J)
+            self.buf = self.beta * buf + (1 - self.beta) * g
+            norms = self.buf.norm(dim=1)
+            alpha = norms.max() / (norms + 1e-8)
+        self.last_weights = alpha
+        return alpha @ self.buf
+    def __repr__(self): return f'DBMTL(beta={self.beta!r})'
 

@@ -9,7 +9,7 @@ from torch import nn, optim
 from .learner import Callback
 
 # %% auto #0
-__all__ = ['LossWeighting', 'UW', 'IMTLL', 'DWA', 'RLW', 'GLS', 'STCH', 'FAMO', 'LossWeightingCB']
+__all__ = ['LossWeighting', 'UW', 'IMTLL', 'DWA', 'RLW', 'GLS', 'STCH', 'FAMO', 'LossWeightingCB', 'GradNorm']
 
 # %% ../nbs/22_loss_weighting.ipynb #8c10182d
 class LossWeighting(nn.Module):
@@ -17,6 +17,8 @@ class LossWeighting(nn.Module):
     learnable = False
     update_first = False  # True: the parameters take their step on this batch's objective before its weights are computed (FAMO)
     opt_defaults = {}  # the optimiser's settings the method's paper uses, when `LossWeightingCB` is given none
+    needs_grad_norms = False  # True: `LossWeightingCB` sets `grad_norms`, each task loss's gradient norm on the last shared layer
+    def after_update(self): "Called after the parameters' step (GradNorm renormalises its weights there)."
     def weights(self, losses): raise NotImplementedError
     def objective(self, losses): return None
     def end_epoch(self, mean_losses): "Called with the training epoch's mean task losses (DWA uses them)."
@@ -146,11 +148,19 @@ class FAMO(LossWeighting):
 class LossWeightingCB(Callback):
     "Weight the task losses with `weighting` in training: `learn.losses` ← (wᵢLᵢ), `learn.loss` ← Σ wᵢLᵢ; learnt parameters stepped by `opt_func` (at `lr`, default the learner's)."
     order = 5  # after_loss early, so that every later callback sees the weighted losses
-    def __init__(self, weighting, lr=None, opt_func=optim.Adam):
+    def __init__(self, weighting, lr=None, opt_func=optim.Adam, shared=None):
         if not isinstance(weighting, LossWeighting): raise ValueError(f"`weighting` should be a LossWeighting such as UW(n_tasks) or DWA(); found a {type(weighting).__name__}")
-        self.weighting, self.lr, self.opt_func, self.opt, self._pending_opt = weighting, lr, opt_func, None, None
+        self.weighting, self.lr, self.opt_func, self.opt, self._pending_opt, self.shared = weighting, lr, opt_func, None, None, shared
         self.sum, self.n = None, 0
+    def _last_shared(self, model):
+        "The parameters of the last layer of the shared module (`shared`: a module, a name, or the model's `encoder`)."
+        mod = self.shared if isinstance(self.shared, nn.Module) else getattr(model, self.shared or 'encoder', None)
+        if mod is None: raise ValueError(f"{type(self.weighting).__name__} needs the shared module: the model ({type(model).__name__}) has no `{self.shared or 'encoder'}`; give LossWeightingCB(..., shared=module or name)")
+        layers = [m for m in mod.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
+        if not layers: raise ValueError("the shared module has no parameters that require grad")
+        return [p for p in layers[-1].parameters(recurse=False) if p.requires_grad]
     def before_fit(self, learn):
+        if self.weighting.needs_grad_norms: self._W = self._last_shared(getattr(learn.model, 'module', learn.model))
         p = next(iter(learn.model.parameters()), None)
         if p is not None: self.weighting.to(p.device)
         if self.weighting.learnable and self.opt is None:
@@ -167,6 +177,8 @@ class LossWeightingCB(Callback):
         Ld = L.detach()
         self.sum, self.n = (Ld if self.sum is None else self.sum + Ld), self.n + 1
         wt = self.weighting
+        if wt.needs_grad_norms:  # one backward per task, to the last shared layer only
+            wt.grad_norms = torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(L[i], self._W, retain_graph=True)]).norm() for i in range(len(L))])
         if wt.learnable and wt.update_first: self._objective(Ld, step=True)
         w = wt.weights(Ld)
         if wt.learnable and not wt.update_first: self._objective(Ld, step=False)  # stepped in after_step, with the model
@@ -177,12 +189,13 @@ class LossWeightingCB(Callback):
         obj = self.weighting.objective(Ld)
         if obj is not None:
             obj.backward()
-            if step: self.opt.step()
+            if step: self.opt.step(); self.weighting.after_update()
     def after_step(self, learn):
         if self.opt is None or self.weighting.update_first: return
         if self.lr is None and not self.weighting.opt_defaults:
             for g in self.opt.param_groups: g['lr'] = learn.opt.param_groups[0]['lr']  # the learner's schedule, followed
         self.opt.step()
+        self.weighting.after_update()
     def after_epoch(self, learn):
         if learn.model.training and self.n: self.weighting.end_epoch(self.sum / self.n)
     def state_dict(self):
@@ -194,3 +207,34 @@ class LossWeightingCB(Callback):
             if self.opt is None: self._pending_opt = sd['opt']  # made at the next before_fit
             else: self.opt.load_state_dict(sd['opt'])
         self.sum, self.n = sd['sum'], sd['n']
+
+# %% ../nbs/22_loss_weighting.ipynb #c0de2205
+class GradNorm(LossWeighting):
+    "GradNorm (Chen et al., ICML 2018): learnt weights w whose Gᵢ = wᵢ‖∇_W Lᵢ‖ follow Ḡ·rᵢ^α (rᵢ: relative inverse training rate); Σw = m."
+    learnable, needs_grad_norms = True, True
+    opt_defaults = {'lr': 0.025}  # the paper's learning rate for the weights
+    def __init__(self, n_tasks, alpha=1.5):
+        super().__init__()
+        if not (isinstance(alpha, (int, float)) and alpha >= 0): raise ValueError(f"`alpha` should be a number ≥ 0; found alpha = {alpha!r}")
+        self.alpha = float(alpha)
+        self.w = nn.Parameter(torch.ones(_n_tasks(n_tasks)))
+        self.register_buffer('L0', torch.zeros(0))  # the first step's losses
+        self.grad_norms = None
+    def weights(self, losses): return self.w.detach().to(losses.dtype)
+    def objective(self, losses):
+        if self.L0.shape != losses.shape: self.L0 = losses.detach().clone()
+        n = self.grad_norms.to(self.w.dtype)
+        G = self.w * n
+        rate = losses.detach() / self.L0
+        target = (G.mean() * (rate / rate.mean()) ** self.alpha).detach()
+        return (G - target).abs().sum()
+    def after_update(self):
+        with torch.no_grad(): self.w.mul_(len(self.w) / self.w.sum())
+    def reset(self):
+        with torch.no_grad(): self.w.fill_(1.)
+        self.L0 = torch.zeros(0)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        v = state_dict.get(prefix + 'L0')
+        if v is not None: self._buffers['L0'] = torch.empty_like(v)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    def _args(self): return {'n_tasks': len(self.w), 'alpha': self.alpha}

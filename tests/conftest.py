@@ -7,6 +7,7 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line('markers', 'slow: slow test, skipped unless --runslow')
+    config.addinivalue_line('markers', 'cuda: needs a CUDA GPU, skipped without one (bench/gpu_suite.sh runs them)')
     # torcheval still calls torch.jit.script at import; the warning is about torch, not about mtlearn
     config.addinivalue_line('filterwarnings', 'ignore:`torch.jit.script` is deprecated:DeprecationWarning')
 
