@@ -555,7 +555,6 @@ class NashMTLWeighting(Weighting):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _solve(self, G, a, sync_free):
-        eye = torch.eye(len(G), dtype=G.dtype, device=G.device)
         for _ in range(self.optim_niter):
             r = G @ a - 1 / a  # the gradient of φ
             H = G + torch.diag(1 / (a * a))

@@ -64,8 +64,8 @@ def train(epochs=3, bs=256, lr=1e-2, data=None, out='out', device=None, seed=42,
         _say('LR finder: the learning rate grows each batch until the loss diverges...')
         sugg = learn.lr_find(cbs=ProgressCB())
         written.append(_save(out, 'lr_find.png'))
-        _say(f'LR finder: the loss falls fastest near {sugg:.2e} (a constant rate; see lr_find.png). ' if sugg is not None else 'LR finder: no suggestion. ',
-             f'The run uses a one-cycle schedule peaking at --lr {lr:.2e}: a peak is usually a few times the finder\'s value; change it with --lr.')
+        found = f'the loss falls fastest near {sugg:.2e} (AdamW at a constant rate; see lr_find.png).' if sugg is not None else 'no suggestion (see lr_find.png).'
+        _say(f'LR finder: {found} This run trains with a one-cycle schedule peaking at --lr {lr:.2e}, not at that value: pass --lr to choose the peak.')
     prog, astats = ProgressCB(plot=True), ActivationStats(fc.risinstance(GeneralRelu))  # for the training run only
     t = time.perf_counter()
     learn.fit_one_cycle(epochs, lr, cbs=[MetricsCB(accuracy=MulticlassAccuracy()), prog, astats])

@@ -22,7 +22,7 @@ parameter total (its `summary`), the same cell must print the same total. A name
 cell that fails makes the notebook fail. Prints one line per cell; exit status 1 if anything failed.
 """
 from __future__ import annotations
-import argparse, ast, contextlib, gzip, importlib, io, importlib.util, inspect, json, os, pickle, re, subprocess, sys, tempfile, time, traceback, types
+import argparse, ast, contextlib, gzip, importlib, io, importlib.util, inspect, json, os, pickle, re, subprocess, sys, tempfile, time, types
 from pathlib import Path
 
 NOTEBOOKS = {  # mtlearn module: the course notebook that exports the course module of that name
