@@ -83,7 +83,16 @@ def _pref_weights(pv, M):
     return pv.to(M)
 
 # %% ../nbs/20_aggregators.ipynb #1f5322f9
-class Weighting(nn.Module):
+class _ResizableState:
+    "Loads the buffers named in `_resizable` at their stored size: state sized by the number of tasks (or empty before the first call) fits any checkpoint."
+    _resizable = ()
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for k in self._resizable:
+            v = state_dict.get(prefix + k)
+            if v is not None: self._buffers[k] = torch.empty_like(v)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+class Weighting(_ResizableState, nn.Module):
     "Map an m×m matrix (the Gramian J Jᵀ unless the subclass says otherwise) to m task weights."
     _settings = {'sync_free': _sync_check}  # the hyperparameters, each with the check a value written to it must pass
     def __init__(self, sync_free=None):
@@ -114,7 +123,7 @@ class Weighting(nn.Module):
         return ', '.join(f'{k}={v!r}' for k, v in args.items())
     def __repr__(self): return f'{type(self).__name__}({self._repr_args()})'
 
-class Aggregator(nn.Module):
+class Aggregator(_ResizableState, nn.Module):
     "Combine the rows of a Jacobian `J` (m×n) into the direction Jᵀw, with w from `weighting` applied to G = J Jᵀ."
     parts = 1  # how many Jacobians of independent batches one call takes
     from_gramian = True  # the weights depend on J only through J Jᵀ (so a Gramian of feature gradients can stand in)
@@ -304,11 +313,7 @@ class SDMGradWeighting(Weighting):
         self.register_buffer('w', torch.zeros(0))
 
     def reset(self): self.w = self.w.new_zeros(0)
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for k in ('w', 'pref_vector'):
-            v = state_dict.get(prefix + k)
-            if v is not None: self._buffers[k] = torch.empty_like(v)  # the stored state may be for another number of tasks
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    _resizable = ('w', 'pref_vector')  # state sized by the number of tasks: loaded at the stored size
 
     def weights(self, A, sync_free):
         m, wt = len(A), _pref_weights(self.pref_vector, A)
@@ -549,10 +554,7 @@ class NashMTLWeighting(Weighting):
     def reset(self): self.alpha, self.step = self.alpha.new_zeros(0), 0
     def get_extra_state(self): return {'step': self.step}
     def set_extra_state(self, state): self.step = state['step']
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        v = state_dict.get(prefix + 'alpha')
-        if v is not None: self.alpha = torch.empty_like(v)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    _resizable = ('alpha',)  # state sized by the number of tasks: loaded at the stored size
 
     def _solve(self, G, a, sync_free):
         for _ in range(self.optim_niter):
@@ -680,10 +682,7 @@ class CRMOGMWeighting(Weighting):
     def reset(self):
         self.weighting.reset()
         self.lam = self.lam.new_zeros(0)
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        v = state_dict.get(prefix + 'lam')
-        if v is not None: self._buffers['lam'] = torch.empty_like(v)  # the stored state may be for another number of tasks
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    _resizable = ('lam',)  # state sized by the number of tasks: loaded at the stored size
     def weights(self, G, sync_free):
         new = self.weighting.weights(G, sync_free)
         prev = self.lam
@@ -710,10 +709,7 @@ class MoDoWeighting(Weighting):
         self.gamma, self.rho = gamma, rho
         self.register_buffer('lam', torch.zeros(0))
     def reset(self): self.lam = self.lam.new_zeros(0)
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        v = state_dict.get(prefix + 'lam')
-        if v is not None: self._buffers['lam'] = torch.empty_like(v)  # the stored state may be for another number of tasks
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    _resizable = ('lam',)  # state sized by the number of tasks: loaded at the stored size
     def weights(self, A, sync_free):
         m, lam = len(A), self.lam
         if lam.shape != (m,) or lam.dtype != A.dtype or lam.device != A.device: lam = A.new_full((m,), 1 / m)
@@ -735,11 +731,7 @@ class ExcessMTLWeighting(Weighting):
         self.steps = 0
     def get_extra_state(self): return {'steps': self.steps}
     def set_extra_state(self, state): self.steps = state['steps']
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for nm in ('w', 'sq', 'base', 'warm'):
-            v = state_dict.get(prefix + nm)
-            if v is not None: self._buffers[nm] = torch.empty_like(v)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    _resizable = ('w', 'sq', 'base', 'warm')  # state sized by the number of tasks: loaded at the stored size
     def forward(self, J):
         _check_matrix(J, 'J', square=False)
         with torch.no_grad(): return self.from_jacobian(J.detach())
@@ -792,10 +784,7 @@ class GradVacWeighting(Weighting):
         self.beta, self.eps = beta, eps
         self.register_buffer('phi', torch.zeros(0))  # the targets φ̂ᵢⱼ
     def reset(self): self.phi = self.phi.new_zeros(0)
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        v = state_dict.get(prefix + 'phi')
-        if v is not None: self._buffers['phi'] = torch.empty_like(v)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    _resizable = ('phi',)  # state sized by the number of tasks: loaded at the stored size
     def weights(self, G, sync_free):
         m, eps, beta = len(G), self.eps, self.beta
         phi = self.phi if self.phi.shape == (m, m) and self.phi.dtype == G.dtype and self.phi.device == G.device else G.new_zeros(m, m)
@@ -894,10 +883,7 @@ class DBMTL(Aggregator):
         _check_vector(losses, 'losses')
         self.losses = losses.detach()
     def reset(self): self.buf, self.losses = torch.zeros(0), None
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        v = state_dict.get(prefix + 'buf')
-        if v is not None: self._buffers['buf'] = torch.empty_like(v)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    _resizable = ('buf',)  # state sized by the number of tasks: loaded at the stored size
     def forward(self, J):
         _check_matrix(J, 'J', square=False)
         if self.losses is None: raise RuntimeError("DBMTL needs the task losses: call `set_losses(losses)` before each aggregation (MultiTaskGradCB does)")

@@ -7,12 +7,13 @@ from __future__ import annotations
 import torch
 from torch import nn, optim
 from .learner import Callback
+from .aggregators import _ResizableState  # (checkpointed state sized by the number of tasks)
 
 # %% auto #0
 __all__ = ['LossWeighting', 'UW', 'IMTLL', 'DWA', 'RLW', 'GLS', 'STCH', 'FAMO', 'LossWeightingCB', 'GradNorm']
 
 # %% ../nbs/22_loss_weighting.ipynb #8c10182d
-class LossWeighting(nn.Module):
+class LossWeighting(_ResizableState, nn.Module):
     "Per-task loss weights wᵢ = ∂T/∂Lᵢ of a method's total T; a learnt one also gives `objective(losses)`, T with the losses fixed, for its parameters."
     learnable = False
     update_first = False  # True: the parameters take their step on this batch's objective before its weights are computed (FAMO)
@@ -80,10 +81,7 @@ class DWA(LossWeighting):
         h = mean_losses.detach()[None]
         self.hist = torch.cat([self.hist[-1:], h]) if self.hist.ndim == 2 and self.hist.shape[1] == len(mean_losses) else h
     def reset(self): self.hist = torch.zeros(0)
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        v = state_dict.get(prefix + 'hist')
-        if v is not None: self._buffers['hist'] = torch.empty_like(v)  # one or two epochs recorded
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    _resizable = ('hist',)  # state sized by the number of tasks: loaded at the stored size
     def _args(self): return {'T': self.T}
 
 class RLW(LossWeighting):
@@ -137,10 +135,7 @@ class FAMO(LossWeighting):
     def reset(self):
         with torch.no_grad(): self.xi.zero_()
         self.prev = torch.zeros(0)
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        v = state_dict.get(prefix + 'prev')
-        if v is not None: self._buffers['prev'] = torch.empty_like(v)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    _resizable = ('prev',)  # state sized by the number of tasks: loaded at the stored size
     def _args(self): return {'n_tasks': len(self.xi), 'min_losses': self.min_losses}
 
 
@@ -233,8 +228,5 @@ class GradNorm(LossWeighting):
     def reset(self):
         with torch.no_grad(): self.w.fill_(1.)
         self.L0 = torch.zeros(0)
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        v = state_dict.get(prefix + 'L0')
-        if v is not None: self._buffers['L0'] = torch.empty_like(v)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    _resizable = ('L0',)  # state sized by the number of tasks: loaded at the stored size
     def _args(self): return {'n_tasks': len(self.w), 'alpha': self.alpha}
