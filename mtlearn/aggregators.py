@@ -145,14 +145,15 @@ class Aggregator(_ResizableState, nn.Module):
             return J.new_zeros(J.shape[1])
         wt = self.weighting
         if not wt.reads_matrix: w = wt.weights(J, wt._sync_free(J))  # Mean, Sum, Constant, Random: no Gramian (they read m, dtype, device)
-        else:  # from J detached, the weights are constants: no autograd graph through the solver (Jᵀw still depends on J)
-            Jd = J.detach()
-            G = Jd @ Jd.T
-            nosync = wt._sync_free(G)
-            if not nosync: _check_finite(G, 'J', 'entries (and a finite Gramian J Jᵀ)')  # m² values to read, not m×n
-            w = wt.weights(G, nosync)
+        else: w = self._weigh(J.detach(), J.detach(), 'J', 'entries (and a finite Gramian J Jᵀ)')
         object.__setattr__(self, 'last_weights', w)  # (a plain attribute: Module.__setattr__'s checks cost more than the rest here)
         return w @ J  # (Mean, Sum, Constant, Random: NaN in, NaN out, as any sum; the solvers refuse it above)
+    def _weigh(self, A, B, name, what):
+        "The weighting applied to A Bᵀ (A and B detached: the weights are constants, no autograd graph through a solver); checked finite (m² values to read, not m×n) off the sync-free path."
+        M = A @ B.T
+        nosync = self.weighting._sync_free(M)
+        if not nosync: _check_finite(M, name, what)
+        return self.weighting.weights(M, nosync)
     def reset(self): self.weighting.reset()
     def set_losses(self, losses): self.weighting.set_losses(losses)
     def __getattr__(self, name):
@@ -160,10 +161,12 @@ class Aggregator(_ResizableState, nn.Module):
         except AttributeError:
             if name == 'weighting': raise
             return getattr(self.weighting, name)  # hyperparameters and state are the weighting's
+    _settings = {}  # settings of the aggregator itself (those without a weighting); the weighting's are written through to it
     def __setattr__(self, name, value):
         w = self.__dict__.get('_modules', {}).get('weighting')
-        if w is not None and name in type(w)._settings: setattr(w, name, value)  # written (and checked) where it is used
-        else: super().__setattr__(name, value)
+        if w is not None and name in type(w)._settings: return setattr(w, name, value)  # written (and checked) where it is used
+        check = type(self)._settings.get(name)
+        super().__setattr__(name, value if check is None else check(value))
     def __repr__(self): return f'{type(self).__name__}({self.weighting._repr_args()})'
 
 def _aggregator(wcls, doc):
@@ -340,11 +343,7 @@ class _TwoBatch(Aggregator):
         if len(J1) == 0:
             self.last_weights = J1.new_zeros(0)
             return J1.new_zeros(J1.shape[1])
-        with torch.no_grad():  # constant weights, as in `Aggregator`
-            A = J1.detach() @ J2.detach().T
-            nosync = self.weighting._sync_free(A)
-            if not nosync: _check_finite(A, 'J1` and `J2', 'entries (and a finite J1 J2ᵀ)')
-            w = self.weighting.weights(A, nosync)
+        w = self._weigh(J1.detach(), J2.detach(), 'J1` and `J2', 'entries (and a finite J1 J2ᵀ)')
         self.last_weights = w
         return w @ (J if J is not None else (J1 + J2) / 2)
 
@@ -587,12 +586,10 @@ NashMTL = _aggregator(NashMTLWeighting, "Nash-MTL: the Nash bargaining solution 
 class TrimmedMean(Aggregator):
     "Coordinate-wise trimmed mean: in each column of `J`, the `trim_number` largest and smallest values dropped, the rest averaged (Yin et al., ICML 2018)."
     from_gramian = False  # it reads J's entries, not only J Jᵀ
+    _settings = {'trim_number': _number('trim_number', lambda v: v >= 0, '≥ 0', integer=True)}
     def __init__(self, trim_number):
         nn.Module.__init__(self)
-        self.trim_number, self.last_weights = _number('trim_number', lambda v: v >= 0, '≥ 0', integer=True)(trim_number), None
-    def __setattr__(self, name, value):
-        if name == 'trim_number': value = _number('trim_number', lambda v: v >= 0, '≥ 0', integer=True)(value)
-        nn.Module.__setattr__(self, name, value)
+        self.trim_number, self.last_weights = trim_number, None
     def forward(self, J):
         _check_matrix(J, 'J', square=False)
         m, k = len(J), self.trim_number
@@ -876,9 +873,6 @@ class DBMTL(Aggregator):
         nn.Module.__init__(self)
         self.beta, self.losses, self.last_weights = beta, None, None
         self.register_buffer('buf', torch.zeros(0))  # the EMA of the log-loss gradients (m×n)
-    def __setattr__(self, name, value):
-        check = type(self)._settings.get(name)
-        nn.Module.__setattr__(self, name, value if check is None else check(value))
     def set_losses(self, losses):
         _check_vector(losses, 'losses')
         self.losses = losses.detach()
