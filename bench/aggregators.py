@@ -3,7 +3,7 @@
 For m tasks, J is m × n (n = 100,000 by default, float32, standard normal rows with a shared component so that the
 tasks partly agree). 'J→d' times the whole aggregation (Gramian, weights, direction); 'G→w' times the weighting
 alone on the precomputed Gramian (for SDMGrad and MoDo: on A = J₁J₂ᵀ), where the solvers differ; the aggregators that
-read J itself (ConFIG, TrimmedMean, GradDrop, ExcessMTL), and Mean (torchjd's `Mean`, which needs no Gramian), have
+read J itself (ConFIG, TrimmedMean, GradDrop, ExcessMTL), Nash-MTL (torchjd's is an aggregator only) and Mean (torchjd's `Mean`, which needs no Gramian), have
 J→d only. speedup = torchjd / mtlearn; one GOAL line
 per method, its smallest J→d speedup over the m's.
 MGDA is timed with torchjd's stopping rule (epsilon 1e-3, 100 iterations) on both sides, and with mtlearn's
@@ -53,7 +53,14 @@ METHODS = [
     ('TrimmedMean (1)', 'J', lambda: mt.TrimmedMean(1), lambda: jd.TrimmedMean(1), 3),
     ('GradDrop', 'J', lambda: mt.GradDrop(), lambda: jd.GradDrop(), 2),
     ('ExcessMTL', 'J', lambda: mt.ExcessMTL(), lambda: jd.ExcessMTL(), 2),
+    ('Random', 'J', lambda: mt.Random(), lambda: jd.Random(), 2),
+    ('PCD', 'G', lambda: mt.PCDWeighting(), lambda: jd.PCDWeighting(), 2),
+    ('NashMTL', 'J', lambda: mt.NashMTL(), lambda m: jd.NashMTL(n_tasks=m), 2),  # torchjd's needs the number of tasks (and CVXPY)
 ]
+
+def make(factory, m):
+    "Call `factory`, with the number of tasks if it takes it."
+    return factory(m) if factory.__code__.co_argcount else factory()
 
 def main(device='cpu', n=100_000, reps=20, ms=(2, 4, 8, 16, 32), methods=None, json_out=None):
     cuda = device.startswith('cuda')
@@ -70,18 +77,18 @@ def main(device='cpu', n=100_000, reps=20, ms=(2, 4, 8, 16, 32), methods=None, j
             J1, J2 = (torch.randn(m, n, device=device) + base for _ in range(2))
             if kind == 'A':
                 A = J1 @ J2.T
-                a_ours, a_jd = ours(), theirs()
+                a_ours, a_jd = make(ours, m), make(theirs, m)
                 def f_ours(): return a_ours(J1 @ J2.T) @ J1
                 def f_jd(): return a_jd(J1 @ J2.T) @ J1
                 g_ours, g_jd = (lambda: a_ours(A)), (lambda: a_jd(A))
             elif kind == 'G':
                 G = J1 @ J1.T
-                w_ours, w_jd = ours(), theirs()
+                w_ours, w_jd = make(ours, m), make(theirs, m)
                 agg_ours, agg_jd = mt.Aggregator(w_ours), jd.GramianWeightedAggregator(w_jd)
                 f_ours, f_jd = (lambda: agg_ours(J1)), (lambda: agg_jd(J1))
                 g_ours, g_jd = (lambda: w_ours(G)), (lambda: w_jd(G))
             else:
-                agg_ours, agg_jd = ours(), theirs()
+                agg_ours, agg_jd = make(ours, m), make(theirs, m)
                 f_ours, f_jd, g_ours, g_jd = (lambda: agg_ours(J1)), (lambda: agg_jd(J1)), None, None
             t = [x * 1e3 for x in timeit([f_ours, f_jd], reps, cuda)] + ([x * 1e3 for x in timeit([g_ours, g_jd], reps, cuda)] if g_ours else [float('nan')] * 2)
             print(f'{name:<25}{m:>4}{t[0]:>13.3f}{t[1]:>13.3f}{t[1]/t[0]:>9.2f}{t[2]:>13.3f}{t[3]:>13.3f}{t[3]/t[2]:>9.2f}', flush=True)

@@ -4,18 +4,19 @@
 
 # %% ../nbs/20_aggregators.ipynb #1d146592
 from __future__ import annotations
-import inspect
+import inspect, math
 import torch
 from torch import nn, Tensor
 
 # %% auto #0
 __all__ = ['Mean', 'Sum', 'Constant', 'Random', 'MGDA', 'UPGrad', 'DualProj', 'PCGrad', 'IMTLG', 'AlignedMTL', 'CAGrad',
-           'NashMTL', 'Krum', 'ConFIG', 'FairGrad', 'CRMOGM', 'GradVac', 'Weighting', 'Aggregator', 'MeanWeighting',
-           'SumWeighting', 'ConstantWeighting', 'RandomWeighting', 'frank_wolfe', 'MGDAWeighting', 'project_simplex',
-           'SDMGradWeighting', 'SDMGrad', 'dual_cone_qp', 'UPGradWeighting', 'DualProjWeighting', 'PCGradWeighting',
-           'IMTLGWeighting', 'AlignedMTLWeighting', 'CAGradWeighting', 'NashMTLWeighting', 'TrimmedMean',
-           'KrumWeighting', 'ConFIGWeighting', 'FairGradWeighting', 'CRMOGMWeighting', 'MoDoWeighting',
-           'ExcessMTLWeighting', 'MoDo', 'ExcessMTL', 'GradVacWeighting', 'GradDrop', 'DBMTL']
+           'NashMTL', 'Krum', 'ConFIG', 'FairGrad', 'CRMOGM', 'GradVac', 'PCD', 'Weighting', 'Aggregator',
+           'MeanWeighting', 'SumWeighting', 'ConstantWeighting', 'RandomWeighting', 'frank_wolfe', 'MGDAWeighting',
+           'project_simplex', 'SDMGradWeighting', 'SDMGrad', 'nonneg_qp', 'dual_cone_qp', 'UPGradWeighting',
+           'DualProjWeighting', 'PCGradWeighting', 'IMTLGWeighting', 'AlignedMTLWeighting', 'CAGradWeighting',
+           'NashMTLWeighting', 'TrimmedMean', 'KrumWeighting', 'ConFIGWeighting', 'FairGradWeighting',
+           'CRMOGMWeighting', 'MoDoWeighting', 'ExcessMTLWeighting', 'MoDo', 'ExcessMTL', 'GradVacWeighting',
+           'GradDrop', 'DBMTL', 'PCDWeighting']
 
 # %% ../nbs/20_aggregators.ipynb #9ec43299
 def _accel(t): return t.device.type in ('cuda', 'mps', 'xpu')
@@ -29,8 +30,8 @@ def _check_matrix(M, name, square=True):
     if not M.is_floating_point(): raise ValueError(f"`{name}` should be a floating-point tensor; found dtype {M.dtype}")
 
 def _check_finite(M, name, what='entries'):
-    "Raise a `ValueError` naming `name` if `M` holds NaN or inf (a host read: only on the early-exit path)."
-    if not bool(torch.isfinite(M).all()): raise ValueError(f"`{name}` should have finite {what}; found NaN or inf")
+    "Raise a `ValueError` naming `name` if `M` holds NaN or inf (a host read: only on the early-exit path). A finite sum settles it in one op; only an infinite one (NaN, inf, or overflow) is looked at closely."
+    if not math.isfinite(M.sum().item()) and not bool(torch.isfinite(M).all()): raise ValueError(f"`{name}` should have finite {what}; found NaN or inf")
 
 def _check_vector(v, name, m=None):
     "Raise a `ValueError` naming `name` unless `v` is a 1-D tensor (of length `m`)."
@@ -122,6 +123,24 @@ class Weighting(_ResizableState, nn.Module):
         if self.sync_free is not None: args['sync_free'] = self.sync_free
         return ', '.join(f'{k}={v!r}' for k, v in args.items())
     def __repr__(self): return f'{type(self).__name__}({self._repr_args()})'
+    def __lshift__(self, fn):
+        "`weighting << fn`: this weighting applied to `fn(x)` (torchjd's composition), e.g. `MGDAWeighting() << (lambda J: J @ J.T)` weighs a Jacobian."
+        return _Composition(self, fn)
+
+class _Composition(Weighting):
+    "A weighting applied to the output of a function."
+    def __init__(self, weighting, fn):
+        if not callable(fn): raise ValueError(f"`weighting << fn` needs a function; found a {type(fn).__name__}")
+        super().__init__()
+        self.weighting, self.fn = weighting, fn
+    def forward(self, x): return self.weighting(self.fn(x))
+    def weights(self, M, sync_free): return self.weighting.weights(self.fn(M), sync_free)  # (inside an Aggregator: `fn` applies to the Gramian)
+    def _sync_free(self, M): return self.weighting._sync_free(M)
+    needs_losses = property(lambda self: self.weighting.needs_losses)
+    deterministic = property(lambda self: self.weighting.deterministic)
+    def set_losses(self, losses): self.weighting.set_losses(losses)
+    def reset(self): self.weighting.reset()
+    def __repr__(self): return f'{self.weighting!r} << {getattr(self.fn, "__name__", self.fn)!r}'
 
 class Aggregator(_ResizableState, nn.Module):
     "Combine the rows of a Jacobian `J` (m×n) into the direction Jᵀw, with w from `weighting` applied to G = J Jᵀ."
@@ -360,11 +379,10 @@ def _normalize_reg(G, norm_eps, reg_eps):
     G = torch.where(tr < norm_eps, 0., G / torch.where(tr < norm_eps, 1., tr))
     return G + reg_eps * torch.eye(len(G), dtype=G.dtype, device=G.device)
 
-def dual_cone_qp(U, G, max_iters=None, sync_free=False):
-    "For each row u of `U`, argmin_{w ≥ u} wᵀGw (G positive definite), by block principal pivoting."
-    k, m = U.shape
+def nonneg_qp(G, Q, max_iters=None, sync_free=False):
+    "For each row q of `Q`, argmin_{v ≥ 0} ½vᵀGv + qᵀv (G positive definite), by block principal pivoting."
+    k, m = Q.shape
     max_iters = 3 * m + 10 if max_iters is None else max_iters
-    Q = U @ G  # with w = u + v: min ½vᵀGv + vᵀGu over v ≥ 0
     tol = torch.finfo(G.dtype).eps ** 0.5 * 1e-2
     eye = torch.eye(m, dtype=torch.bool, device=G.device)
     idx = torch.arange(m, device=G.device)
@@ -388,25 +406,35 @@ def dual_cone_qp(U, G, max_iters=None, sync_free=False):
         v = torch.linalg.solve_ex(M, torch.where(free, -Q, 0.))[0]
         v = torch.where(free, v, 0.)
         s = torch.where(free, 0., v @ G + Q)
-    return U + v
+    return v
+
+def dual_cone_qp(U, G, max_iters=None, sync_free=False):
+    "For each row u of `U`, argmin_{w ≥ u} wᵀGw (G positive definite): w = u + v, v ≥ 0 minimising ½vᵀGv + vᵀGu."
+    return U + nonneg_qp(G, U @ G, max_iters, sync_free)
+
+def _projector_check(v):
+    if v is not None and not callable(v): raise ValueError(f"`projector` should be None or a function (U, G) -> W (as torchjd's QuadprogProjector); found a {type(v).__name__}")
+    return v
 
 class UPGradWeighting(Weighting):
     "UPGrad: the sum of the projections of each `pref_vector`-weighted task gradient onto the dual cone."
     _settings = {**Weighting._settings, 'pref_vector': _pref, 'norm_eps': _number('norm_eps', lambda v: v >= 0, '≥ 0'),
-                 'reg_eps': _number('reg_eps', lambda v: v >= 0, '≥ 0'), 'max_iters': _number('max_iters', lambda v: v >= 1, '≥ 1', integer=True, none=True)}
-    def __init__(self, pref_vector=None, norm_eps=1e-4, reg_eps=1e-4, max_iters=None, sync_free=None):
+                 'reg_eps': _number('reg_eps', lambda v: v >= 0, '≥ 0'), 'max_iters': _number('max_iters', lambda v: v >= 1, '≥ 1', integer=True, none=True),
+                 'projector': _projector_check}
+    def __init__(self, pref_vector=None, norm_eps=1e-4, reg_eps=1e-4, max_iters=None, projector=None, sync_free=None):
         super().__init__(sync_free)
         self.register_buffer('pref_vector', None)
-        self.pref_vector, self.norm_eps, self.reg_eps, self.max_iters = pref_vector, norm_eps, reg_eps, max_iters
-    def weights(self, G, sync_free):  # the small QP in float64: float32 rounding would show as a dependence on the tasks' order
+        self.pref_vector, self.norm_eps, self.reg_eps, self.max_iters, self.projector = pref_vector, norm_eps, reg_eps, max_iters, projector
+    def _project(self, U, G, sync_free):
+        "The weights of the projections of the rows of UᵀJ: by `dual_cone_qp` on the normalised, regularised Gramian in float64 (float32 rounding would show as a dependence on the tasks' order), or by `projector(U, G)`."
         H = _hi(G)
-        return dual_cone_qp(torch.diag(_pref_weights(self.pref_vector, H)), _normalize_reg(H, self.norm_eps, self.reg_eps), self.max_iters, sync_free).sum(0).to(G.dtype)
+        if self.projector is not None: return self.projector(U.to(H), H).to(G)  # (it normalises and regularises as it sees fit: norm_eps, reg_eps and max_iters are dual_cone_qp's)
+        return dual_cone_qp(U.to(H), _normalize_reg(H, self.norm_eps, self.reg_eps), self.max_iters, sync_free).to(G.dtype)
+    def weights(self, G, sync_free): return self._project(torch.diag(_pref_weights(self.pref_vector, G)), G, sync_free).sum(0)
 
 class DualProjWeighting(UPGradWeighting):
     "DualProj: the projection of the `pref_vector`-weighted (default: mean) gradient onto the dual cone."
-    def weights(self, G, sync_free):
-        H = _hi(G)
-        return dual_cone_qp(_pref_weights(self.pref_vector, H)[None], _normalize_reg(H, self.norm_eps, self.reg_eps), self.max_iters, sync_free)[0].to(G.dtype)
+    def weights(self, G, sync_free): return self._project(_pref_weights(self.pref_vector, G)[None], G, sync_free)[0]
 
 UPGrad = _aggregator(UPGradWeighting, "UPGrad: the sum of the task gradients' projections onto the dual cone of the Jacobian's rows.")
 DualProj = _aggregator(DualProjWeighting, "DualProj: the mean gradient projected onto the dual cone of the Jacobian's rows.")
@@ -893,4 +921,61 @@ class DBMTL(Aggregator):
         self.last_weights = alpha
         return alpha @ self.buf
     def __repr__(self): return f'DBMTL(beta={self.beta!r})'
+
+
+# %% ../nbs/20_aggregators.ipynb #c0de1714
+def _tau_check(v):
+    if isinstance(v, (list, tuple)): v = torch.tensor(v, dtype=torch.float64)
+    if isinstance(v, Tensor):
+        if v.ndim != 1 or not v.is_floating_point(): raise ValueError(f"`tau` should be a number or a 1-D floating-point tensor (one value per secondary task); found shape {tuple(v.shape)}, dtype {v.dtype}")
+        if not bool(((v >= 0) & (v <= 1)).all()): raise ValueError(f"`tau` should hold values in [0, 1]; found tau = {v.tolist()}")
+        return v.detach().clone()
+    return _number('tau', lambda x: 0 <= x <= 1, 'in [0, 1] (or a 1-D tensor of them)')(v)
+
+class PCDWeighting(Weighting):
+    "PCD's weights: the direction nearest the first (primary) task's normalised gradient that gives each other task at least `tau` of its own normalised progress, at the primary gradient's length."
+    _settings = {**Weighting._settings, 'tau': _tau_check, 'beta': _number('beta', lambda v: 0 <= v < 1, 'in [0, 1)'),
+                 'eps': _number('eps', lambda v: v >= 0, '≥ 0'), 'max_iters': _number('max_iters', lambda v: v >= 1, '≥ 1', integer=True, none=True)}
+    def __init__(self, tau=0.02, beta=0.999, eps=1e-8, max_iters=None, sync_free=None):
+        super().__init__(sync_free)
+        self.tau, self.beta, self.eps, self.max_iters = tau, beta, eps, max_iters
+        self.register_buffer('sq_norm_ema', torch.zeros(0))  # the moving average of ‖gᵢ‖²
+        self.register_buffer('decay', torch.zeros(0))  # beta to the number of calls (for the bias correction)
+    _resizable = ('sq_norm_ema', 'decay')  # state sized by the number of tasks: loaded at the stored size
+    def reset(self): self.sq_norm_ema, self.decay = torch.zeros(0), torch.zeros(0)
+    def _taus(self, m, H):
+        if not isinstance(self.tau, Tensor): return H.new_full((m - 1,), self.tau)
+        if len(self.tau) != m - 1: raise ValueError(f"`tau` should have one value per secondary task, {m - 1}; found {len(self.tau)}")
+        return self.tau.to(H)
+    def _scales(self, sq):
+        "Update the moving average with the squared norms `sq` (unless they are not finite) and return 1/√(v̂ + eps) (0 where that is infinite)."
+        m, ema, decay = len(sq), self.sq_norm_ema, self.decay
+        if ema.shape != (m,) or ema.device != sq.device: ema, decay = sq.new_zeros(m), sq.new_ones(())
+        ema, decay = ema.to(sq), decay.to(sq)
+        ok = torch.isfinite(sq).all()
+        self.sq_norm_ema = torch.where(ok, self.beta * ema + (1 - self.beta) * sq, ema)
+        self.decay = torch.where(ok, decay * self.beta, decay)
+        den = (self.sq_norm_ema / (1 - self.decay) + self.eps).sqrt()
+        return torch.where(den > 0, 1 / torch.where(den > 0, den, 1), 0.)
+    def weights(self, G, sync_free):
+        m, H = len(G), _hi(G)
+        sq = H.diagonal()
+        s = self._scales(sq)
+        Gn = H * s[:, None] * s[None]
+        first = (torch.arange(m, device=G.device) == 0).to(H)
+        w = first
+        if m > 1:
+            Gs, taus = Gn[1:, 1:], self._taus(m, H)
+            b = taus * Gs.diagonal() - Gn[1:, 0]  # constraint j is violated by d = g̃₁ iff bⱼ > 0
+            top = Gs.diagonal().amax().clamp_min(torch.finfo(H.dtype).tiny)
+            ridge = max(1e-9, 10 * torch.finfo(G.dtype).eps) * top
+            mu = nonneg_qp(Gs + ridge * torch.eye(m - 1, dtype=H.dtype, device=H.device), -b[None], self.max_iters, sync_free)[0]
+            feasible = (Gs @ mu - b).amin() >= -ridge.sqrt() * top.sqrt()  # (infeasible: μ grows as 1/ridge and a constraint stays violated by O(1))
+            w = torch.where(feasible, torch.cat([first[:1], mu]), first)
+        d2 = w @ Gn @ w  # ‖d̃‖²
+        rounding = 10 * torch.finfo(G.dtype).eps * (w.abs() @ Gn.diagonal().clamp_min(0).sqrt()) ** 2
+        keep = (sq[0] > 0) & (d2 > rounding)
+        return torch.where(keep, w * s * (sq[0] / torch.where(keep, d2, 1)).sqrt(), 0.).to(G.dtype)
+
+PCD = _aggregator(PCDWeighting, "PCD: descent on the first (primary) task, each other task guaranteed the fraction `tau` of its normalised progress (stateful: a moving average of the gradients' squared norms).")
 

@@ -201,6 +201,7 @@ SYNC_FREE = {
     'Krum': lambda: KrumWeighting(1, sync_free=True), 'ConFIG': lambda: ConFIGWeighting(sync_free=True),
     'FairGrad': lambda: FairGradWeighting(1., sync_free=True), 'MoDo': lambda: MoDoWeighting(sync_free=True),
     'CRMOGM': lambda: CRMOGMWeighting(MGDAWeighting(sync_free=True), sync_free=True), 'GradVac': lambda: GradVacWeighting(sync_free=True),
+    'PCD': lambda: PCDWeighting(tau=0.3, sync_free=True),
 }
 
 @pytest.mark.parametrize('name', list(SYNC_FREE))
@@ -221,7 +222,7 @@ def test_mgda_loss_norm_no_host_sync():
         a.set_losses(losses); a(J)
     assert c.n == 0
 
-@pytest.mark.parametrize('name', ['MGDA', 'MGDA-l2', 'SDMGrad', 'UPGrad', 'DualProj', 'PCGrad', 'AlignedMTL', 'NashMTL', 'CAGrad', 'GradVac', 'FairGrad'])
+@pytest.mark.parametrize('name', ['MGDA', 'MGDA-l2', 'SDMGrad', 'UPGrad', 'DualProj', 'PCGrad', 'AlignedMTL', 'NashMTL', 'CAGrad', 'GradVac', 'FairGrad', 'PCD'])
 def test_paths_agree(name):
     "The sync-free path (fixed iterations, masked) and the early-exit path return the same weights."
     for m, n in SIZES:
@@ -245,6 +246,7 @@ def test_paths_agree(name):
     ('FairGrad', lambda: FairGradWeighting(0.5, max_iters=3, sync_free=True)),
     ('MoDo', lambda: MoDoWeighting(sync_free=True)),
     ('CRMOGM', lambda: CRMOGMWeighting(MGDAWeighting(max_iters=4, sync_free=True), sync_free=True)),
+    ('PCD', lambda: PCDWeighting(tau=0.3, max_iters=4, sync_free=True)),
 ])
 def test_compiles_fullgraph(name, make):
     torch._dynamo.reset()
