@@ -412,8 +412,10 @@ def _compute(m):
     return sync_and_compute(getattr(m, 'metric', m))  # (TaskMetric: the metric inside)
 
 class MetricsCB(Callback):
-    "Torcheval `metrics` (and the running loss) updated each batch on the device, computed once per epoch into `learn.history`, and printed."
-    def __init__(self, *ms, **metrics):
+    "Torcheval `metrics` (and the running loss) updated each batch on the device, computed once per epoch into `learn.history`, and printed; with `train_metrics=False` (fastai's default) the metrics are left out of training epochs, which keep only the loss."
+    def __init__(self, *ms, train_metrics=True, **metrics):
+        if not isinstance(train_metrics, bool): raise ValueError(f"`train_metrics` should be True or False; found {train_metrics!r}")
+        self.train_metrics = train_metrics
         for o in ms: metrics[type(o).__name__] = o
         for k, m in metrics.items():
             if not _is_metric(m):
@@ -432,8 +434,9 @@ class MetricsCB(Callback):
     def after_epoch(self, learn):
         phase = 'train' if learn.model.training else 'valid'
         if not self.loss.weights: warnings.warn(f"the {phase} data loader yielded no batch in epoch {learn.epoch}: its metrics are NaN")
-        vals = dict(zip(self.all_metrics, _floats([_compute(v) for v in self.all_metrics.values()])))
-        self.log = {**vals, 'epoch': learn.epoch, 'train': 'train' if learn.model.training else 'eval'}
+        used = self._used(learn)
+        vals = dict(zip(used, _floats([_compute(self.all_metrics[k]) for k in used])))
+        self.log = {**{k: vals.get(k, '') for k in self.all_metrics}, 'epoch': learn.epoch, 'train': 'train' if learn.model.training else 'eval'}  # (a metric left out shows blank)
         hist = getattr(learn, 'history', None)  # (a learner written in a course notebook has none)
         if hist is not None:
             row = hist[-1] if hist and hist[-1]['epoch'] == learn.epoch else None
@@ -441,14 +444,20 @@ class MetricsCB(Callback):
             row.update({f'{phase}_{k}': v for k, v in vals.items()})
         if self.printing and getattr(learn, 'logging', True) and rank() == 0: print({k: f'{v:.3f}' if isinstance(v, float) else v for k, v in self.log.items()})
 
+    def _used(self, learn):
+        "The names of the metrics this phase computes: all, or only the loss in training with `train_metrics=False`."
+        return list(self.all_metrics) if self.train_metrics or not learn.model.training else ['loss']
+
     def after_batch(self, learn):
         xs, ys = split_batch(learn.batch, getattr(learn, 'n_inp', 1))
-        preds, dev = learn.preds, learn.loss.device
-        for m in self.all_metrics.values():
-            if m.device != dev: m.to(dev)
-        preds = apply_tensors(torch.Tensor.detach, preds)  # one output, or one per task
-        for m in self.metrics.values(): m.update(preds, *ys)
+        dev = learn.loss.device
+        if self.loss.device != dev: self.loss.to(dev)
         self.loss.update(learn.loss.detach(), weight=len(xs[0]))
+        if not self.train_metrics and learn.model.training: return
+        for m in self.metrics.values():
+            if m.device != dev: m.to(dev)
+        preds = apply_tensors(torch.Tensor.detach, learn.preds)  # one output, or one per task
+        for m in self.metrics.values(): m.update(preds, *ys)
 
     def state_dict(self):
         "The metrics' accumulated state (for a checkpoint taken inside an epoch)."
