@@ -56,9 +56,8 @@ class _Drained(io.RawIOBase):
 
 class Terminal:
     """A pseudo-terminal for the progress bars (`file` is its terminal end). Its output is read back and dropped by the
-    writer itself, after each write, so that what a terminal costs is billed to whoever drew: a thread that drained it
-    ran on the other run's clock, and the hand loop paired with Lightning, the most talkative bar, ran 10% slower than
-    the others."""
+    writer itself, after each write, so that what a terminal costs is billed to whoever drew; a draining thread would run
+    in whichever run's turn it happened to wake."""
     def __init__(self):
         master, slave = pty.openpty()
         os.set_blocking(master, False)
@@ -71,10 +70,9 @@ class Terminal:
 
 @contextlib.contextmanager
 def no_gc():
-    """Python's cyclic garbage collector off: a collection runs in whichever thread crosses its allocation threshold, so with two
-    runs taking turns, one framework's garbage was collected on the other's clock (the hand loop paired with Lightning ran
-    10% slower than the others). Reference counting, which frees almost everything, still runs; the cycles wait for the next
-    `gc.collect()`, between runs."""
+    """Python's cyclic garbage collector off: a collection runs in whichever thread crosses its allocation threshold, so with
+    two runs taking turns, one run's garbage could be collected on the other's clock. Reference counting, which frees
+    almost everything, still runs; the cycles wait for the next `gc.collect()`, between runs."""
     gc.disable()
     try: yield
     finally: gc.enable()
