@@ -127,7 +127,15 @@ class Weighting(_ResizableState, nn.Module):
         "`weighting << fn`: this weighting applied to `fn(x)` (torchjd's composition), e.g. `MGDAWeighting() << (lambda J: J @ J.T)` weighs a Jacobian."
         return _Composition(self, fn)
 
-class _Composition(Weighting):
+class _Wrapping(Weighting):
+    "A weighting built on another one, `self.weighting`, whose input name, need for the losses, determinism and state it shares."
+    arg = property(lambda self: self.weighting.arg)
+    needs_losses = property(lambda self: self.weighting.needs_losses)
+    deterministic = property(lambda self: self.weighting.deterministic)
+    def set_losses(self, losses): self.weighting.set_losses(losses)
+    def reset(self): self.weighting.reset()
+
+class _Composition(_Wrapping):
     "A weighting applied to the output of a function."
     def __init__(self, weighting, fn):
         if not callable(fn): raise ValueError(f"`weighting << fn` needs a function; found a {type(fn).__name__}")
@@ -136,10 +144,6 @@ class _Composition(Weighting):
     def forward(self, x): return self.weighting(self.fn(x))
     def weights(self, M, sync_free): return self.weighting.weights(self.fn(M), sync_free)  # (inside an Aggregator: `fn` applies to the Gramian)
     def _sync_free(self, M): return self.weighting._sync_free(M)
-    needs_losses = property(lambda self: self.weighting.needs_losses)
-    deterministic = property(lambda self: self.weighting.deterministic)
-    def set_losses(self, losses): self.weighting.set_losses(losses)
-    def reset(self): self.weighting.reset()
     def __repr__(self): return f'{self.weighting!r} << {getattr(self.fn, "__name__", self.fn)!r}'
 
 class Aggregator(_ResizableState, nn.Module):
@@ -689,7 +693,7 @@ class FairGradWeighting(Weighting):
             if not sync_free and lam < 1e-12: break
         return (w * s.pow(-a / (a + 1))).to(G.dtype)  # the solution for G = s·Gn
 
-class CRMOGMWeighting(Weighting):
+class CRMOGMWeighting(_Wrapping):
     "CR-MOGM: the weights of `weighting` smoothed across calls, λₖ = α λₖ₋₁ + (1 − α) λ̂ₖ (Zhou et al., NeurIPS 2022); λ₀ = `initial_weights` or the first λ̂."
     _settings = {**Weighting._settings, 'alpha': _number('alpha', lambda v: 0 <= v <= 1, 'in [0, 1]')}
     def __init__(self, weighting, alpha=0.9, initial_weights=None, sync_free=None):
@@ -700,12 +704,8 @@ class CRMOGMWeighting(Weighting):
         self.weighting, self.alpha = weighting, alpha
         self.register_buffer('initial_weights', None if initial_weights is None else initial_weights.detach().clone())
         self.register_buffer('lam', torch.zeros(0))
-    arg = property(lambda self: self.weighting.arg)
-    needs_losses = property(lambda self: self.weighting.needs_losses)
-    deterministic = property(lambda self: self.weighting.deterministic)
-    def set_losses(self, losses): self.weighting.set_losses(losses)
     def reset(self):
-        self.weighting.reset()
+        super().reset()
         self.lam = self.lam.new_zeros(0)
     _resizable = ('lam',)  # state sized by the number of tasks: loaded at the stored size
     def weights(self, G, sync_free):
