@@ -2,13 +2,14 @@
 DeviceCB + MetricsCB + ProgressCB + a one-cycle BatchSchedCB, side by side in one run.
 Same model, tensor-backed Fashion-MNIST data, AdamW and OneCycleLR; both compute training and validation
 loss and accuracy each epoch. After a warm-up, each repetition runs the two in two threads that take turns batch by
-batch, each with its own clock (`Lockstep`), so that the machine's drift from minute to minute hits both alike; then the
-hand loop against itself, an A/A control that shows the noise left. `steady_malloc` keeps glibc's allocator from
+batch, each with its own clock (`Lockstep`), so that the machine's drift from minute to minute hits both alike, and
+then again with the threads swapped, both sides starting from the same model each time (`crossover`): whichever thread
+runs slower cancels out. Then the hand loop against itself, an A/A control that shows the noise left. `steady_malloc` keeps glibc's allocator from
 handing memory back to the OS between batches, which made equal runs differ by up to 15% here.
 
     python bench/learner_overhead.py [--quick]
 """
-import argparse, ctypes, io, statistics, threading, time
+import argparse, copy, ctypes, io, statistics, threading, time
 from functools import partial
 import torch, torch.nn.functional as F
 from torch import nn, optim
@@ -76,6 +77,32 @@ def lockstep(a, b, models, dls, first=0):
     if errors: raise errors[0]
     return lock.secs
 
+def crossover(a, b, make, dls, seed=0):
+    "Seconds of `a` and `b`, each the mean of two `lockstep` runs with the threads swapped; each run's two models are one `make()` (after seeding with `seed`) and its copy."
+    # The hand loop against itself, one epoch, ran up to 24% slower in one of its two threads, the whole run long, and
+    # which thread changed from run to run (a 2-vCPU virtual machine; the cause was not found).
+    # Swapping the threads cancels such a bias when it lasts both runs; the A/A pair shows what is left. One initial
+    # model for both sides, so that they do the same arithmetic.
+    secs = [0., 0.]
+    for swap in (0, 1):
+        torch.manual_seed(seed)
+        m = make()
+        s = lockstep(*((b, a) if swap else (a, b)), [m, copy.deepcopy(m)], dls, first=swap)
+        secs[0] += s[swap] / 2; secs[1] += s[1 - swap] / 2
+    return tuple(secs)
+
+def in_turn(a, b, make, dls, seed=0, first=0):
+    "Seconds of `a` and `b`, run one after the other in this thread (`first`: 0 if `a` goes first), each on a copy of one `make()` (after seeding with `seed`)."
+    # No interleaving: what a user's lone run sees, but the machine's drift between the two runs is not cancelled.
+    torch.manual_seed(seed)
+    m = make()
+    secs = [0., 0.]
+    for i in ((0, 1) if first == 0 else (1, 0)):
+        t = time.perf_counter()
+        (a, b)[i](copy.deepcopy(m), dls)
+        secs[i] = time.perf_counter() - t
+    return tuple(secs)
+
 def mlp(): return nn.Sequential(nn.Linear(784, 50), nn.ReLU(), nn.Linear(50, 10))
 
 def hand_loop(model, dls, epochs, lr, out, pct_start=0.3):
@@ -122,14 +149,12 @@ def main(quick=False):
         lockstep(partial(hand, epochs=1), partial(learn, epochs=1), [make(), make()], warm)  # one-time costs, paid by neither
         pairs = {'TrainLearner': [], 'A/A': []}  # (hand loop s, other s) per repetition
         for r in range(reps):
-            for k, (a, b) in zip(pairs, ((hand, learn), (hand, hand))):
-                torch.manual_seed(r)
-                pairs[k].append(lockstep(a, b, [make(), make()], dls, first=r % 2))  # who starts alternates
+            for k, (a, b) in zip(pairs, ((hand, learn), (hand, hand))): pairs[k].append(crossover(a, b, make, dls, r))
         tl, med = pairs['TrainLearner'], statistics.median
         rows.append((name, bs, med(a for a, _ in tl), med(b for _, b in tl), med(b/a for a, b in tl), med(b/a for a, b in pairs['A/A'])))
     print(f'{epochs} epoch(s) of {len(dd["train"]):,} images (and validation), {reps} repetitions, 2 threads; times are medians')
     print('Each repetition trains the hand loop and TrainLearner in two threads that take turns batch by batch, each with')
-    print('its own clock, then the hand loop against itself (A/A: the noise left). Ratios are medians over the repetitions.')
+    print('its own clock, twice (threads swapped), then the hand loop against itself (A/A: the noise left). Ratios are medians over the repetitions.')
     print(f"{'model':<6}{'bs':>6}{'hand loop s':>13}{'TrainLearner s':>16}{'ratio':>8}{'A/A':>8}")
     for name, bs, a, b, r, aa in rows: print(f'{name:<6}{bs:>6}{a:>13.2f}{b:>16.2f}{r:>8.3f}{aa:>8.3f}')
     for name, bs, a, b, r, aa in rows:
