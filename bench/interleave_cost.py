@@ -8,7 +8,7 @@ bills small parallel operations more than a user's lone run does.
 
     python bench/interleave_cost.py [--reps 2] [--n_train 60000]
 """
-import argparse, statistics, sys, time
+import argparse, statistics, time
 from functools import partial
 import fastcore.all as fc
 import torch

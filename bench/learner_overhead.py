@@ -4,8 +4,8 @@ Same model, tensor-backed Fashion-MNIST data, AdamW and OneCycleLR; both compute
 loss and accuracy each epoch. After a warm-up, each repetition runs the two in two threads that take turns batch by
 batch, each with its own clock (`Lockstep`), so that the machine's drift from minute to minute hits both alike, and
 then again with the threads swapped, both sides starting from the same model each time (`crossover`): whichever thread
-runs slower cancels out. Then the hand loop against itself, an A/A control that shows the noise left. `steady_malloc` keeps glibc's allocator from
-handing memory back to the OS between batches, which made equal runs differ by up to 15% here.
+runs slower cancels out. Then the hand loop against itself, an A/A control that shows the noise left. `steady_malloc`
+keeps glibc's allocator from handing memory back to the OS between batches, which made equal runs differ by up to 15% here.
 
     python bench/learner_overhead.py [--quick]
 """
