@@ -444,20 +444,23 @@ class MetricsCB(Callback):
             row.update({f'{phase}_{k}': v for k, v in vals.items()})
         if self.printing and getattr(learn, 'logging', True) and rank() == 0: print({k: f'{v:.3f}' if isinstance(v, float) else v for k, v in self.log.items()})
 
+    def _metrics_on(self, learn):
+        "Whether this phase updates and computes the metrics; the loss always is."
+        return self.train_metrics or not learn.model.training
     def _used(self, learn):
-        "The names of the metrics this phase computes: all, or only the loss in training with `train_metrics=False`."
-        return list(self.all_metrics) if self.train_metrics or not learn.model.training else ['loss']
+        "The names of the metrics this phase computes: all, or only the loss."
+        return list(self.all_metrics) if self._metrics_on(learn) else ['loss']
 
     def after_batch(self, learn):
         xs, ys = split_batch(learn.batch, getattr(learn, 'n_inp', 1))
         dev = learn.loss.device
         if self.loss.device != dev: self.loss.to(dev)
         self.loss.update(learn.loss.detach(), weight=len(xs[0]))
-        if not self.train_metrics and learn.model.training: return
+        if not self._metrics_on(learn): return
+        preds = apply_tensors(torch.Tensor.detach, learn.preds)  # one output, or one per task
         for m in self.metrics.values():
             if m.device != dev: m.to(dev)
-        preds = apply_tensors(torch.Tensor.detach, learn.preds)  # one output, or one per task
-        for m in self.metrics.values(): m.update(preds, *ys)
+            m.update(preds, *ys)
 
     def state_dict(self):
         "The metrics' accumulated state (for a checkpoint taken inside an epoch)."
