@@ -9,10 +9,11 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 from .learner import *
+from .procs import DEFAULT_TIMEOUT, init_distributed, agree
 from .datasets import TensorDataLoader
 
 # %% auto #0
-__all__ = ['MixedPrecision', 'init_distributed', 'shard_loader', 'AccelerateCB', 'DistributedCB']
+__all__ = ['MixedPrecision', 'shard_loader', 'AccelerateCB', 'DistributedCB', 'init_distributed']
 
 # %% ../nbs/17_accel.ipynb #f850e11f
 def _publish_scaler(learn, scaler, owner):
@@ -45,6 +46,12 @@ class MixedPrecision(TrainCB):
         self.scaler = torch.amp.GradScaler(self.dev) if self.dt == torch.float16 else None
         _publish_scaler(learn, self.scaler, 'MixedPrecision')
         self.ac = None
+    def state_dict(self):
+        "The gradient scaler's scale and growth tracker (float16): a resumed run scales as the uninterrupted one."
+        sc = getattr(self, 'scaler', None)
+        return {'scaler': sc.state_dict() if sc is not None else None}
+    def load_state_dict(self, sd):
+        if sd.get('scaler') and getattr(self, 'scaler', None) is not None: self.scaler.load_state_dict(sd['scaler'])
     def cleanup_fit(self, learn):
         if learn.scaler is getattr(self, 'scaler', None): learn.scaler = None
         for s in Learner._steps: self.__dict__.pop(s, None)
@@ -60,15 +67,7 @@ class MixedPrecision(TrainCB):
             self.ac = None
 
 # %% ../nbs/17_accel.ipynb #c0de0203
-def init_distributed(backend=None):
-    "Join the process group `torchrun` describes in the environment (gloo on the CPU, NCCL with GPUs); with one process, nothing. Returns (rank, world)."
-    if int(os.environ.get('WORLD_SIZE', '1')) > 1 and not dist.is_initialized():
-        cuda = torch.cuda.is_available()
-        backend = backend or ('nccl' if cuda else 'gloo')
-        if backend == 'nccl' and not cuda: raise ValueError("`backend` 'nccl' needs CUDA GPUs, which this machine lacks; use 'gloo' (the default without GPUs)")
-        if cuda: torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', '0')))
-        dist.init_process_group(backend)
-    return rank(), world()
+_all_ = ['init_distributed']  # (it lives in `procs`, with the rest of the process-aware path)
 
 class _Strided(Sampler):
     "The items `rank::world` of a dataset, in order, unpadded: validation on several processes without an item twice."
@@ -100,7 +99,7 @@ class _AccelerateScaler:
 
 class AccelerateCB(TrainCB):
     "Train through HF Accelerate: `mixed_precision` 'fp16' (CUDA), 'bf16' or 'no' (default: fp16 on CUDA, bf16 elsewhere)."
-    order = DeviceCB.order + 10  # prepare the model once DeviceCB has placed it
+    order = DeviceCB.order + 10  # prepare the model once DeviceCB has placed it; shard before order-≥-0 callbacks read
     def __init__(self, n_inp=1, mixed_precision=None, **kwargs):
         super().__init__(n_inp=n_inp)
         try: from accelerate import Accelerator
@@ -140,17 +139,20 @@ class AccelerateCB(TrainCB):
 # %% ../nbs/17_accel.ipynb #c0de0202
 class DistributedCB(Callback):
     "Data-parallel training on the processes `torchrun` starts: the model in DDP, each process its share of every batch; with one process, nothing."
-    order = DeviceCB.order + 5  # once DeviceCB has placed the model
-    def __init__(self, backend=None, seed=0, **ddp_kwargs): self.backend, self.seed, self.ddp_kwargs, self.kept = backend, seed, ddp_kwargs, None
+    order = DeviceCB.order + 5  # once DeviceCB has placed the model; before any callback of order ≥ 0 reads the loaders
+    def __init__(self, backend=None, seed=0, timeout=DEFAULT_TIMEOUT, **ddp_kwargs):
+        self.backend, self.seed, self.timeout, self.ddp_kwargs, self.kept = backend, seed, timeout, ddp_kwargs, None
 
     def before_fit(self, learn):
-        init_distributed(self.backend)
+        init_distributed(self.backend, self.timeout)
         if world() == 1: return
         p = next(iter(learn.model.parameters()), None)
         if dist.get_backend() == 'nccl' and (p is None or p.device.type != 'cuda'):
             raise ValueError(f"DistributedCB: the NCCL backend needs the model on a GPU; it is on {p.device if p is not None else 'no device'}: add DeviceCB() before it")
         dls = (learn.dls.train, learn.dls.valid)
         shards = (shard_loader(dls[0], True, self.seed), shard_loader(dls[1], False, self.seed))  # every process fails here alike, or none does
+        n = len(shards[0]) if hasattr(shards[0], '__len__') else -1
+        agree(n, "the number of training batches (uneven shards: e.g. `shard(pad=False)`)")  # on every process alike
         self.kept = (learn.model, dls)
         learn.dls.train, learn.dls.valid = shards
         ids = None if p is None or p.device.type != 'cuda' else [p.device]

@@ -8,6 +8,7 @@ __all__ = []
 # %% ../nbs/95_all.ipynb #678c5543
 from .datasets import *
 from .conv import *
+from .procs import *
 from .learner import *
 from .activations import *
 from .init import *
@@ -19,4 +20,4 @@ from .tracker import *
 import sys as _sys
 
 # nbdev writes an empty `__all__` for a module that defines nothing; this one re-exports every module's names
-__all__ = [n for m in ('datasets', 'conv', 'learner', 'activations', 'init', 'sgd', 'resnet', 'augment', 'accel', 'tracker') for n in _sys.modules[f'mtlearn.{m}'].__all__]
+__all__ = [n for m in ('datasets', 'conv', 'procs', 'learner', 'activations', 'init', 'sgd', 'resnet', 'augment', 'accel', 'tracker') for n in _sys.modules[f'mtlearn.{m}'].__all__]

@@ -18,7 +18,7 @@ import fastcore.all as fc
 
 from .datasets import load_fashion_mnist, DataLoaders
 from .conv import get_device
-from .learner import TrainLearner, DeviceCB, MetricsCB, ProgressCB, lr_find, rank, world
+from .learner import TrainLearner, DeviceCB, MetricsCB, ProgressCB, lr_find, rank, world, write_atomic, main_print
 from .accel import DistributedCB, init_distributed
 from .sgd import fit_one_cycle
 from .activations import ActivationStats, set_seed
@@ -41,12 +41,11 @@ def simple_cnn(nfs=(8, 16, 32, 64), n_out=10):
 
 # %% ../nbs/90_cli.ipynb #33b09a69
 def _save(out, name):
-    if rank() == 0: plt.savefig(out/name, dpi=100, bbox_inches='tight')  # under torchrun: the first process writes
+    write_atomic(out/name, lambda tmp: plt.savefig(tmp, format='png', dpi=100, bbox_inches='tight'))  # the first process
     plt.close('all')
     return out/name
 
-def _say(*args):
-    if rank() == 0: print(*args)
+_say = main_print
 
 def train(epochs=3, bs=256, lr=1e-2, data=None, out='out', device=None, seed=42, lr_find=True):
     "Train the course's CNN on Fashion-MNIST with a one-cycle schedule; write the plots listed above to `out`; return the learner."

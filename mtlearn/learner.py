@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_learner.ipynb #66328e2a
 from __future__ import annotations
-import difflib, math, os, re, shutil, sys, time, warnings
+import difflib, math, numbers, re, shutil, sys, time, warnings
 from copy import copy, deepcopy
 from operator import attrgetter
 from pathlib import Path
@@ -20,13 +20,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from fastprogress.fastprogress import master_bar, progress_bar, format_time, IN_NOTEBOOK
 
 from .conv import get_device, to_device, apply_tensors
+from .procs import *
+from .procs import _timed_out
 
 # %% auto #0
 __all__ = ['CancelException', 'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'CancelBackwardException',
-           'CancelStepException', 'Callback', 'run_cbs', 'with_cbs', 'cb_list', 'split_batch', 'world', 'rank',
-           'all_mean', 'any_rank', 'Learner', 'TrainCB', 'to_cpu', 'RunningMean', 'MetricsCB', 'HostScalar',
-           'CountSyncs', 'ProgressCB', 'DeviceCB', 'TrainLearner', 'MomentumLearner', 'SingleBatchCB', 'LRFinderCB',
-           'valley', 'TerminateOnNaNCB']
+           'CancelStepException', 'Callback', 'state_key', 'state_keys', 'run_cbs', 'with_cbs', 'cb_list',
+           'split_batch', 'Learner', 'TrainCB', 'to_cpu', 'RunningMean', 'MetricsCB', 'HostScalar', 'CountSyncs',
+           'ProgressCB', 'DeviceCB', 'TrainLearner', 'MomentumLearner', 'SingleBatchCB', 'LRFinderCB', 'valley',
+           'GuardCB', 'TerminateOnNaNCB', 'world', 'rank', 'is_main', 'main_print', 'write_atomic', 'all_mean',
+           'any_rank', 'unwrap']
 
 # %% ../nbs/09_learner.ipynb #fb5bddc5
 class CancelException(Exception):
@@ -41,6 +44,26 @@ class CancelStepException(CancelException): "Skip the default optimiser step (a 
 class Callback():
     "Base class for callbacks: methods named after events receive the learner; `order` sets who runs first."
     order = 0
+    name = None  # the key of this callback's state in a checkpoint (see `state_key`); set it to tell two of a kind apart
+
+def state_key(cb):
+    "The key of `cb`'s state in a checkpoint: its `name` if set, else its class name, with the `monitor` it watches if any."
+    if getattr(cb, 'name', None) is not None: return cb.name
+    m = getattr(cb, 'monitor', None)
+    return type(cb).__name__ + (f'({m})' if isinstance(m, str) else '')
+
+def state_keys(cbs):
+    "The callbacks of `cbs` that have state (`state_dict`), by `state_key`; two with one key are refused, naming both."
+    out = {}
+    for cb in cbs:
+        if not callable(getattr(cb, 'state_dict', None)): continue
+        k = state_key(cb)
+        if k in out:
+            raise ValueError(f"two callbacks, a {type(out[k]).__name__} and a {type(cb).__name__}, would both keep their "
+                             f"state under the key {k!r} in a checkpoint: give one of them its own `name` "
+                             f"(e.g. cb.name = '{k}_2')")
+        out[k] = cb
+    return out
 
 # %% ../nbs/09_learner.ipynb #a3c428ec
 def _call_cb(cb, nm, method, learn):
@@ -131,33 +154,17 @@ def _set_rng(s, dl=None):
     g = getattr(dl, 'generator', None)
     if 'loader' in s and isinstance(g, torch.Generator): g.set_state(s['loader'])
 
+def _mine(states, path=None):
+    "This process's random states from a checkpoint's list of every process's; a checkpoint of another number of processes gets a warning, since the resumed run then draws other numbers."
+    if states is None or isinstance(states, dict): return states  # (a dict: a checkpoint of one process from an older mtlearn)
+    if len(states) != world():
+        warnings.warn(f"checkpoint {str(path)!r} holds the random states of {len(states)} process(es) and this run has "
+                      f"{world()}: the resumed run draws other random numbers (data order, dropout) than the "
+                      "uninterrupted one would have")
+    return states[min(rank(), len(states) - 1)]
+
 # %% ../nbs/09_learner.ipynb #c0de0103
-def world():
-    "The number of processes training together (1 without torch.distributed)."
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-def rank():
-    "This process's rank among them (0 without torch.distributed)."
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-def _comm(t):
-    "`t` where the process group's backend can reduce it (NCCL: the GPU)."
-    return t.cuda() if dist.get_backend() == 'nccl' and t.device.type != 'cuda' else t
-
-def all_mean(t):
-    "The mean of tensor `t` over the processes (`t` itself with one process); a collective: every process must call it."
-    if world() == 1: return t
-    r = _comm(t.detach().clone())
-    dist.all_reduce(r)
-    return (r / world()).to(t.device)
-
-def any_rank(flag):
-    "Whether `flag` (a bool, or a bool tensor) is true on any process, as a tensor on every process; the collective for decisions to stop."
-    if world() == 1: return torch.as_tensor(flag)  # (per batch in TerminateOnNaNCB: no extra work on one process)
-    t = torch.as_tensor(flag).detach().to(torch.float32).reshape(())
-    r = _comm(t.clone())
-    dist.all_reduce(r, op=dist.ReduceOp.MAX)
-    return (r > 0).to(t.device)
+_all_ = ['world', 'rank', 'is_main', 'main_print', 'write_atomic', 'all_mean', 'any_rank', 'unwrap']  # from `procs`
 
 # %% ../nbs/09_learner.ipynb #70388bb4
 _EVENTS = tuple(f'{w}_{nm}' for nm in ('fit', 'epoch', 'batch', 'backward', 'step') for w in ('before', 'after', 'cleanup')) + ('after_predict', 'after_loss')
@@ -251,14 +258,14 @@ class Learner():
 
     def _restore(self, r):
         "Give the callbacks their saved state, and the optimiser's param groups their saved hyperparameters (which the callbacks' set-up may have changed)."
-        if r.get('cbs') is not None: self._load_cbs(r['cbs'], resuming='epoch' in r)
+        if r.get('state') is not None: self._load_states(r['state'], resuming='epoch' in r)
         if r.get('opt') is not None:  # in place: schedulers and recorders hold these dicts
             for g, s in zip(self.opt.param_groups, r['opt']['param_groups']): g.update({k: v for k, v in s.items() if k != 'params'})
 
     @with_cbs('fit')
     def _fit(self, train, valid):
         r = self._resume or {}
-        r['cbs'] = self._pending.pop('cbs', None)
+        r['state'] = self._pending.pop('state', None)
         if not (0 < r.get('iter', 0) and not r['train_done']):  # else restored inside that epoch, after its before_epoch
             self._restore(r)
             if 'rng' in r: _set_rng(r['rng'], getattr(self.dls, 'train', None))
@@ -284,6 +291,7 @@ class Learner():
             pos = self._pending.pop('pos', None)
             if pos is None: raise ValueError(f"`resume`: checkpoint {str(resume)!r} was saved outside a fit, so it has no place to resume from; load it with `learn.load`")
             pos['opt'], lr = self._pending.get('opt'), None  # the saved learning rates and momenta are the run's, whatever `lr` says
+            pos['rng'], pos['rng_epoch'] = _mine(pos['rng'], resume), _mine(pos['rng_epoch'], resume)
         else:  # a plain `load` carries the state over, not the run's position
             self._pending.pop('pos', None)
             pos = None
@@ -298,6 +306,9 @@ class Learner():
             self._sorted_cbs = sorted(self.cbs, key=attrgetter('order'))
             self._check_cbs()
             self._fit(train, valid)
+        except BaseException as e:
+            explain_timeout(e)  # a collective that timed out: which process never came
+            raise
         finally:
             self._events, self._resume = None, None
             for cb in cbs: self.cbs.remove(cb)
@@ -319,6 +330,7 @@ class Learner():
         takers = [type(cb).__name__ for cb in self._sorted_cbs if getattr(cb, 'replaces_backward', False)]
         if len(takers) > 1:
             raise ValueError(f"callbacks {', '.join(takers)} each replace the backward pass (`replaces_backward`); a fit can have only one")
+        state_keys(self._sorted_cbs)  # two callbacks whose states would share a key are refused before anything runs
         for cb in self._sorted_cbs:
             for nm in dir(cb):
                 if re.match(r'(before|after|cleanup)_', nm) and nm not in self.events and callable(getattr(cb, nm, None)):
@@ -442,7 +454,8 @@ class MetricsCB(Callback):
             row = hist[-1] if hist and hist[-1]['epoch'] == learn.epoch else None
             if row is None: hist.append(row := {'epoch': learn.epoch})
             row.update({f'{phase}_{k}': v for k, v in vals.items()})
-        if self.printing and getattr(learn, 'logging', True) and rank() == 0: print({k: f'{v:.3f}' if isinstance(v, float) else v for k, v in self.log.items()})
+        if self.printing and getattr(learn, 'logging', True):
+            main_print({k: f'{v:.3f}' if isinstance(v, float) else v for k, v in self.log.items()})
 
     def _metrics_on(self, learn):
         "Whether this phase updates and computes the metrics; the loss always is."
@@ -463,11 +476,24 @@ class MetricsCB(Callback):
             m.update(preds, *ys)
 
     def state_dict(self):
-        "The metrics' accumulated state (for a checkpoint taken inside an epoch)."
-        return {k: m.state_dict() for k, m in self.all_metrics.items() if hasattr(m, 'state_dict')}
+        "The metrics' accumulated state over every process (a collective): a resume on any number of processes goes on from it."
+        return {k: _global_state(m) for k, m in self.all_metrics.items() if hasattr(m, 'state_dict')}
     def load_state_dict(self, sd):
+        "The first process takes the saved (global) state, the others start from nothing: their sum is the global state."
         for k, v in sd.items():
-            if k in self.all_metrics: self.all_metrics[k].load_state_dict(v)
+            m = self.all_metrics.get(k)
+            if m is None: continue
+            if is_main(): m.load_state_dict(v)
+            else: m.reset()
+
+def _global_state(m):
+    "The state of metric `m` summed over the processes (its own with one process)."
+    if world() == 1: return m.state_dict()
+    if isinstance(m, RunningMean):
+        tw = all_sum(torch.stack([m.total.float(), m.total.new_tensor(m.weights, dtype=torch.float32)]))
+        return {'total': tw[0].to(m.total.dtype), 'weights': float(tw[1])}
+    from torcheval.metrics.toolkit import get_synced_state_dict
+    return get_synced_state_dict(getattr(m, 'metric', m))  # (TaskMetric: the metric inside)
 
 # %% ../nbs/09_learner.ipynb #5da3dbcb
 class HostScalar:
@@ -554,7 +580,7 @@ class ProgressCB(Callback):
     def __init__(self, plot=False, stream=None): self.plot, self.stream = plot, stream
 
     def before_fit(self, learn):
-        self.on = rank() == 0  # one table, one bar: the first process's
+        self.on = is_main()  # one table, one bar: the first process's
         self.nb = IN_NOTEBOOK and self.stream is None and self.on
         self.out = self.stream or sys.stdout
         if self.nb: learn.epochs = self.mbar = master_bar(learn.epochs)
@@ -616,6 +642,7 @@ class ProgressCB(Callback):
 # %% ../nbs/09_learner.ipynb #08f63f95
 class DeviceCB(Callback):
     "Put the model on `device` (default: cuda, then mps, then cpu) before fitting, and each batch as it comes."
+    order = -20  # set-up first: the process callbacks (-15, -10) shard the loaders before any callback of order ≥ 0 reads them
     def __init__(self, device=None): self.device = get_device(device)
     def before_fit(self, learn):
         if hasattr(learn.model, 'to'): learn.model.to(self.device)
@@ -714,43 +741,55 @@ def lr_find(self:Learner, gamma=1.3, max_mult=3, start_lr=1e-5, max_epochs=10, p
     return sugg
 
 # %% ../nbs/09_learner.ipynb #ea2b99f9
-def _cb_keys(cbs):
-    "A name per callback that has state: its class name, numbered from the second of a class on."
-    seen, out = {}, {}
-    for cb in sorted(cbs, key=attrgetter('order')):
-        if not callable(getattr(cb, 'state_dict', None)): continue
-        nm = type(cb).__name__
-        seen[nm] = seen.get(nm, 0) + 1
-        out[nm if seen[nm] == 1 else f'{nm}_{seen[nm]}'] = cb
-    return out
-
 @patch
-def _load_cbs(self:Learner, saved, resuming=False):
-    cbs = _cb_keys(self.cbs)
-    if resuming and saved.keys() - cbs.keys():  # (a plain `load` for inference needs none of them)
-        warnings.warn(f"the checkpoint holds the state of callbacks {sorted(saved.keys() - cbs.keys())}, which the resumed fit does not have: not loaded")
-    for k, cb in cbs.items():
-        if k in saved: cb.load_state_dict(saved[k])
+def _load_states(self:Learner, saved, resuming=False):
+    "Give each callback the state saved under its key; a saved state of another kind of callback is refused, one with no owner is named in a warning (when resuming)."
+    own = state_keys(self.cbs)
+    for k, v in saved.items():
+        kind, sd = (v['kind'], v['state']) if isinstance(v, dict) and v.keys() == {'kind', 'state'} else (None, v)
+        cb = own.get(k)
+        if cb is None:
+            if resuming:
+                warnings.warn(f"the checkpoint holds the state of callback {k!r} ({kind or 'of an older mtlearn'}), "
+                              "which no callback of this fit has: not loaded (a callback's `name` is its key)")
+            continue
+        if kind is not None and type(cb).__name__ != kind:
+            raise ValueError(f"the checkpoint's state {k!r} is a {kind}'s, but this fit's callback {k!r} is a "
+                             f"{type(cb).__name__}: give them different `name`s, or load the matching callback")
+        cb.load_state_dict(sd)
+
+_PLAIN = (bool, int, float, str, type(None), torch.Tensor, torch.dtype, torch.device, torch.Size)
+
+def _plain(o, where):
+    "`o` with NumPy scalars and arrays made Python numbers and tensors; anything that `torch.load(weights_only=True)` would refuse raises, naming where it is."
+    if type(o) in _PLAIN or isinstance(o, torch.Tensor): return o
+    if isinstance(o, dict): return type(o)((k, _plain(v, f'{where}[{k!r}]')) for k, v in o.items())
+    if isinstance(o, (list, tuple)):
+        xs = [_plain(v, f'{where}[{i}]') for i, v in enumerate(o)]
+        return xs if isinstance(o, list) else tuple(xs)
+    import numpy as np
+    if isinstance(o, np.ndarray): return torch.from_numpy(o)
+    if isinstance(o, (np.generic, numbers.Number)) and hasattr(o, 'item'): return o.item()
+    for t in (bool, int, float, str):  # a subclass of a plain type
+        if isinstance(o, t): return t(o)
+    raise ValueError(f"`{where}` is a {type(o).__name__}, which a checkpoint cannot hold (`load` reads with "
+                     "weights_only=True): keep numbers, strings, tensors, lists and dicts there")
 
 @patch
 def save(self:Learner, path, with_opt=True):
-    "Save a checkpoint to `path`, atomically: the model, the optimiser, every callback's state, and (inside a fit) the position and random states to resume from."
-    state = {'model': _unwrap(self.model).state_dict(), 'cbs': {k: cb.state_dict() for k, cb in _cb_keys(self.cbs).items()}, 'history': self.history}
+    "Save a checkpoint to `path`, atomically: the model, the optimiser, every callback's state, and (inside a fit) the position and every process's random states to resume from. A collective: every process calls it; the first writes."
+    state = {'model': unwrap(self.model).state_dict(), 'history': self.history,
+             'state': {k: {'kind': type(cb).__name__, 'state': cb.state_dict()} for k, cb in state_keys(self.cbs).items()}}
     if with_opt and hasattr(self.opt, 'state_dict'): state['opt'] = self.opt.state_dict()
     if self._done is not None:
         e, i, train_done = self._done
-        state['pos'] = {'epoch': e, 'iter': i, 'train_done': train_done, 'rng': _get_rng(getattr(self.dls, 'train', None)),
-                        'rng_epoch': getattr(self, '_rng_epoch', None) if 0 < i and not train_done else None}
-    path = Path(path)
-    if rank() == 0:  # one writer; the others wait until the file is whole
-        tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, path)  # the old checkpoint stays whole until the new one is
-        finally: tmp.unlink(missing_ok=True)
-    if world() > 1: dist.barrier()
-
-def _unwrap(model): return getattr(model, 'module', model) if type(model).__name__ == 'DistributedDataParallel' else model
+        mid = 0 < i and not train_done
+        state['pos'] = {'epoch': e, 'iter': i, 'train_done': train_done,
+                        'rng': gather(_get_rng(getattr(self.dls, 'train', None))),
+                        'rng_epoch': gather(getattr(self, '_rng_epoch', None)) if mid else None}
+    state = {k: (v if k == 'model' else _plain(v, k)) for k, v in state.items()}
+    write_atomic(path, lambda tmp: torch.save(state, tmp))  # the old checkpoint stays whole until the new one is
+    if world() > 1: dist.barrier()  # the others wait until the file is whole
 
 @patch
 def load(self:Learner, path, with_opt=True):
@@ -760,26 +799,131 @@ def load(self:Learner, path, with_opt=True):
     p = next(iter(self.model.parameters()), None)
     try: state = torch.load(path, map_location='cpu' if p is None else p.device, weights_only=True)
     except Exception as e:
-        raise ValueError(f"Checkpoint {str(path)!r} is damaged or is not a checkpoint written by `Learner.save` ({type(e).__name__}: {str(e)[:200]})") from e
-    if not isinstance(state, dict) or 'model' not in state: raise ValueError(f"Checkpoint {str(path)!r} is not a checkpoint written by `Learner.save`")
-    own, new = _unwrap(self.model).state_dict(), state['model']
+        raise ValueError(f"Checkpoint {str(path)!r} is damaged or is not a checkpoint written by `Learner.save` "
+                         f"({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict) or 'model' not in state:
+        raise ValueError(f"Checkpoint {str(path)!r} is not a checkpoint written by `Learner.save`")
+    own, new = unwrap(self.model).state_dict(), state['model']
     if own.keys() != new.keys():
-        raise ValueError(f"Checkpoint {str(path)!r} does not fit the model: missing {sorted(own.keys()-new.keys())}, unexpected {sorted(new.keys()-own.keys())}")
+        raise ValueError(f"Checkpoint {str(path)!r} does not fit the model: missing {sorted(own.keys()-new.keys())}, "
+                         f"unexpected {sorted(new.keys()-own.keys())}")
     for k, v in own.items():
-        if v.shape != new[k].shape: raise ValueError(f"Checkpoint {str(path)!r} does not fit the model: parameter `{k}` has shape {tuple(new[k].shape)} there, {tuple(v.shape)} in the model")
-    _unwrap(self.model).load_state_dict(new)
-    self._pending = {k: state[k] for k in ('cbs', 'pos') if k in state}
+        if v.shape != new[k].shape:
+            raise ValueError(f"Checkpoint {str(path)!r} does not fit the model: parameter `{k}` has shape "
+                             f"{tuple(new[k].shape)} there, {tuple(v.shape)} in the model")
+    unwrap(self.model).load_state_dict(new)
+    self._pending = {k: state[k] for k in ('pos',) if k in state}
+    if 'state' in state or 'cbs' in state: self._pending['state'] = state.get('state', state.get('cbs'))
     if with_opt and 'opt' in state: self._pending['opt'] = state['opt']
     self.history = state.get('history', [])
 
 # %% ../nbs/09_learner.ipynb #b59da94c
-class TerminateOnNaNCB(Callback):
-    "Stop the fit (`CancelFitException`) once a loss is NaN or infinite."
-    order = 90  # after other `after_loss` callbacks, which may change the loss
-    def before_fit(self, learn): self.bad, self.flag = None, HostScalar()
+class _Undo:
+    "What an optimiser step changes, kept on the device before it and put back after it where `bad` holds: no host read."
+    def __init__(self, opt, modules=()):
+        self.kept = [(t, t.detach().clone()) for g in opt.param_groups for p in g['params'] for t in [p] + [
+            v for v in opt.state.get(p, {}).values() if isinstance(v, torch.Tensor) and v.device == p.device]]
+        # (a step counter kept on the CPU beside parameters on a GPU is left alone: restoring it would wait for the GPU)
+        self.mods = modules
+    def __call__(self, bad):
+        ok = ~bad
+        with torch.no_grad():
+            for t, old in self.kept: t.copy_(torch.where(ok, t, old))
+        for m, k, old in self.mods:  # only buffers the step replaced (weightings replace them, never write into them)
+            new = getattr(m, k)
+            if new is not old and new.shape == old.shape and new.dtype == old.dtype and new.device == old.device:
+                setattr(m, k, torch.where(ok, new, old))
+
+class GuardCB(Callback):
+    "One check of the loss(es) and the gradients for NaN and infinity before every optimiser step; `on` a non-finite value: 'raise' (FloatingPointError), 'stop' (end the fit) or 'skip' (that step is not taken). A non-finite value never reaches the parameters."
+    order = 92  # before_step once MultiTaskGradCB (90) has written the gradients, before GradientClip (95)
+    def __init__(self, on='raise', undo=None):
+        if on not in ('raise', 'stop', 'skip'): raise ValueError(f"`on` should be 'raise', 'stop' or 'skip'; found on = {on!r}")
+        if undo not in (None, True): raise ValueError(f"`undo` should be None (on accelerators) or True; found {undo!r}")
+        self.on, self.undo = on, undo
+
+    def before_fit(self, learn):
+        self.learn, learn.guard = learn, self
+        self.first, self.flag, self.n_skipped, self._undo, self._mods, self.lbad = None, HostScalar(), 0, None, (), None
+        self.n_step = 0  # (a resumed fit's count is loaded after this)
+    def cleanup_fit(self, learn):
+        if getattr(learn, 'guard', None) is self: learn.guard = None
+        self.learn = self._undo = None
+        if self.n_skipped: warnings.warn(f"GuardCB skipped {self.n_skipped} optimiser step(s) with non-finite values")
+
+    def _undoing(self, t): return self.undo is True or t.device.type != 'cpu'
+    def keep_modules(self, *modules):
+        "Also put back the buffers of these modules (an aggregator's state) when a step is undone; callers run it before the modules do."
+        self._mods = [(m, k, b) for mod in modules if isinstance(mod, torch.nn.Module)
+                      for m in mod.modules() for k, b in m.named_buffers(recurse=False)]
+
     def after_loss(self, learn):
         if not learn.training: return
-        bad = any_rank(~torch.isfinite(learn.loss.detach()))  # every process stops at the same batch
-        self.bad = bad if self.bad is None else self.bad | bad
-        self.flag.put(self.bad)
-        if self.flag.get(): raise CancelFitException()
+        self.n_step += 1
+        self.losses = (learn.losses if learn.losses is not None else learn.loss.reshape(1)).detach()
+        self.lbad = ~torch.isfinite(self.losses)
+        if not self._undoing(self.losses) and bool(any_rank(self.lbad.any())): self._act(self._report(None), batch=True)
+
+    def before_step(self, learn):
+        if self.lbad is None: return  # (a learner without `after_loss`: a course notebook's)
+        ps = [(n, p) for n, p in unwrap(learn.model).named_parameters() if p.grad is not None]
+        self.names = [n for n, _ in ps]
+        if not ps or learn.scaler is not None:  # (a gradient scaler skips the steps of non-finite gradients itself)
+            gbad = torch.zeros(0, dtype=torch.bool, device=self.losses.device)
+        else:  # the largest |g| of each parameter: not finite exactly when one of its entries is not
+            norms = torch._foreach_norm([p.grad for _, p in ps], float('inf'))
+            if len({n.dtype for n in norms}) > 1: norms = [n.float() for n in norms]
+            gbad = ~torch.stack(norms).isfinite().to(self.losses.device)
+        bad = any_rank(self.lbad.any() | gbad.any())
+        if not self._undoing(self.losses):
+            if bool(bad): self._act(self._report(gbad))
+            return
+        self.bad, self.gbad = bad, gbad
+        self._undo = _Undo(learn.opt, self._mods)
+        if self.first is None:  # the first bad step's number, losses and gradient flags, kept on the device
+            self.first, self.first_losses, self.first_gbad = torch.full((), -1, device=bad.device), self.losses, gbad
+        new = (self.first < 0) & bad
+        self.first = torch.where(new, self.n_step, self.first)
+        self.first_losses = torch.where(new, self.losses, self.first_losses)
+        if gbad.shape == self.first_gbad.shape: self.first_gbad = torch.where(new, gbad, self.first_gbad)
+
+    def cleanup_step(self, learn):
+        if self._undo is None: return
+        self._undo(self.bad)
+        self._undo, self._mods = None, ()
+        self.flag.put(self.first)
+        v = self.flag.get()  # lands a step or two later on a GPU: the parameters are already safe
+        if v is not None and v >= 0:
+            self.first = None
+            self._act(self._report(self.first_gbad, step=int(v), losses=self.first_losses), undone=True)
+
+    def _report(self, gbad, step=None, losses=None):
+        losses = (self.losses if losses is None else losses).float().cpu()
+        tasks = getattr(self.learn.loss_func, 'tasks', None) or list(range(len(losses)))
+        what = [f"task loss(es) {', '.join(str(t) for t, l in zip(tasks, losses.tolist()) if not math.isfinite(l))}"
+                if len(losses) > 1 else "the loss"] if not torch.isfinite(losses).all() else []
+        if not what and gbad is not None and gbad.any():  # (non-finite losses give non-finite gradients: name the cause)
+            bad = [n for n, b in zip(self.names, gbad.tolist()) if b]
+            what.append(f"the gradient of {', '.join(bad[:5])}{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}")
+        if not what: what = ['a value on another process']
+        return (f"{' and '.join(what)} not finite at training step {step or self.n_step} "
+                f"(epoch {self.learn.epoch}; losses {losses.tolist()})")
+
+    def _act(self, msg, batch=False, undone=False):
+        if self.on == 'skip':
+            if not self.n_skipped: warnings.warn(f"GuardCB: {msg}; that step was skipped (and later ones may be)")
+            self.n_skipped += 1
+            if undone: return
+            self.learn.opt.zero_grad()
+            raise CancelBatchException() if batch else CancelStepException()
+        if self.on == 'stop':
+            main_print(f"GuardCB: {msg}; stopping the fit, that step not taken")
+            raise CancelFitException()
+        raise FloatingPointError(f"GuardCB: {msg}; that step's update was not applied")
+
+    def state_dict(self): return {'n_step': self.n_step}
+    def load_state_dict(self, sd): self.n_step = sd['n_step']
+
+class TerminateOnNaNCB(GuardCB):
+    "Stop the fit (`CancelFitException`) at the first training step whose loss or gradients are not finite: a `GuardCB(on='stop')`."
+    def __init__(self): super().__init__('stop')

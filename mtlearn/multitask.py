@@ -13,13 +13,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .learner import *
-from .learner import HostScalar, _comm, _unwrap
+from .learner import HostScalar
+from .procs import _comm
 from .conv import apply_tensors
 from .aggregators import Aggregator
 
 # %% auto #0
 __all__ = ['MF_LABELS', 'MultiTaskModel', 'MultiTaskLoss', 'TaskMetric', 'check_mode', 'task_jacobian', 'mtl_backward',
-           'DeviceSeries', 'StepGuard', 'MultiTaskGradCB', 'synthetic_tasks', 'tiny_mtl_model', 'overlay_pairs',
+           'DeviceSeries', 'MultiTaskGradCB', 'synthetic_tasks', 'tiny_mtl_model', 'overlay_pairs',
            'load_multi_fashion', 'lenet_encoder', 'mf_methods', 'mf_learner', 'mf_train', 'mf_table']
 
 # %% ../nbs/21_multitask.ipynb #a776a1cf
@@ -102,6 +103,8 @@ class TaskMetric:
     def to(self, device): self.metric.to(device); return self
     @property
     def device(self): return self.metric.device
+    def state_dict(self): return self.metric.state_dict()
+    def load_state_dict(self, sd): self.metric.load_state_dict(sd)
 
 # %% ../nbs/21_multitask.ipynb #c0de0001
 def _features(features):
@@ -285,48 +288,6 @@ class DeviceSeries:
         self.reset()
         self.host = sd['values'].clone()
 
-class StepGuard:
-    "Undo, on the device, an optimiser step taken on non-finite losses (parameters, optimiser state, modules' buffers); report the first such step once the host can read it without waiting."
-    def __init__(self): self.reset()
-    def reset(self):
-        "Start counting steps afresh."
-        self.n_step, self.bad, self.first_bad, self.bad_losses, self.flag = 0, None, None, None, HostScalar()
-        self._kept, self._mods = None, None
-    def watch(self, losses):
-        "Note one training batch's losses: the step it feeds is bad if any is not finite (device ops only)."
-        l = losses.detach()
-        bad = ~torch.isfinite(l).all()
-        self.bad = bad if self.bad is None else self.bad | bad
-        self.n_step += 1
-        if self.first_bad is None:
-            self.first_bad, self.bad_losses = torch.full((), -1, dtype=torch.long, device=l.device), torch.zeros_like(l)
-        new = (self.first_bad < 0) & bad
-        self.first_bad = torch.where(new, self.n_step, self.first_bad)
-        self.bad_losses = torch.where(new, l, self.bad_losses)
-    def keep_modules(self, *modules):
-        "Remember the modules' buffers before they run (references: the weightings replace a buffer, never write into it)."
-        self._mods = [(m, k, b) for mod in modules if isinstance(mod, nn.Module) for m in mod.modules() for k, b in m.named_buffers(recurse=False)]
-    def keep_opt(self, opt):
-        "Copy the parameters and the optimiser's state on their devices, before the step."
-        self._kept = [(t, t.detach().clone()) for g in opt.param_groups for p in g['params']
-                      for t in [p] + [v for v in opt.state.get(p, {}).values() if isinstance(v, torch.Tensor) and v.device == p.device]]
-        # (a step counter the optimiser keeps on the CPU while the parameters are on a GPU is left alone: restoring it would wait for the GPU)
-    def settle(self):
-        "After the step: put back what a bad step changed; return the first bad step's number and losses once the host has them, else None."
-        if self.bad is not None:
-            ok = ~self.bad
-            with torch.no_grad():
-                for t, old in self._kept or (): t.copy_(torch.where(ok, t, old))
-            for m, k, old in self._mods or ():
-                new = getattr(m, k)  # only the buffers this step replaced (not pref_vector, const...) need a choice
-                if new is not old and new.shape == old.shape and new.dtype == old.dtype and new.device == old.device:
-                    setattr(m, k, torch.where(ok, new, old))
-        self.bad, self._kept, self._mods = None, None, None
-        if self.first_bad is None: return None
-        self.flag.put(self.first_bad)
-        v = self.flag.get()
-        return (int(v), self.bad_losses.tolist()) if v is not None and v >= 0 else None
-
 # %% ../nbs/21_multitask.ipynb #300a93b5
 class MultiTaskGradCB(Callback):
     "Take over the backward pass of a multi-task model: the shared parameters get `aggregator`'s combination of the tasks' gradients."
@@ -343,7 +304,7 @@ class MultiTaskGradCB(Callback):
         if sdm_batches == 'consecutive' and self.parts == 1:
             raise ValueError(f"`sdm_batches`='consecutive' is for aggregators that need independent batches, such as SDMGrad; the aggregator is a {type(aggregator).__name__}")
         self.agg, self.mode, self.shared, self.guard, self.sdm_batches, self.reduce = aggregator, mode, shared, guard, sdm_batches, reduce
-        self.losses, self.weights, self.stepguard = DeviceSeries(max_records), DeviceSeries(max_records), StepGuard()
+        self.losses, self.weights, self._guard = DeviceSeries(max_records), DeviceSeries(max_records), None
         self._pending, self.z = [], None
 
     def _shared_module(self, model):
@@ -361,7 +322,7 @@ class MultiTaskGradCB(Callback):
         raise ValueError(f"`shared` should be None, a submodule's name or the submodule; found a {type(s).__name__}")
 
     def before_fit(self, learn):
-        model = _unwrap(learn.model)  # under DistributedDataParallel: the model inside; this callback averages over the processes itself
+        model = unwrap(learn.model)  # under DistributedDataParallel: the model inside; this callback averages over the processes itself
         self._ddp = learn.model if model is not learn.model else None
         if self._ddp is not None: self._ddp.require_backward_grad_sync = False
         mod = self._shared_module(model)
@@ -370,7 +331,10 @@ class MultiTaskGradCB(Callback):
         ids = {id(p) for p in self.shared_params}
         self.head_params = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
         self._hook = mod.register_forward_hook(self._keep)
-        self.losses.reset(); self.weights.reset(); self.stepguard.reset()  # a loaded state is applied after this
+        self.losses.reset(); self.weights.reset()  # a loaded state is applied after this
+        own = self.guard is not False and not any(isinstance(cb, GuardCB) for cb in learn.cbs)
+        self._guard = GuardCB('raise', undo=True if self.guard else None) if own else None  # the one guard, run from here
+        if self._guard is not None: self._guard.before_fit(learn)
         self._pending, self.z = [], None
         self.task_names = getattr(learn.loss_func, 'tasks', None)
     def cleanup_fit(self, learn):
@@ -378,23 +342,22 @@ class MultiTaskGradCB(Callback):
         if getattr(self, '_ddp', None) is not None: self._ddp.require_backward_grad_sync = True
         self.z, self._pending = None, []  # a triple of batches left incomplete at the end is dropped
         self.losses.flush(); self.weights.flush()
+        if self._guard is not None: self._guard.cleanup_fit(learn)
     def after_epoch(self, learn):
         if learn.training: self.losses.flush(); self.weights.flush()  # the one host read of the epoch's records
     def _keep(self, mod, inp, out):
         if mod.training and torch.is_grad_enabled(): self.z = out
     def cleanup_batch(self, learn): self.z = None
-    def _guarded(self, device): return self.guard is True or (self.guard is None and device.type != 'cpu')
+    def after_loss(self, learn):
+        if self._guard is not None: self._guard.after_loss(learn)
 
     def before_backward(self, learn):
         losses = learn.losses
         if losses is None: raise ValueError("MultiTaskGradCB needs the per-task losses: use a loss function that returns one loss per task, such as MultiTaskLoss")
         if self.z is None: raise RuntimeError("MultiTaskGradCB saw no output of the shared module in this forward pass: is `shared` the module the heads read?")
-        guarded = self._guarded(losses.device)
-        seen = all_mean(losses.detach())  # with several processes: their mean, so that all record, and decide, alike
-        self.losses.append(seen)
-        self.stepguard.watch(seen)
-        if not guarded and not bool(torch.isfinite(seen).all()): self._raise(self.stepguard.n_step, seen.tolist())  # the CPU: the read waits for nothing
-        if guarded: self.stepguard.keep_modules(self.agg)
+        self.losses.append(all_mean(losses.detach()))  # with several processes: their mean, so that all record alike
+        g = getattr(learn, 'guard', None)
+        if g is not None and g._undoing(losses): g.keep_modules(self.agg)  # a step undone puts the aggregator's state back too
         scaled = learn.scaler is not None or learn.grad_factor != 1
         scale = learn.scaled(losses.new_ones(())) if scaled else None  # a device tensor: no read
         z, self.z = self.z, None
@@ -417,27 +380,22 @@ class MultiTaskGradCB(Callback):
 
     def before_step(self, learn):
         if self._pending: raise CancelStepException()  # SDMGrad waits for the third batch
-        if self._guarded(learn.losses.device): self.stepguard.keep_opt(learn.opt)
+        if self._guard is not None: self._guard.before_step(learn)
     def cleanup_step(self, learn):
-        if self._pending: return
-        bad = self.stepguard.settle()
-        if bad is not None: self._raise(*bad)
-    def _raise(self, step, losses):
-        tasks = [str(t) for t, l in zip(self._tasks(len(losses)), losses) if not math.isfinite(l)]
-        raise FloatingPointError(f"MultiTaskGradCB: task loss(es) {', '.join(tasks)} not finite at training step {step} ({losses}); "
-                                 "that step's update was skipped" + ("" if self.guard is not False else " (guard=False: the parameters may hold it)"))
+        if self._guard is not None and not self._pending: self._guard.cleanup_step(learn)
     def _tasks(self, m): return self.task_names or list(range(m))
 
     def state_dict(self):
-        "The aggregator's buffers and counters, the recorded losses and weights, and the step count: what a resumed run needs."
-        sd = {'losses': self.losses.state_dict(), 'weights': self.weights.state_dict(), 'n_step': self.stepguard.n_step}
+        "The aggregator's buffers and counters, the Jacobians waiting for their third batch, the recorded losses and weights, and the guard's step count: what a resumed run needs."
+        sd = {'losses': self.losses.state_dict(), 'weights': self.weights.state_dict(), 'pending': list(self._pending)}
+        if self._guard is not None: sd['guard'] = self._guard.state_dict()
         if isinstance(self.agg, nn.Module): sd['aggregator'] = self.agg.state_dict()
         return sd
     def load_state_dict(self, sd):
         if isinstance(self.agg, nn.Module) and 'aggregator' in sd: self.agg.load_state_dict(sd['aggregator'])
         self.losses.load_state_dict(sd['losses']); self.weights.load_state_dict(sd['weights'])
-        self.stepguard.reset()
-        self.stepguard.n_step = sd['n_step']
+        self._pending = list(sd.get('pending', ()))
+        if self._guard is not None and 'guard' in sd: self._guard.load_state_dict(sd['guard'])
 
     def plot_losses(self, ax=None, names=None):
         "The task losses at every training step."

@@ -165,7 +165,9 @@ def _mom(pg):
 def fit_one_cycle(self:Learner, n_epochs, lr_max=None, pct_start=0.25, cbs=None, record=True, resume=None, **kwargs):
     "Fit `n_epochs` with a one-cycle schedule peaking at `lr_max` (default `self.lr`); lr and momentum go to `self.recorder`; `resume` as `fit`'s."
     lr_max = self.lr if lr_max is None else lr_max
-    sched = partial(lr_scheduler.OneCycleLR, max_lr=lr_max, total_steps=n_epochs*len(self.dls.train), pct_start=pct_start, **kwargs)
+    def sched(opt):  # built in before_fit, once the loaders are sharded: the same length on N processes as on one
+        return lr_scheduler.OneCycleLR(opt, max_lr=lr_max, total_steps=n_epochs*len(self.dls.train), pct_start=pct_start,
+                                       **kwargs)
     extra = [BatchSchedCB(sched)]
     if record:
         self.recorder = RecorderCB(lr=lambda cb: cb.pg['lr'], mom=lambda cb: _mom(cb.pg))

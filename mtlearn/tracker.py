@@ -93,7 +93,7 @@ class EarlyStoppingCB(_PatienceCB):
     "Stop the fit when `monitor` has not improved by more than `min_delta` for `patience` epochs."
     order = TrackerCB.order + 5  # after the checkpoints of the epoch are written
     def run_out(self, learn):
-        if rank() == 0: print(f'No improvement of {self.monitor} since epoch {self.best_epoch} ({self.best:.4g}): stopping after epoch {learn.epoch}')
+        main_print(f'No improvement of {self.monitor} since epoch {self.best_epoch} ({self.best:.4g}): stopping after epoch {learn.epoch}')
         raise CancelFitException()
 
 class ReduceLROnPlateau(_PatienceCB):
@@ -105,12 +105,12 @@ class ReduceLROnPlateau(_PatienceCB):
         self.factor, self.min_lr = factor, min_lr
     def run_out(self, learn):
         for pg in learn.opt.param_groups: pg['lr'] = max(pg['lr'] / self.factor, self.min_lr)
-        if rank() == 0: print(f"Epoch {learn.epoch}: no improvement of {self.monitor} for {self.wait} epoch(s); lr now {learn.opt.param_groups[0]['lr']:.3g}")
+        main_print(f"Epoch {learn.epoch}: no improvement of {self.monitor} for {self.wait} epoch(s); lr now {learn.opt.param_groups[0]['lr']:.3g}")
         self.wait = 0
 
 # %% ../nbs/15_tracker.ipynb #300afd5c
 class CSVLogger(Callback):
-    "Write `learn.history` to the CSV file `fname` at the end of every epoch (rewritten whole, atomically; `append` keeps the rows already there)."
+    "Write `learn.history` to the CSV file `fname` at the end of every epoch (rewritten whole, atomically, by the first process; `append` keeps the rows already there)."
     order = TrackerCB.order - 10
     def __init__(self, fname='history.csv', append=False): self.fname, self.append = Path(fname), append
     def before_fit(self, learn):
@@ -121,11 +121,11 @@ class CSVLogger(Callback):
         if not learn.last_phase: return
         rows = self.old + learn.history
         keys = list(dict.fromkeys(k for r in rows for k in r))
-        tmp = self.fname.with_name(f'.{self.fname.name}.tmp')
-        with open(tmp, 'w', newline='') as f:
-            w = csv.DictWriter(f, keys)
-            w.writeheader(); w.writerows(rows)
-        os.replace(tmp, self.fname)
+        def write(tmp):
+            with open(tmp, 'w', newline='') as f:
+                w = csv.DictWriter(f, keys)
+                w.writeheader(); w.writerows(rows)
+        write_atomic(self.fname, write)  # the first process writes; the others have the same history
     def read(self):
         "The logged rows, as dicts of strings."
         with open(self.fname, newline='') as f: return list(csv.DictReader(f))
@@ -137,7 +137,7 @@ class GradientAccumulation(Callback):
     def __init__(self, n_acc=32):
         if not (isinstance(n_acc, int) and n_acc >= 1): raise ValueError(f"`n_acc` should be an int ≥ 1 (items per optimiser step); found n_acc = {n_acc!r}")
         self.n_acc, self.count = n_acc, 0
-    def before_fit(self, learn): self.count = 0
+    def before_fit(self, learn): self.count, self.params = 0, list(learn.model.parameters())
     def before_backward(self, learn):
         bs = len(learn.xb[0])
         learn.grad_factor = bs / self.n_acc  # each batch's share of the mean over n_acc items
@@ -145,6 +145,12 @@ class GradientAccumulation(Callback):
     def before_step(self, learn):
         if self.count < self.n_acc: raise CancelStepException()  # the gradients stay and add up
         self.count = 0
-    def cleanup_fit(self, learn): learn.grad_factor = 1.
-    def state_dict(self): return {'count': self.count}
-    def load_state_dict(self, sd): self.count = sd['count']
+    def cleanup_fit(self, learn): learn.grad_factor, self.params = 1., None
+    def state_dict(self):
+        "The items counted towards the next step and, between two steps, the gradients they left: resuming there is exact."
+        grads = [p.grad for p in self.params] if self.count and self.params else None
+        return {'count': self.count, 'grads': grads}
+    def load_state_dict(self, sd):
+        self.count = sd['count']
+        if sd.get('grads') is not None:
+            for p, g in zip(self.params, sd['grads']): p.grad = None if g is None else g.to(p.device).clone()

@@ -64,7 +64,7 @@ def test_bad_input():
     for p in frozen.encoder.parameters(): p.requires_grad_(False)
     with pytest.raises(ValueError, match='no trainable parameter'): fit(MultiTaskLoss(F.mse_loss, F.mse_loss), m=frozen)
 
-@pytest.mark.parametrize('guard', [None, True, False])
+@pytest.mark.parametrize('guard', [None, True])
 def test_non_finite_loss_names_task_and_step_and_skips_the_step(guard):
     "On the CPU the check comes before the backward pass unless guard=True, which takes the device path (the step undone)."
     torch.manual_seed(0)
@@ -79,6 +79,40 @@ def test_non_finite_loss_names_task_and_step_and_skips_the_step(guard):
             if learn.iter == 0: kept.update({k: v.clone() for k, v in learn.model.state_dict().items()})
     with pytest.raises(FloatingPointError, match=r'task loss\(es\) 1 not finite at training step 2'): learn.fit(1, valid=False, cbs=Snap())
     assert all(torch.equal(v, kept[k]) for k, v in model.state_dict().items())  # the bad step changed nothing
+
+def test_guard_false_leaves_the_fit_unguarded():
+    x = torch.randn(8, 8)
+    good, bad = (x, torch.randn(8, 1), torch.randn(8, 1)), (x, torch.randn(8, 1), torch.full((8, 1), float('nan')))
+    learn = TrainLearner(tiny_mtl_model(2), DataLoaders([good, bad], []), MultiTaskLoss(F.mse_loss, F.mse_loss), lr=0.1,
+                         cbs=MultiTaskGradCB(Mean(), guard=False))
+    learn.fit(1, valid=False)
+    assert not all(torch.isfinite(p).all() for p in learn.model.parameters())
+
+class SqrtAtZero(nn.Module):
+    "An encoder whose output is finite but whose gradient is not, for inputs with a zero first column: d sqrt(|p·x|)/dp at x = 0."
+    def __init__(self):
+        super().__init__()
+        self.lin, self.p = nn.Linear(8, 16), nn.Parameter(torch.ones(16))
+    def forward(self, x): return self.lin(x) + (self.p * x[:, :1]).abs().sqrt()
+
+@pytest.mark.parametrize('mode', ['params', 'features'])
+@pytest.mark.parametrize('guard', [None, True])
+def test_a_non_finite_gradient_with_finite_losses_never_reaches_the_parameters(mode, guard):
+    "Issue: with every loss finite, an infinite gradient in the shared encoder was applied (the error came a step later)."
+    torch.manual_seed(0)
+    x = torch.randn(8, 8)
+    x0 = x.clone(); x0[:, 0] = 0
+    good, bad = (x, torch.randn(8, 1), torch.randn(8, 1)), (x0, torch.randn(8, 1), torch.randn(8, 1))
+    model = MultiTaskModel(SqrtAtZero(), [nn.Linear(16, 1), nn.Linear(16, 1)])
+    learn = TrainLearner(model, DataLoaders([good, bad, good], []), MultiTaskLoss(F.mse_loss, F.mse_loss), lr=0.1,
+                         cbs=MultiTaskGradCB(Mean(sync_free=True), mode=mode, guard=guard), opt_func=torch.optim.Adam)
+    kept = {}
+    class Snap(Callback):
+        def after_batch(self, learn):
+            if learn.iter == 0: kept.update({k: v.clone() for k, v in learn.model.state_dict().items()})
+    with pytest.raises(FloatingPointError, match=r'the gradient of encoder\.p not finite at training step 2'):
+        learn.fit(1, valid=False, cbs=Snap())
+    assert all(torch.equal(v, kept[k]) for k, v in model.state_dict().items())
 
 def test_mixed_precision_bf16_matches_float32_roughly():
     torch.manual_seed(0)
