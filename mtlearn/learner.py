@@ -21,7 +21,6 @@ from fastprogress.fastprogress import master_bar, progress_bar, format_time, IN_
 
 from .conv import get_device, to_device, apply_tensors
 from .procs import *
-from .procs import _timed_out
 
 # %% auto #0
 __all__ = ['CancelException', 'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'CancelBackwardException',
@@ -895,15 +894,23 @@ class GuardCB(Callback):
         v = self.flag.get()  # lands a step or two later on a GPU: the parameters are already safe
         if v is not None and v >= 0:
             self.first = None
-            self._act(self._report(self.first_gbad, step=int(v), losses=self.first_losses), undone=True)
+            self._act(self._report(self.first_gbad, int(v), self.first_losses, together=False), undone=True)
 
-    def _report(self, gbad, step=None, losses=None):
+    def _report(self, gbad, step=None, losses=None, together=True):
+        "What was not finite, in words; `together`: every process is here (a collective names the processes)."
         losses = (self.losses if losses is None else losses).float().cpu()
+        gbad = torch.zeros(0, dtype=torch.bool) if gbad is None else gbad.cpu()
+        seen = gather((losses, gbad)) if together else [(losses, gbad)]
         tasks = getattr(self.learn.loss_func, 'tasks', None) or list(range(len(losses)))
-        what = [f"task loss(es) {', '.join(str(t) for t, l in zip(tasks, losses.tolist()) if not math.isfinite(l))}"
-                if len(losses) > 1 else "the loss"] if not torch.isfinite(losses).all() else []
-        if not what and gbad is not None and gbad.any():  # (non-finite losses give non-finite gradients: name the cause)
-            bad = [n for n, b in zip(self.names, gbad.tolist()) if b]
+        what = []
+        for r, (l, _) in enumerate(seen):
+            if torch.isfinite(l).all(): continue
+            where = f' on process {r}' if len(seen) > 1 else ''
+            bad = ', '.join(str(t) for t, v in zip(tasks, l.tolist()) if not math.isfinite(v))
+            what.append(f"task loss(es) {bad}{where}" if len(l) > 1 else f"the loss{where}")
+        g = torch.stack([b for _, b in seen]).any(0) if all(b.shape == gbad.shape for _, b in seen) else gbad
+        if not what and g.any():  # (non-finite losses give non-finite gradients: name the cause)
+            bad = [n for n, b in zip(self.names, g.tolist()) if b]
             what.append(f"the gradient of {', '.join(bad[:5])}{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}")
         if not what: what = ['a value on another process']
         return (f"{' and '.join(what)} not finite at training step {step or self.n_step} "

@@ -48,7 +48,7 @@ def test_global_metrics_decisions_and_checkpoints(runs):
         assert a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-6 for k in a)
     assert two['loaded_equal'] and two['lr_find'] == one['lr_find']
     assert two['nan_stop_iter'] == one['nan_stop_iter'] == 2  # NaN on one process only: both stop at that batch
-    assert two['mtl_nan'] == 'GuardCB: task loss(es) 1 not finite at training step 3'
+    assert two['mtl_nan'] == 'GuardCB: task loss(es) 1 on process 1 not finite at training step 3'
     assert two['early_stop_epoch'] == one['early_stop_epoch']
 
 def test_averaged_gramians_are_an_estimate(runs):
