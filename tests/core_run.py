@@ -13,6 +13,8 @@ from mtlearn.datasets import DataLoaders, TensorDataLoader
 from mtlearn.accel import DistributedCB, init_distributed
 from mtlearn.tracker import CSVLogger, SaveModelCB
 from mtlearn.sgd import fit_one_cycle  # noqa: F401 (patches Learner)
+from mtlearn.aggregators import SDMGrad
+from mtlearn.multitask import MultiTaskGradCB, MultiTaskLoss, synthetic_tasks, tiny_mtl_model
 
 torch.set_num_threads(1)
 out, mode = Path(sys.argv[1]), (sys.argv[2] if len(sys.argv) > 2 else 'main')
@@ -66,6 +68,24 @@ if mode == 'main':
     learn.logging = False
     learn.fit(3, resume=out / 'ck_last.pt')
     res['resumed'], res['resumed_hist'] = flat(learn.model), learn.history
+    # 5 with 6: SDMGrad's Jacobians waiting for their third batch, and the guard, resumed on every process
+    def mtl(cbs):
+        torch.manual_seed(0)
+        dls = synthetic_tasks(2, n=96, bs=24 // w, dtype=torch.float64)
+        dls.valid = []
+        learn = TrainLearner(tiny_mtl_model(2, dtype=torch.float64), dls, MultiTaskLoss(F.mse_loss, F.mse_loss), lr=0.05,
+                             cbs=[DistributedCB(), MetricsCB(), MultiTaskGradCB(SDMGrad(), sdm_batches='consecutive'), *cbs])
+        learn.logging = False
+        return learn
+    learn = mtl([])
+    learn.fit(2, valid=False)
+    res['mtl_whole'] = flat(learn.model)
+    learn = mtl([SaveModelCB(out / 'mk.pt', 'train_loss', every_batches=1), Crash()])
+    try: learn.fit(2, valid=False)
+    except KeyboardInterrupt: pass
+    learn = mtl([SaveModelCB(out / 'mk.pt', 'train_loss', every_batches=1)])
+    learn.fit(2, valid=False, resume=out / 'mk_last.pt')
+    res['mtl_resumed'] = flat(learn.model)
 elif mode == 'uneven':  # 10: shards with different numbers of batches are refused, naming the counts, on every process
     x, y = torch.randn(40 + 16 * r, 6), torch.randint(0, 3, (40 + 16 * r,))
     dl = TensorDataLoader(x, y, batch_size=8).shard(r, w, pad=False)

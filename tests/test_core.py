@@ -44,6 +44,7 @@ def test_resume_mid_epoch_on_two_processes_is_the_uninterrupted_run(runs):
         assert torch.equal(res['resumed'], res['whole'])
         for a, b in zip(res['resumed_hist'], res['whole_hist'], strict=True):  # (the same sums, taken in another order)
             assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-6) for k in a)
+        torch.testing.assert_close(res['mtl_resumed'], res['mtl_whole'], rtol=0, atol=1e-12)  # SDMGrad, consecutive
 
 def test_uneven_shards_are_refused_with_the_counts(tmp_path):
     "Case 10: a different number of batches per process ended in a C++ abort from gloo."
