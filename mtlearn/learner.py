@@ -26,9 +26,9 @@ from .procs import *
 __all__ = ['CancelException', 'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'CancelBackwardException',
            'CancelStepException', 'Callback', 'state_key', 'state_keys', 'run_cbs', 'with_cbs', 'cb_list',
            'split_batch', 'Learner', 'TrainCB', 'to_cpu', 'RunningMean', 'MetricsCB', 'HostScalar', 'CountSyncs',
-           'ProgressCB', 'DeviceCB', 'TrainLearner', 'MomentumLearner', 'SingleBatchCB', 'LRFinderCB', 'valley',
-           'GuardCB', 'TerminateOnNaNCB', 'world', 'rank', 'is_main', 'main_print', 'write_atomic', 'all_mean',
-           'any_rank', 'unwrap']
+           'DeviceSeries', 'plot_series', 'ProgressCB', 'DeviceCB', 'TrainLearner', 'MomentumLearner', 'SingleBatchCB',
+           'LRFinderCB', 'valley', 'GuardCB', 'TerminateOnNaNCB', 'world', 'rank', 'is_main', 'main_print',
+           'write_atomic', 'all_mean', 'any_rank', 'unwrap']
 
 # %% ../nbs/09_learner.ipynb #fb5bddc5
 class CancelException(Exception):
@@ -528,6 +528,55 @@ class CountSyncs(TorchDispatchMode):
         if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default): self.n += 1
         return func(*args, **(kwargs or {}))
 
+# %% ../nbs/09_learner.ipynb #rec00001
+class DeviceSeries:
+    "The one recorder: per-step rows (1-D tensors, or numbers) kept on their device in preallocated chunks, moved to the host at most once per `flush`; the newest `max_records` are kept."
+    def __init__(self, max_records=10_000, chunk=256):
+        if not (isinstance(max_records, int) and max_records >= 1): raise ValueError(f"`max_records` should be a positive int; found max_records = {max_records!r}")
+        self.max_records, self.chunk = max_records, chunk
+        self.reset()
+    def reset(self):
+        "Forget every row."
+        self.host, self.full, self.buf, self.n = torch.zeros(0, 0), [], None, 0
+    def append(self, row):
+        "Add one row: one copy on the device, no host read (a number is a one-item row on the host, kept in float64)."
+        row = row.detach() if isinstance(row, torch.Tensor) else torch.tensor([float(row)], dtype=torch.float64)
+        if self.buf is None or self.n == len(self.buf) or self.buf.shape[1:] != row.shape or self.buf.device != row.device:
+            if self.buf is not None: self.full.append(self.buf[:self.n])
+            while len(self.full) > 1 and sum(map(len, self.full[1:])) >= self.max_records: self.full.pop(0)  # capped on the device too
+            self.buf, self.n = row.new_empty(self.chunk, *row.shape), 0
+        self.buf[self.n].copy_(row)
+        self.n += 1
+    def flush(self):
+        "Move the rows waiting on the device to the host (one read); returns the host tensor."
+        waiting = self.full + ([self.buf[:self.n]] if self.n else [])
+        if waiting:
+            new = torch.cat([t.cpu() if t.dtype == torch.float64 else t.float().cpu() for t in waiting])
+            self.host = torch.cat([self.host, new]) if self.host.numel() else new
+            self.host = self.host[-self.max_records:]
+            self.full, self.buf, self.n = [], None, 0
+        return self.host
+    def values(self):
+        "Every kept row, on the host (rows × width)."
+        return self.flush()
+    def __len__(self): return len(self.host) + sum(map(len, self.full)) + self.n
+    def state_dict(self): return {'values': self.values().clone()}
+    def load_state_dict(self, sd):
+        self.reset()
+        self.host = sd['values'].clone()
+
+def plot_series(v, names=None, ax=None, xlabel='training step', ylabel='', title=None):
+    "Plot each column of `v` (rows × columns, as `DeviceSeries.values()` gives) as a line named by `names`: the one plot helper of the records."
+    if ax is None: _, ax = plt.subplots()
+    v = torch.as_tensor(v)
+    v = v.reshape(len(v), -1) if v.numel() else v.reshape(0, 0)
+    names_given, names = names is not None, list(range(v.shape[1])) if names is None else list(names)
+    for i in range(v.shape[1]): ax.plot(v[:, i], label=str(names[i]))
+    ax.set_xlabel(xlabel); ax.set_ylabel(ylabel)
+    if title: ax.set_title(title)
+    if v.shape[1] > 1 or names_given: ax.legend()
+    return ax
+
 # %% ../nbs/09_learner.ipynb #82a9d7e0
 class _ConsoleBar:
     "A progress bar on one terminal line, redrawn at most every `every` seconds and erased by `clear`; nothing at all when `stream` is not a terminal (a log or a pipe gets no carriage-return frames)."
@@ -576,7 +625,8 @@ class ProgressCB(Callback):
     "Progress bars and a table of metrics per epoch (HTML in a notebook, one clean line per epoch in a terminal); `plot` draws the losses."
     order = MetricsCB.order + 1
     shows_metrics = True  # MetricsCB leaves the printing to this callback
-    def __init__(self, plot=False, stream=None): self.plot, self.stream = plot, stream
+    max_records = 100_000  # training losses kept for the plot
+    def __init__(self, plot=False, stream=None): self.plot, self.stream, self.rec, self.val_losses = plot, stream, None, []
 
     def before_fit(self, learn):
         self.on = is_main()  # one table, one bar: the first process's
@@ -584,7 +634,7 @@ class ProgressCB(Callback):
         self.out = self.stream or sys.stdout
         if self.nb: learn.epochs = self.mbar = master_bar(learn.epochs)
         self.first, self.widths, self.loss, self.bar = True, None, HostScalar(), None
-        self.losses, self.val_losses, self._epoch_losses = [], [], []
+        self.rec, self.val_losses = DeviceSeries(self.max_records), []
 
     def _log(self, d):  # (the course's 'train' column holds 'train' or 'eval': here it is called 'phase')
         d = {('phase' if k == 'train' else k): f'{v:.3f}' if isinstance(v, float) else v for k, v in d.items()}
@@ -608,7 +658,7 @@ class ProgressCB(Callback):
 
     def after_batch(self, learn):
         self.loss.put(learn.loss)
-        if self.plot and learn.model.training: self._epoch_losses.append(learn.loss.detach())
+        if self.plot and learn.model.training: self.rec.append(learn.loss.detach().reshape(1))
 
     def cleanup_epoch(self, learn):
         if self.bar is not None: self.bar.clear()
@@ -618,22 +668,27 @@ class ProgressCB(Callback):
         m = getattr(learn, 'metrics', None)
         if m is not None and getattr(learn, 'logging', True) and self.on: self._log(m.log)
         if not self.plot: return
-        if learn.model.training:
-            if self._epoch_losses: self.losses += torch.stack(self._epoch_losses).float().cpu().tolist()
-            self._epoch_losses = []
+        if learn.model.training: self.rec.flush()  # the one host read of the epoch's losses
         elif m is not None: self.val_losses.append(m.log['loss'])
-        if self.nb and self.losses:
-            nb = len(self.losses)//max(len(self.val_losses), 1)
-            graphs = [[list(range(len(self.losses))), self.losses]]
+        losses = self.losses if self.nb else None
+        if losses:
+            nb = len(losses)//max(len(self.val_losses), 1)
+            graphs = [[list(range(len(losses))), losses]]
             if self.val_losses: graphs.append([[(i+1)*nb for i in range(len(self.val_losses))], self.val_losses])
             self.mbar.update_graph(graphs)
+
+    @property
+    def losses(self):
+        "The training loss of every batch, as floats."
+        return [] if self.rec is None or not len(self.rec) else self.rec.values()[:, 0].tolist()
 
     def plot_losses(self, ax=None):
         "Training loss per batch, and validation loss per epoch."
         if ax is None: _, ax = plt.subplots()
-        ax.plot(self.losses, label='train')
+        losses = self.losses
+        ax.plot(losses, label='train')
         if self.val_losses:
-            nb = len(self.losses)//len(self.val_losses)
+            nb = len(losses)//len(self.val_losses)
             ax.plot([(i+1)*nb for i in range(len(self.val_losses))], self.val_losses, 'o-', label='valid (end of epoch)')
         ax.set_xlabel('batch'); ax.set_ylabel('loss'); ax.legend()
         return ax

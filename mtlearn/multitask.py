@@ -20,8 +20,8 @@ from .aggregators import Aggregator
 
 # %% auto #0
 __all__ = ['MF_LABELS', 'MultiTaskModel', 'MultiTaskLoss', 'TaskMetric', 'check_mode', 'task_jacobian', 'mtl_backward',
-           'DeviceSeries', 'MultiTaskGradCB', 'synthetic_tasks', 'tiny_mtl_model', 'overlay_pairs',
-           'load_multi_fashion', 'lenet_encoder', 'mf_methods', 'mf_learner', 'mf_train', 'mf_table']
+           'MultiTaskGradCB', 'synthetic_tasks', 'tiny_mtl_model', 'overlay_pairs', 'load_multi_fashion',
+           'lenet_encoder', 'mf_methods', 'mf_learner', 'mf_train', 'mf_table', 'DeviceSeries']
 
 # %% ../nbs/21_multitask.ipynb #a776a1cf
 class MultiTaskModel(nn.Module):
@@ -252,41 +252,7 @@ def _accumulate(p, g):
     else: p.grad.add_(g)
 
 # %% ../nbs/21_multitask.ipynb #c0de0006
-class DeviceSeries:
-    "Per-step rows (1-D tensors) kept on their device in preallocated chunks and moved to the host at most once per `flush`; the newest `max_records` are kept."
-    def __init__(self, max_records=10_000, chunk=256):
-        if not (isinstance(max_records, int) and max_records >= 1): raise ValueError(f"`max_records` should be a positive int; found max_records = {max_records!r}")
-        self.max_records, self.chunk = max_records, chunk
-        self.reset()
-    def reset(self):
-        "Forget every row."
-        self.host, self.full, self.buf, self.n = torch.zeros(0, 0), [], None, 0
-    def append(self, row):
-        "Add one row: one copy on the device, no host read."
-        row = row.detach()
-        if self.buf is None or self.n == len(self.buf) or self.buf.shape[1:] != row.shape or self.buf.device != row.device:
-            if self.buf is not None: self.full.append(self.buf[:self.n])
-            while len(self.full) > 1 and sum(map(len, self.full[1:])) >= self.max_records: self.full.pop(0)  # capped on the device too
-            self.buf, self.n = row.new_empty(self.chunk, *row.shape), 0
-        self.buf[self.n].copy_(row)
-        self.n += 1
-    def flush(self):
-        "Move the rows waiting on the device to the host (one read); returns the host tensor."
-        waiting = self.full + ([self.buf[:self.n]] if self.n else [])
-        if waiting:
-            new = torch.cat([t.float().cpu() for t in waiting])
-            self.host = torch.cat([self.host, new]) if self.host.numel() else new
-            self.host = self.host[-self.max_records:]
-            self.full, self.buf, self.n = [], None, 0
-        return self.host
-    def values(self):
-        "Every kept row, on the host (rows × width)."
-        return self.flush()
-    def __len__(self): return len(self.host) + sum(map(len, self.full)) + self.n
-    def state_dict(self): return {'values': self.values().clone()}
-    def load_state_dict(self, sd):
-        self.reset()
-        self.host = sd['values'].clone()
+_all_ = ['DeviceSeries']  # the learner's recorder (`09_learner`), which records the tasks' losses and weights here
 
 # %% ../nbs/21_multitask.ipynb #300a93b5
 class MultiTaskGradCB(Callback):
@@ -405,11 +371,7 @@ class MultiTaskGradCB(Callback):
         return self._plot(self.weights.values(), 'task weight', ax, names,
                           'optimiser step (3 batches)' if self.sdm_batches == 'consecutive' else 'training step')
     def _plot(self, v, label, ax, names, xlabel='training step'):
-        if ax is None: _, ax = plt.subplots()
-        names = names or self._tasks(v.shape[1] if v.ndim == 2 else 0)
-        for i in range(v.shape[1] if v.ndim == 2 else 0): ax.plot(v[:, i], label=str(names[i]))
-        ax.set_xlabel(xlabel); ax.set_ylabel(label); ax.legend()
-        return ax
+        return plot_series(v, names or self._tasks(v.shape[1] if v.ndim == 2 else 0), ax, xlabel, label)
 
 # %% ../nbs/21_multitask.ipynb #01426ba6
 def synthetic_tasks(n_tasks=2, n=512, n_in=8, bs=64, conflict=0.5, noise=0.1, seed=0, dtype=torch.float32):

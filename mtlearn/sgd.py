@@ -12,7 +12,6 @@ import torch
 from torch.optim import lr_scheduler
 
 from .learner import *
-from .learner import _floats
 from .datasets import subplots
 
 # %% auto #0
@@ -124,36 +123,38 @@ def sched_lrs(sched, steps, ax=None):
 
 # %% ../nbs/12_sgd.ipynb #61f2c72d
 class RecorderCB(HasLearnCB):
-    "Record `name=fn(cb)` after each training batch (`cb.pg` is the first param group, `cb.learn` the learner); `plot` draws each record."
+    "Record `name=fn(cb)` after each training batch (`cb.pg` is the first param group, `cb.learn` the learner) in the learner's recorder, `DeviceSeries`; `plot` draws each record."
     order = 50
+    max_records = 100_000  # the newest kept per record (a whole schedule of a long run)
     def __init__(self, **d):
         for k, f in d.items():
             if not callable(f): raise TypeError(f"`RecorderCB` records `{k}` with a function of the callback; found {k}={f!r}")
-        self.d = d
+        self.d, self.series = d, {}
     def before_fit(self, learn):
         super().before_fit(learn)
-        self.recs = {k: [] for k in self.d}
+        self.series = {k: DeviceSeries(self.max_records) for k in self.d}
         self.pg = learn.opt.param_groups[0]
     def after_batch(self, learn):
         if not learn.training: return
         for k, f in self.d.items():
             v = f(self)
-            self.recs[k].append(v.detach() if isinstance(v, torch.Tensor) else float(v))
+            self.series[k].append(v.detach().reshape(1) if isinstance(v, torch.Tensor) else v)
     def after_epoch(self, learn):
-        for v in getattr(self, 'recs', {}).values(): _floats(v)  # (no records if the fit failed before this callback's before_fit)
+        for s in self.series.values(): s.flush()  # the one host read of the epoch's records
     cleanup_fit = after_epoch
-    def state_dict(self):
-        self.after_epoch(None)
-        return {'recs': {k: list(v) for k, v in self.recs.items()}}
-    def load_state_dict(self, sd): self.recs = {k: list(v) for k, v in sd['recs'].items()}
+    @property
+    def recs(self):
+        "Each record's values, as lists of floats."
+        return {k: s.values()[:, 0].tolist() if len(s) else [] for k, s in self.series.items()}
+    def state_dict(self): return {'recs': self.recs}
+    def load_state_dict(self, sd):
+        for k, v in sd['recs'].items():
+            if k in self.series: self.series[k].load_state_dict({'values': torch.tensor(v, dtype=torch.float64).reshape(-1, 1)})
 
     def plot(self, imsize=4):
         "One plot per record, side by side."
-        fig, axs = subplots(1, len(self.recs), imsize=imsize, squeeze=False)
-        for ax, (k, v) in zip(axs.flat, self.recs.items()):
-            ax.plot(v)
-            ax.set_title(k)
-            ax.set_xlabel('batch'); ax.set_ylabel(k)
+        fig, axs = subplots(1, len(self.series), imsize=imsize, squeeze=False)
+        for ax, (k, s) in zip(axs.flat, self.series.items()): plot_series(s.values(), ax=ax, xlabel='batch', ylabel=k, title=k)
         return axs
 
 # %% ../nbs/12_sgd.ipynb #a2e7311b
