@@ -411,13 +411,26 @@ def _spd_solve(M, B, sync_free):
     if len(bad): X[bad] = torch.linalg.solve_ex(M[bad], B[bad])[0]
     return X
 
-def _free_solve(G, q, free):
-    "For each row of `free`, v with G_FF v_F = −q_F and 0 off F, on the F×F blocks gathered (a host read of their size)."
-    f = int(free.sum(-1).max())
+def _free_solve(G, q, free, K=None):
+    "For each row of `free`, v with G_FF v_F = −q_F and 0 off F, on gathered blocks (host reads of their sizes); K = G⁻¹."
+    k, m = q.shape
+    nf = free.sum(-1, keepdim=True)
+    f, b = int(nf.max()), int((m - nf).max())
+    if K is not None and 3 * b < 2 * f:  # few bounds: (G_FF)⁻¹ = K_FF − K_FB (K_BB)⁻¹ K_BF, only B×B blocks to factor
+        order = torch.argsort(free.to(torch.uint8), dim=-1, stable=True)[:, :b]  # each problem's bound variables first
+        inside = torch.arange(b, device=G.device) < m - nf
+        x = torch.where(free, q, 0.) @ K  # K q_F: K_FF q_F on F, K_BF q_F on B
+        KB = K[order]  # the rows of K at B
+        KBB = torch.where(inside[:, :, None] & inside[:, None, :], KB.gather(2, order[:, None, :].expand(k, b, b)),
+                          torch.eye(b, dtype=G.dtype, device=G.device))
+        y = _spd_solve(KBB, torch.where(inside, x.gather(1, order), 0.), False)
+        return torch.where(free, (y[:, None, :] @ KB)[:, 0] - x, 0.)
     order = torch.argsort((~free).to(torch.uint8), dim=-1, stable=True)[:, :f]  # each problem's free variables first
-    inside = torch.arange(f, device=G.device) < free.sum(-1, keepdim=True)
-    M = G[order[:, :, None], order[:, None, :]]
-    M = torch.where(inside[:, :, None] & inside[:, None, :], M, torch.eye(f, dtype=G.dtype, device=G.device))
+    inside = torch.arange(f, device=G.device) < nf
+    pad = torch.arange(m, m + f, device=G.device).expand(k, f)  # the padding reads I in blockdiag(G, I): no masking pass
+    Ge = torch.block_diag(G, torch.eye(f, dtype=G.dtype, device=G.device))
+    idx = torch.where(inside, order, pad)
+    M = Ge[idx[:, :, None], idx[:, None, :]]
     x = _spd_solve(M, torch.where(inside, -q.gather(1, order), 0.), False)
     return torch.zeros_like(q).scatter(1, order, torch.where(inside, x, 0.))
 
@@ -436,6 +449,10 @@ def nonneg_qp(G, Q, max_iters=None, sync_free=False):
     free = torch.zeros(k, m, dtype=torch.bool, device=G.device)
     v, s = torch.zeros_like(Q), Q.clone()  # all bounds active: v = 0, the gradient s = Gv + q = q
     best = torch.full((k,), m + 1, device=G.device)
+    K = None  # G⁻¹, for many problems off the sync-free path (where most variables end up free: see `_free_solve`)
+    if not sync_free and k > 1:
+        L, info = torch.linalg.cholesky_ex(G)
+        if not bool(info): K = torch.cholesky_inverse(L)
     chances = torch.full((k,), 3, device=G.device)
     for _ in range(max_iters):
         bad = (free & (v < -tol)) | (~free & (s < -tol))
@@ -455,7 +472,7 @@ def nonneg_qp(G, Q, max_iters=None, sync_free=False):
         if sync_free:
             M = torch.where(fr[:, :, None] & fr[:, None, :], G, torch.where(eye, 1., 0.).to(G))
             vr = torch.where(fr, _spd_solve(M, torch.where(fr, -q, 0.), sync_free), 0.)
-        else: vr = _free_solve(G, q, fr)
+        else: vr = _free_solve(G, q, fr, K)
         free[r], v[r], s[r] = fr, vr, torch.where(fr, 0., vr @ G + q)
     return v
 
