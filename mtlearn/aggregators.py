@@ -195,7 +195,7 @@ class Aggregator(_ResizableState, nn.Module):
     def __str__(self): return type(self).__name__  # the short name, for tables and logs (as torchjd's)
 
 class WeightedAggregator(Aggregator):
-    "The rows of `J` combined with the weights `weighting(J)` of the matrix itself, as torchjd's (`Aggregator`'s weighting reads J Jᵀ)."
+    "The rows of `J` combined with the weights `weighting(J)` of J itself, as torchjd's (`Aggregator`'s weighting reads J Jᵀ)."
     from_gramian = False  # the weighting may read J's entries
     def forward(self, J):
         _check_matrix(J, 'J', square=False)
@@ -286,7 +286,7 @@ _MGDA_NORMS = ('none', 'l2', 'loss', 'loss+')
 _MGDA_SOLVERS = ('exact', 'frank_wolfe')  # (epsilon and max_iters are Frank-Wolfe's)
 
 class MGDAWeighting(Weighting):
-    "Min-norm weights of the (rescaled) task gradients, exact or by Frank-Wolfe (`solver`); `norm_type`: none, l2, loss, loss+."
+    "Min-norm weights of the (rescaled) task gradients, exact or by Frank-Wolfe (`solver`); `norm_type`: none, l2, loss(+)."
     _settings = {**Weighting._settings, 'norm_type': _choice('norm_type', _MGDA_NORMS),
                  'epsilon': _number('epsilon', lambda v: v > 0, '> 0'),
                  'max_iters': _number('max_iters', lambda v: v >= 1, '≥ 1', integer=True),
@@ -345,7 +345,7 @@ def _simplex_pref(v):
     return pv if pv is None else pv / pv.sum()
 
 class SDMGradWeighting(Weighting):
-    "SDMGrad's weights from A = J₁J₂ᵀ of two independent batches; simplex weights kept between calls; `pref_vector` stored as a copy."
+    "SDMGrad's weights from A = J₁J₂ᵀ of two independent batches; simplex weights kept between calls; `pref_vector` a copy."
     arg = 'A'
     _settings = {**Weighting._settings, 'lr': _number('lr', lambda v: v > 0, '> 0'), 'momentum': _number('momentum', lambda v: 0 <= v < 1, 'in [0, 1)'),
                  'n_iter': _number('n_iter', lambda v: v >= 1, '≥ 1', integer=True), 'lambda_': _number('lambda_', lambda v: v >= 0, '≥ 0'),
@@ -403,7 +403,7 @@ def _normalize_reg(G, norm_eps, reg_eps):
     return G + reg_eps * torch.eye(len(G), dtype=G.dtype, device=G.device)
 
 def _spd_solve(M, B, sync_free):
-    "Batched M x = b (the rows of `B`), M positive definite: by Cholesky, and off the sync-free path by LU where it fails."
+    "Batched M x = b (the rows of `B`), M positive definite: by Cholesky; off the sync-free path, by LU where it fails."
     L, info = torch.linalg.cholesky_ex(M)
     X = torch.cholesky_solve(B[..., None], L)[..., 0]
     if sync_free: return X
@@ -412,7 +412,7 @@ def _spd_solve(M, B, sync_free):
     return X
 
 def _free_solve(G, q, free, K=None):
-    "For each row of `free`, v with G_FF v_F = −q_F and 0 off F, on gathered blocks (host reads of their sizes); K = G⁻¹."
+    "For each row of `free`, v with G_FF v_F = −q_F, 0 off F, on gathered blocks (host reads of their sizes); K = G⁻¹."
     k, m = q.shape
     nf = free.sum(-1, keepdim=True)
     f, b = int(nf.max()), int((m - nf).max())
@@ -427,7 +427,7 @@ def _free_solve(G, q, free, K=None):
         return torch.where(free, (y[:, None, :] @ KB)[:, 0] - x, 0.)
     order = torch.argsort((~free).to(torch.uint8), dim=-1, stable=True)[:, :f]  # each problem's free variables first
     inside = torch.arange(f, device=G.device) < nf
-    pad = torch.arange(m, m + f, device=G.device).expand(k, f)  # the padding reads I in blockdiag(G, I): no masking pass
+    pad = torch.arange(m, m + f, device=G.device).expand(k, f)  # the padding reads I in blockdiag(G, I): no mask pass
     Ge = torch.block_diag(G, torch.eye(f, dtype=G.dtype, device=G.device))
     idx = torch.where(inside, order, pad)
     M = Ge[idx[:, :, None], idx[:, None, :]]
@@ -498,7 +498,7 @@ def _projector_check(v):
     return v
 
 class UPGradWeighting(Weighting):
-    "UPGrad: the sum of the projections of each `pref_vector`-weighted task gradient onto the dual cone (`pref_vector` stored as a copy)."
+    "UPGrad: the sum of the projections of each `pref_vector`-weighted task gradient onto the dual cone (`pref_vector` a copy)."
     _settings = {**Weighting._settings, 'pref_vector': _pref, 'norm_eps': _number('norm_eps', lambda v: v >= 0, '≥ 0'),
                  'reg_eps': _number('reg_eps', lambda v: v >= 0, '≥ 0'), 'max_iters': _number('max_iters', lambda v: v >= 1, '≥ 1', integer=True, none=True),
                  'projector': _projector_check}
@@ -514,7 +514,7 @@ class UPGradWeighting(Weighting):
     def weights(self, G, sync_free): return self._project(torch.diag(_pref_weights(self.pref_vector, G)), G, sync_free).sum(0)
 
 class DualProjWeighting(UPGradWeighting):
-    "DualProj: the projection of the `pref_vector`-weighted (default: mean) gradient onto the dual cone (`pref_vector` a copy)."
+    "DualProj: the projection of the `pref_vector`-weighted (default: mean) gradient onto the dual cone (`pref_vector`: a copy)."
     def weights(self, G, sync_free): return self._project(_pref_weights(self.pref_vector, G)[None], G, sync_free)[0]
 
 UPGrad = _aggregator(UPGradWeighting, "UPGrad: the sum of the task gradients' projections onto the dual cone of the Jacobian's rows.")
@@ -702,10 +702,10 @@ class NashMTLWeighting(Weighting):
     def weights(self, G, sync_free):
         m = len(G)
         if self.n_tasks is not None and m != self.n_tasks:
-            raise ValueError(f"`n_tasks` is {self.n_tasks} but `{self.arg}` is for {m} tasks: set n_tasks = {m} (or None)")
+            raise ValueError(f"`n_tasks` is {self.n_tasks} but `{self.arg}` is for {m} tasks: set n_tasks = {m} or None")
         a = self.alpha
         if a.shape != (m,) or a.dtype != G.dtype or a.device != G.device: a = G.new_ones(m)
-        a = torch.where(torch.isfinite(a).all() & (a > 0).all(), a, 1.)  # a state a non-finite call left behind starts afresh
+        a = torch.where(torch.isfinite(a).all() & (a > 0).all(), a, 1.)  # a state a non-finite call left: start afresh
         if self.step % self.update_weights_every == 0:
             nrm = torch.linalg.matrix_norm(G)
             Gn = G / torch.where(nrm > 0, nrm, 1)
@@ -816,8 +816,8 @@ class CRMOGMWeighting(_Wrapping):
         new = self.weighting.weights(G, sync_free)
         prev = self.lam
         if len(prev) not in (0, len(G)):  # (as torchjd: the smoothed weights of other tasks mean nothing for these)
-            raise ValueError(f"CRMOGM's weights are for {len(prev)} tasks but `{self.arg}` is for {len(G)}: call `reset()` "
-                             "before changing the number of tasks")
+            raise ValueError(f"CRMOGM's weights are for {len(prev)} tasks but `{self.arg}` is for {len(G)}: "
+                             "call `reset()` before changing the number of tasks")
         if len(prev) == 0 or prev.dtype != new.dtype or prev.device != new.device:
             if self.initial_weights is not None: _check_vector(self.initial_weights, 'initial_weights', len(G))
             prev = new if self.initial_weights is None else self.initial_weights.to(new)

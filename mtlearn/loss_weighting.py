@@ -17,13 +17,13 @@ class LossWeighting(_ResizableState, nn.Module):
     "Per-task loss weights wᵢ = ∂T/∂Lᵢ of a method's total T; a learnt one also gives `objective(losses)`, T with the losses fixed, for its parameters."
     learnable = False
     update_first = False  # True: the parameters take their step on this batch's objective before its weights are computed (FAMO)
-    reevaluate = False  # True: after the model's step, the same batch's losses again, for `objective_after` (FAMO's same_batch)
+    reevaluate = False  # True: after the model's step, the batch's losses again, for `objective_after` (FAMO's same_batch)
     opt_defaults = {}  # the optimiser's settings the method's paper uses, when `LossWeightingCB` is given none
     needs_grad_norms = False  # True: `LossWeightingCB` sets `grad_norms`, each task loss's gradient norm on the last shared layer
     def after_update(self): "Called after the parameters' step (GradNorm renormalises its weights there)."
     def weights(self, losses): raise NotImplementedError
     def objective(self, losses): return None
-    def objective_after(self, losses): "T for the parameters from the same batch's `losses` after the model's step (`reevaluate`)."
+    def objective_after(self, losses): "T for the parameters from the batch's `losses` after the model's step (`reevaluate`)."
     def end_epoch(self, mean_losses): "Called with the training epoch's mean task losses (DWA uses them)."
     def reset(self): "Forget what was learnt or recorded."
     def __repr__(self):
@@ -115,7 +115,7 @@ class STCH(LossWeighting):
 
 # %% ../nbs/22_loss_weighting.ipynb #c0de2202
 class FAMO(LossWeighting):
-    "FAMO (Liu et al., NeurIPS 2023): z = softmax(ξ), wᵢ = zᵢ/(c·Lᵢ), c = Σ zᵢ/Lᵢ; ξ follows Σ zᵢ δᵢ, δ the fall in log L."
+    "FAMO (Liu et al., NeurIPS 2023): z = softmax(ξ), wᵢ = zᵢ/(c·Lᵢ), c = Σ zᵢ/Lᵢ; ξ follows Σ zᵢδᵢ, δ the fall in log L."
     learnable = True
     opt_defaults = {'lr': 0.025, 'weight_decay': 1e-3}  # the paper's Adam settings for ξ
     # δ: consecutive batches' losses, ξ moved before this batch's weights (default: no extra forward pass); or
@@ -124,7 +124,8 @@ class FAMO(LossWeighting):
     reevaluate = property(lambda self: self.same_batch)
     def __init__(self, n_tasks, min_losses=None, same_batch=False):
         super().__init__()
-        if same_batch not in (True, False): raise ValueError(f"`same_batch` should be True or False; found same_batch = {same_batch!r}")
+        if same_batch not in (True, False):
+            raise ValueError(f"`same_batch` should be True or False; found same_batch = {same_batch!r}")
         self.same_batch = same_batch
         self.xi = nn.Parameter(torch.zeros(_n_tasks(n_tasks)))
         self.register_buffer('min_losses', None if min_losses is None else torch.as_tensor(min_losses, dtype=torch.float32).clone())
@@ -140,7 +141,8 @@ class FAMO(LossWeighting):
         if self.same_batch or prev.shape != D.shape: return None  # (same_batch: see `objective_after`) the first step
         return self._follow(prev, D)
     def objective_after(self, losses): return self._follow(self.prev, self._D(losses))
-    def _follow(self, before, after): return (torch.softmax(self.xi, 0) * (before.log() - after.log()).to(self.xi.dtype)).sum()
+    def _follow(self, before, after):
+        return (torch.softmax(self.xi, 0) * (before.log() - after.log()).to(self.xi.dtype)).sum()
     def reset(self):
         with torch.no_grad(): self.xi.zero_()
         self.prev = torch.zeros(0)

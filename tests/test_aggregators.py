@@ -314,14 +314,15 @@ def test_fairgrad_stays_small_and_non_conflicting_where_the_tasks_cancel(alpha):
     "20 gradients in 10 dimensions cancel (0 is inside their hull): the α-fair direction tends to 0. It was about 5e12."
     for seed in range(3):
         J = rand_J(20, 10, 200 + seed)
-        J[-1] = -torch.rand(19, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) @ J[:-1]  # 0 inside the hull
+        c = torch.rand(19, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        J[-1] = -c @ J[:-1]  # 0 inside the hull
         d, s = FairGrad(alpha)(J), J.norm(dim=1).max()
         dj = jd.FairGrad(alpha)(J)
         assert d.norm() <= min(1e-4 * s, dj.norm())
         assert (J @ d).min() >= -1e-5 * s * s  # (torchjd's: down to −2e-2·s²)
 
 def test_nash_mtl_with_a_task_without_gradient():
-    "A batch without labels for task 2: α stays finite call after call (it was NaN by the sixth), the task's weight is 0,"
+    "A batch without labels for task 2: α stays finite call after call (it was NaN by the sixth), the task's weight 0,"
     "the direction is the other tasks' Nash-MTL direction, and ordinary Jacobians afterwards get their ordinary answer."
     J = rand_J(3, 10, 40)
     Jz = J.clone(); Jz[1] = 0
@@ -343,7 +344,7 @@ def test_nash_mtl_n_tasks_as_torchjd_takes_it():
     with pytest.raises(ValueError, match='`n_tasks` should be an int ≥ 1 or None; found n_tasks = 0.5'): NashMTL(0.5)
 
 def qp_min_norm(G):
-    "The min-norm weights by quadprog (a dual active-set QP solver), on G with a 1e-13 ridge (quadprog needs it definite)."
+    "The min-norm weights by quadprog (a dual active-set QP solver), on G with a 1e-13 ridge (it needs G definite)."
     quadprog = pytest.importorskip('quadprog')
     np = pytest.importorskip('numpy')
     m = len(G)
@@ -382,7 +383,7 @@ def test_mgda_exact_on_a_face_where_frank_wolfe_zig_zags():
     assert (jd.MGDAWeighting(epsilon=1e-5, max_iters=250)(G) - wq).abs().max() > 1e-4
 
 def test_excess_mtl_first_call_as_the_authors():
-    "With no warm-up, the first call records its excess risks as the baseline and keeps the weights uniform (the authors'"
+    "With no warm-up, the first call records its excess risks as the baseline and keeps uniform weights (the authors'"
     "code and LibMTL); each later call takes the exponentiated step on the risks relative to it. torchjd steps at once."
     g = torch.Generator().manual_seed(9)
     ex, eta = ExcessMTL(robust_step_size=0.7), 0.7
@@ -400,21 +401,24 @@ def test_graddrop_leak_checked_when_written():
     with pytest.raises(ValueError, match='`leak` should be a 1-D tensor'): GradDrop(leak=torch.ones(2, 2))
     agg = GradDrop(leak=[0.1, 0.2])
     with pytest.raises(ValueError, match='`leak` should be a 1-D tensor'): agg.leak = torch.ones(2, 2)
-    with pytest.raises(ValueError, match=r'`leak` should hold floating-point values in \[0, 1\]'): agg.leak = torch.tensor([0.5, 2.])
+    with pytest.raises(ValueError, match=r'`leak` should hold floating-point values in \[0, 1\]'):
+        agg.leak = torch.tensor([0.5, 2.])
     torch.testing.assert_close(agg.leak, torch.tensor([0.1, 0.2]))  # a refused value leaves the old one
     with pytest.raises(ValueError, match='`f` should be a function'): agg.f = 3
 
 def test_crmogm_refuses_a_change_in_the_number_of_tasks():
     agg = CRMOGM(MGDA())
     agg(rand_J(3, 5, 1))
-    with pytest.raises(ValueError, match="CRMOGM's weights are for 3 tasks but `G` is for 4: call `reset\\(\\)`"): agg(rand_J(4, 5, 2))
+    with pytest.raises(ValueError, match="CRMOGM's weights are for 3 tasks but `G` is for 4: call `reset\\(\\)`"):
+        agg(rand_J(4, 5, 2))
     theirs = jd.GramianWeightedAggregator(jd.CRMOGMWeighting(jd.MGDAWeighting())); theirs(rand_J(3, 5, 1))
     with pytest.raises(ValueError): theirs(rand_J(4, 5, 2))  # as torchjd does
     agg.reset(); torch.testing.assert_close(agg(rand_J(4, 5, 2)), MGDA()(rand_J(4, 5, 2)))
 
 def test_str_is_the_short_name_and_preferences_are_copies():
     for agg, name in [(UPGrad(), 'UPGrad'), (MGDA(norm_type='l2'), 'MGDA'), (UPGradWeighting(), 'UPGradWeighting'),
-                      (CAGrad(0.4), 'CAGrad'), (GradDrop(), 'GradDrop'), (DBMTL(), 'DBMTL'), (TrimmedMean(1), 'TrimmedMean')]:
+                      (CAGrad(0.4), 'CAGrad'), (GradDrop(), 'GradDrop'), (DBMTL(), 'DBMTL'),
+                      (TrimmedMean(1), 'TrimmedMean')]:
         assert str(agg) == name and repr(agg) != name
     assert f'{UPGrad()}' == str(jd.UPGrad())
     p = torch.tensor([1., 2.])
@@ -434,7 +438,8 @@ def test_weighted_aggregator_as_torchjd():
 
 GRAMIAN_WEIGHTINGS = {  # every weighting of a Gramian, at its defaults
     'MGDA': MGDAWeighting, 'MGDA-fw': lambda: MGDAWeighting(solver='frank_wolfe'), 'UPGrad': UPGradWeighting,
-    'DualProj': DualProjWeighting, 'PCGrad': PCGradWeighting, 'IMTLG': IMTLGWeighting, 'AlignedMTL': AlignedMTLWeighting,
+    'DualProj': DualProjWeighting, 'PCGrad': PCGradWeighting, 'IMTLG': IMTLGWeighting,
+    'AlignedMTL': AlignedMTLWeighting,
     'CAGrad': lambda: CAGradWeighting(0.4), 'NashMTL': NashMTLWeighting, 'FairGrad': lambda: FairGradWeighting(1.),
     'Krum': lambda: KrumWeighting(1), 'ConFIG': ConFIGWeighting, 'GradVac': GradVacWeighting,
     'CRMOGM': lambda: CRMOGMWeighting(UPGradWeighting()), 'PCD': PCDWeighting, 'SDMGrad': SDMGradWeighting,
@@ -443,7 +448,8 @@ GRAMIAN_WEIGHTINGS = {  # every weighting of a Gramian, at its defaults
 def per_sample_like(m, n, seed):
     "Per-sample gradients of a small network: a low-rank part shared by all plus a little noise (most pairs conflict)."
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(m, 30, generator=g) @ torch.randn(30, n, generator=g) / 30 ** 0.5 + 0.01 * torch.randn(m, n, generator=g)
+    low = torch.randn(m, 30, generator=g) @ torch.randn(30, n, generator=g) / 30 ** 0.5
+    return low + 0.01 * torch.randn(m, n, generator=g)
 
 @pytest.mark.parametrize('m', [256, pytest.param(1024, marks=pytest.mark.slow)])
 def test_many_tasks(m):
@@ -451,7 +457,7 @@ def test_many_tasks(m):
     for J in (torch.randn(m, 2 * m, generator=torch.Generator().manual_seed(m)), per_sample_like(m, 2000, m)):
         G = J @ J.T
         for name, make in GRAMIAN_WEIGHTINGS.items():
-            if m > 256 and name in ('PCGrad', 'GradVac'): continue  # m³ steps by design (as torchjd's): minutes at 1,024
+            if m > 256 and name in ('PCGrad', 'GradVac'): continue  # m³ steps by design (as torchjd's): minutes
             w = make()(G)
             assert w.shape == (m,) and torch.isfinite(w).all(), name
 
