@@ -527,7 +527,7 @@ class PCGradWeighting(Weighting):
     def weights(self, G, sync_free):
         m = len(G)
         perms = torch.stack([torch.randperm(m) for _ in range(m)])  # as torchjd draws them, on the CPU
-        if not sync_free: return self._weights_host(G, perms)
+        if not sync_free and m < 32: return self._weights_host(G, perms)  # (from 32 tasks on, m steps of m × m beat m³ floats)
         perms = perms.to(G.device, non_blocking=True)  # (a blocking copy to the GPU would wait for it)
         rows = torch.arange(m, device=G.device)
         W = torch.eye(m, dtype=G.dtype, device=G.device)
@@ -921,41 +921,35 @@ class GradVacWeighting(Weighting):
     def weights(self, G, sync_free):
         m, eps, beta = len(G), self.eps, self.beta
         phi = self.phi if self.phi.shape == (m, m) and self.phi.dtype == G.dtype and self.phi.device == G.device else G.new_zeros(m, m)
-        if not sync_free: return self._weights_host(G, phi)
+        orders = [torch.tensor([j for j in range(m) if j != i])[torch.randperm(m - 1)] for i in range(m)]  # as torchjd
+        if not sync_free and m < 32: return self._weights_host(G, phi, orders)
+        O = torch.stack(orders, 1).to(G.device, non_blocking=True) if m > 1 else G.new_zeros(0, m, dtype=torch.long)
         nj = G.diagonal().clamp_min(0).sqrt()
-        idx = torch.arange(m, device=G.device)
-        rows, new_phi = [], []
-        for i in range(m):  # indices stay tensors on G's device (gather, not Python indexing): no host read on the GPU
-            others = torch.tensor([j for j in range(m) if j != i])
-            order = others[torch.randperm(m - 1)].to(G.device, non_blocking=True)  # drawn on the CPU, as torchjd draws them
-            c = (idx == i).to(G.dtype)  # gᵢ's current combination of the original gradients
-            cG, phi_i = c @ G, phi[i]
-            for k in range(m - 1):
-                j = order[k:k + 1]
-                ni = (cG * c).sum().clamp_min(0).sqrt()
-                nj_j, target = nj.gather(0, j)[0], phi_i.gather(0, j)[0]
-                cos = cG.gather(0, j)[0] / (ni * nj_j + eps)
-                root_t = (1 - target * target).clamp_min(0).sqrt()
-                w = ni * (target * (1 - cos * cos).clamp_min(0).sqrt() - cos * root_t) / (nj_j * root_t + eps)
-                w = torch.where(cos < target, w, 0.)
-                hot = (idx == j).to(G.dtype)
-                c, cG = c + w * hot, cG + w * (hot @ G)
-                phi_i = torch.where(idx == j, (1 - beta) * target + beta * cos, phi_i)
-            rows.append(c); new_phi.append(phi_i)
-        self.phi = torch.stack(new_phi)
-        return torch.stack(rows).sum(0)
+        rows = torch.arange(m, device=G.device)
+        C, CG, P = torch.eye(m, dtype=G.dtype, device=G.device), G.clone(), phi.clone()
+        for k in range(m - 1):  # step k of every task's visits at once: task i visits task O[k, i]
+            j = O[k]
+            ni = (CG * C).sum(1).clamp_min(0).sqrt()  # |gᵢ| as modified so far
+            target, nj_j = P[rows, j], nj[j]
+            cos = CG[rows, j] / (ni * nj_j + eps)
+            root_t = (1 - target * target).clamp_min(0).sqrt()
+            w = ni * (target * (1 - cos * cos).clamp_min(0).sqrt() - cos * root_t) / (nj_j * root_t + eps)
+            w = torch.where(cos < target, w, 0.)
+            C = C.index_put((rows, j), w, accumulate=True)
+            CG = CG + w[:, None] * G[j]
+            P = P.index_put((rows, j), (1 - beta) * target + beta * cos)
+        self.phi = P
+        return C.sum(0)
 
-    def _weights_host(self, G, phi):
-        "The same loop in Python floats, after one read of G and the targets: far fewer small tensor operations, for the CPU."
+    def _weights_host(self, G, phi, orders):
+        "The same loop in Python floats, after one read of G and the targets: fewer small tensor operations, for few tasks."
         m, eps, beta = len(G), self.eps, self.beta
         Gl, P = G.double().tolist(), phi.double().tolist()
         nj = [max(Gl[j][j], 0.) ** 0.5 for j in range(m)]
         W = [0.] * m
         for i in range(m):
-            others = [j for j in range(m) if j != i]
-            order = [others[k] for k in torch.randperm(m - 1).tolist()]  # the same draws as the tensor path
             c, cG = [float(k == i) for k in range(m)], list(Gl[i])
-            for j in order:
+            for j in orders[i].tolist():
                 ni = max(sum(a * b for a, b in zip(cG, c)), 0.) ** 0.5
                 cos, target = cG[j] / (ni * nj[j] + eps), P[i][j]
                 if cos < target:
