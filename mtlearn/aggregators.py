@@ -12,8 +12,8 @@ from torch import nn, Tensor
 __all__ = ['Mean', 'Sum', 'Constant', 'Random', 'MGDA', 'UPGrad', 'DualProj', 'PCGrad', 'IMTLG', 'AlignedMTL', 'CAGrad',
            'NashMTL', 'Krum', 'ConFIG', 'FairGrad', 'CRMOGM', 'GradVac', 'PCD', 'Weighting', 'Aggregator',
            'WeightedAggregator', 'MeanWeighting', 'SumWeighting', 'ConstantWeighting', 'RandomWeighting', 'frank_wolfe',
-           'MGDAWeighting', 'project_simplex', 'SDMGradWeighting', 'SDMGrad', 'nonneg_qp', 'dual_cone_qp',
-           'min_norm_point', 'UPGradWeighting', 'DualProjWeighting', 'PCGradWeighting', 'IMTLGWeighting',
+           'nonneg_qp', 'min_norm_point', 'MGDAWeighting', 'project_simplex', 'SDMGradWeighting', 'SDMGrad',
+           'dual_cone_qp', 'UPGradWeighting', 'DualProjWeighting', 'PCGradWeighting', 'IMTLGWeighting',
            'AlignedMTLWeighting', 'CAGradWeighting', 'NashMTLWeighting', 'TrimmedMean', 'KrumWeighting',
            'ConFIGWeighting', 'FairGradWeighting', 'CRMOGMWeighting', 'MoDoWeighting', 'ExcessMTLWeighting', 'MoDo',
            'ExcessMTL', 'GradVacWeighting', 'GradDrop', 'DBMTL', 'PCDWeighting']
@@ -281,6 +281,94 @@ def frank_wolfe(G, epsilon=1e-5, max_iters=250, sync_free=False):
         done = done | (gamma < epsilon)
     return w
 
+# %% ../nbs/20_aggregators.ipynb #c0de3004
+def _spd_solve(M, B, sync_free):
+    "Batched M x = b (the rows of `B`), M positive definite: by Cholesky; off the sync-free path, by LU where it fails."
+    L, info = torch.linalg.cholesky_ex(M)
+    X = torch.cholesky_solve(B[..., None], L)[..., 0]
+    if sync_free: return X
+    bad = (info != 0).nonzero()[:, 0]  # (a host read) M not numerically positive definite
+    if len(bad): X[bad] = torch.linalg.solve_ex(M[bad], B[bad])[0]
+    return X
+
+def _free_solve(G, q, free, K=None):
+    "For each row of `free`, v with G_FF v_F = −q_F, 0 off F, on gathered blocks (host reads of their sizes); K = G⁻¹."
+    k, m = q.shape
+    nf = free.sum(-1, keepdim=True)
+    f, b = int(nf.max()), int((m - nf).max())
+    if K is not None and 3 * b < 2 * f:  # few bounds: (G_FF)⁻¹ = K_FF − K_FB (K_BB)⁻¹ K_BF, only B×B blocks to factor
+        order = torch.argsort(free.to(torch.uint8), dim=-1, stable=True)[:, :b]  # each problem's bound variables first
+        inside = torch.arange(b, device=G.device) < m - nf
+        x = torch.where(free, q, 0.) @ K  # K q_F: K_FF q_F on F, K_BF q_F on B
+        KB = K[order]  # the rows of K at B
+        KBB = torch.where(inside[:, :, None] & inside[:, None, :], KB.gather(2, order[:, None, :].expand(k, b, b)),
+                          torch.eye(b, dtype=G.dtype, device=G.device))
+        y = _spd_solve(KBB, torch.where(inside, x.gather(1, order), 0.), False)
+        return torch.where(free, (y[:, None, :] @ KB)[:, 0] - x, 0.)
+    order = torch.argsort((~free).to(torch.uint8), dim=-1, stable=True)[:, :f]  # each problem's free variables first
+    inside = torch.arange(f, device=G.device) < nf
+    pad = torch.arange(m, m + f, device=G.device).expand(k, f)  # the padding reads I in blockdiag(G, I): no mask pass
+    Ge = torch.block_diag(G, torch.eye(f, dtype=G.dtype, device=G.device))
+    idx = torch.where(inside, order, pad)
+    M = Ge[idx[:, :, None], idx[:, None, :]]
+    x = _spd_solve(M, torch.where(inside, -q.gather(1, order), 0.), False)
+    return torch.zeros_like(q).scatter(1, order, torch.where(inside, x, 0.))
+
+_QP_BATCH = 1 << 25  # the most entries of the k masked m×m matrices built at once (256 MiB in float64): m = 1024 → 32
+
+def nonneg_qp(G, Q, max_iters=None, sync_free=False):
+    "For each row q of `Q`, argmin_{v ≥ 0} ½vᵀGv + qᵀv (G positive definite), by block principal pivoting."
+    k, m = Q.shape
+    step = max(1, _QP_BATCH // max(m * m, 1))
+    if k > step:  # many problems of many tasks: in groups, so that their masked matrices fit in memory
+        return torch.cat([nonneg_qp(G, Q[i:i + step], max_iters, sync_free) for i in range(0, k, step)])
+    max_iters = 3 * m + 10 if max_iters is None else max_iters
+    tol = torch.finfo(G.dtype).eps ** 0.5 * 1e-2
+    eye = torch.eye(m, dtype=torch.bool, device=G.device)
+    idx = torch.arange(m, device=G.device)
+    free = torch.zeros(k, m, dtype=torch.bool, device=G.device)
+    v, s = torch.zeros_like(Q), Q.clone()  # all bounds active: v = 0, the gradient s = Gv + q = q
+    best = torch.full((k,), m + 1, device=G.device)
+    K = None  # G⁻¹, for many problems off the sync-free path (where most variables end up free: see `_free_solve`)
+    if not sync_free and k > 1:
+        L, info = torch.linalg.cholesky_ex(G)
+        if not bool(info): K = torch.cholesky_inverse(L)
+    chances = torch.full((k,), 3, device=G.device)
+    for _ in range(max_iters):
+        bad = (free & (v < -tol)) | (~free & (s < -tol))
+        nbad = bad.sum(-1)
+        r = slice(None)  # the problems worked on: all of them on the sync-free path
+        if not sync_free:  # (host reads) stop when all are solved, and work only on those that are not
+            r = nbad.nonzero()[:, 0]
+            if len(r) == 0: break
+            if len(r) == k: r = slice(None)
+        bad, nbad, fr, q = bad[r], nbad[r], free[r], Q[r]
+        better = nbad < best[r]
+        full = better | (chances[r] > 0)
+        best[r] = torch.where(better, nbad, best[r])
+        chances[r] = torch.where(better, 3, torch.where(full, chances[r] - 1, chances[r]))
+        last = torch.where(bad, idx, -1).amax(-1, keepdim=True)  # the backup rule swaps only the last violator
+        fr = fr ^ torch.where(full[:, None], bad, bad & (idx == last))
+        if sync_free:
+            M = torch.where(fr[:, :, None] & fr[:, None, :], G, torch.where(eye, 1., 0.).to(G))
+            vr = torch.where(fr, _spd_solve(M, torch.where(fr, -q, 0.), sync_free), 0.)
+        else: vr = _free_solve(G, q, fr, K)
+        free[r], v[r], s[r] = fr, vr, torch.where(fr, 0., vr @ G + q)
+    return v
+
+def min_norm_point(G, sync_free=False):
+    "The exact argmin_{w ∈ simplex} wᵀGw, by `nonneg_qp`: v = argmin_{v ≥ 0} ½vᵀG'v − Σv, w = v/Σv, G' = G + 11ᵀ + εI."
+    # On the simplex wᵀ(G + 11ᵀ)w = wᵀGw + 1: the same minimiser, at a value ≥ 1, so v = w/(wᵀG'w) stays bounded even
+    # where 0 is in the hull. The ridge ε makes G' positive definite (a float32 Gramian's rounding leaves eigenvalues
+    # down to about −√m·ε₃₂ of the largest) and moves the direction by at most √ε of the longest gradient.
+    m, H = len(G), _hi(G)
+    top = H.diagonal().amax()
+    H = H / torch.where(top > 0, top, 1)
+    eps = max(1e-12, 10 * m ** 0.5 * torch.finfo(G.dtype).eps)
+    H = H + 1 + eps * torch.eye(m, dtype=H.dtype, device=H.device)
+    v = nonneg_qp(H, -H.new_ones(1, m), 10 * m + 10, sync_free)[0]  # (near-degenerate ones took up to 5m rounds)
+    return (v / v.sum()).to(G.dtype)
+
 # %% ../nbs/20_aggregators.ipynb #d0155f4f
 _MGDA_NORMS = ('none', 'l2', 'loss', 'loss+')
 _MGDA_SOLVERS = ('exact', 'frank_wolfe')  # (epsilon and max_iters are Frank-Wolfe's)
@@ -402,96 +490,9 @@ def _normalize_reg(G, norm_eps, reg_eps):
     G = torch.where(tr < norm_eps, 0., G / torch.where(tr < norm_eps, 1., tr))
     return G + reg_eps * torch.eye(len(G), dtype=G.dtype, device=G.device)
 
-def _spd_solve(M, B, sync_free):
-    "Batched M x = b (the rows of `B`), M positive definite: by Cholesky; off the sync-free path, by LU where it fails."
-    L, info = torch.linalg.cholesky_ex(M)
-    X = torch.cholesky_solve(B[..., None], L)[..., 0]
-    if sync_free: return X
-    bad = (info != 0).nonzero()[:, 0]  # (a host read) M not numerically positive definite
-    if len(bad): X[bad] = torch.linalg.solve_ex(M[bad], B[bad])[0]
-    return X
-
-def _free_solve(G, q, free, K=None):
-    "For each row of `free`, v with G_FF v_F = −q_F, 0 off F, on gathered blocks (host reads of their sizes); K = G⁻¹."
-    k, m = q.shape
-    nf = free.sum(-1, keepdim=True)
-    f, b = int(nf.max()), int((m - nf).max())
-    if K is not None and 3 * b < 2 * f:  # few bounds: (G_FF)⁻¹ = K_FF − K_FB (K_BB)⁻¹ K_BF, only B×B blocks to factor
-        order = torch.argsort(free.to(torch.uint8), dim=-1, stable=True)[:, :b]  # each problem's bound variables first
-        inside = torch.arange(b, device=G.device) < m - nf
-        x = torch.where(free, q, 0.) @ K  # K q_F: K_FF q_F on F, K_BF q_F on B
-        KB = K[order]  # the rows of K at B
-        KBB = torch.where(inside[:, :, None] & inside[:, None, :], KB.gather(2, order[:, None, :].expand(k, b, b)),
-                          torch.eye(b, dtype=G.dtype, device=G.device))
-        y = _spd_solve(KBB, torch.where(inside, x.gather(1, order), 0.), False)
-        return torch.where(free, (y[:, None, :] @ KB)[:, 0] - x, 0.)
-    order = torch.argsort((~free).to(torch.uint8), dim=-1, stable=True)[:, :f]  # each problem's free variables first
-    inside = torch.arange(f, device=G.device) < nf
-    pad = torch.arange(m, m + f, device=G.device).expand(k, f)  # the padding reads I in blockdiag(G, I): no mask pass
-    Ge = torch.block_diag(G, torch.eye(f, dtype=G.dtype, device=G.device))
-    idx = torch.where(inside, order, pad)
-    M = Ge[idx[:, :, None], idx[:, None, :]]
-    x = _spd_solve(M, torch.where(inside, -q.gather(1, order), 0.), False)
-    return torch.zeros_like(q).scatter(1, order, torch.where(inside, x, 0.))
-
-_QP_BATCH = 1 << 25  # the most entries of the k masked m×m matrices built at once (256 MiB in float64): m = 1024 → 32
-
-def nonneg_qp(G, Q, max_iters=None, sync_free=False):
-    "For each row q of `Q`, argmin_{v ≥ 0} ½vᵀGv + qᵀv (G positive definite), by block principal pivoting."
-    k, m = Q.shape
-    step = max(1, _QP_BATCH // max(m * m, 1))
-    if k > step:  # many problems of many tasks: in groups, so that their masked matrices fit in memory
-        return torch.cat([nonneg_qp(G, Q[i:i + step], max_iters, sync_free) for i in range(0, k, step)])
-    max_iters = 3 * m + 10 if max_iters is None else max_iters
-    tol = torch.finfo(G.dtype).eps ** 0.5 * 1e-2
-    eye = torch.eye(m, dtype=torch.bool, device=G.device)
-    idx = torch.arange(m, device=G.device)
-    free = torch.zeros(k, m, dtype=torch.bool, device=G.device)
-    v, s = torch.zeros_like(Q), Q.clone()  # all bounds active: v = 0, the gradient s = Gv + q = q
-    best = torch.full((k,), m + 1, device=G.device)
-    K = None  # G⁻¹, for many problems off the sync-free path (where most variables end up free: see `_free_solve`)
-    if not sync_free and k > 1:
-        L, info = torch.linalg.cholesky_ex(G)
-        if not bool(info): K = torch.cholesky_inverse(L)
-    chances = torch.full((k,), 3, device=G.device)
-    for _ in range(max_iters):
-        bad = (free & (v < -tol)) | (~free & (s < -tol))
-        nbad = bad.sum(-1)
-        r = slice(None)  # the problems worked on: all of them on the sync-free path
-        if not sync_free:  # (host reads) stop when all are solved, and work only on those that are not
-            r = nbad.nonzero()[:, 0]
-            if len(r) == 0: break
-            if len(r) == k: r = slice(None)
-        bad, nbad, fr, q = bad[r], nbad[r], free[r], Q[r]
-        better = nbad < best[r]
-        full = better | (chances[r] > 0)
-        best[r] = torch.where(better, nbad, best[r])
-        chances[r] = torch.where(better, 3, torch.where(full, chances[r] - 1, chances[r]))
-        last = torch.where(bad, idx, -1).amax(-1, keepdim=True)  # the backup rule swaps only the last violator
-        fr = fr ^ torch.where(full[:, None], bad, bad & (idx == last))
-        if sync_free:
-            M = torch.where(fr[:, :, None] & fr[:, None, :], G, torch.where(eye, 1., 0.).to(G))
-            vr = torch.where(fr, _spd_solve(M, torch.where(fr, -q, 0.), sync_free), 0.)
-        else: vr = _free_solve(G, q, fr, K)
-        free[r], v[r], s[r] = fr, vr, torch.where(fr, 0., vr @ G + q)
-    return v
-
 def dual_cone_qp(U, G, max_iters=None, sync_free=False):
     "For each row u of `U`, argmin_{w ≥ u} wᵀGw (G positive definite): w = u + v, v ≥ 0 minimising ½vᵀGv + vᵀGu."
     return U + nonneg_qp(G, U @ G, max_iters, sync_free)
-
-def min_norm_point(G, sync_free=False):
-    "The exact argmin_{w ∈ simplex} wᵀGw, by `nonneg_qp`: v = argmin_{v ≥ 0} ½vᵀG'v − Σv, w = v/Σv, G' = G + 11ᵀ + εI."
-    # On the simplex wᵀ(G + 11ᵀ)w = wᵀGw + 1: the same minimiser, at a value ≥ 1, so v = w/(wᵀG'w) stays bounded even
-    # where 0 is in the hull. The ridge ε makes G' positive definite (a float32 Gramian's rounding leaves eigenvalues
-    # down to about −√m·ε₃₂ of the largest) and moves the direction by at most √ε of the longest gradient.
-    m, H = len(G), _hi(G)
-    top = H.diagonal().amax()
-    H = H / torch.where(top > 0, top, 1)
-    eps = max(1e-12, 10 * m ** 0.5 * torch.finfo(G.dtype).eps)
-    H = H + 1 + eps * torch.eye(m, dtype=H.dtype, device=H.device)
-    v = nonneg_qp(H, -H.new_ones(1, m), 10 * m + 10, sync_free)[0]  # (near-degenerate ones took up to 5m rounds)
-    return (v / v.sum()).to(G.dtype)
 
 def _projector_check(v):
     if v is not None and not callable(v): raise ValueError(f"`projector` should be None or a function (U, G) -> W (as torchjd's QuadprogProjector); found a {type(v).__name__}")
