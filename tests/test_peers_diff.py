@@ -246,3 +246,39 @@ def test_libmtl_loss_weightings():
     L = torch.tensor([1., 1., 1.], dtype=torch.float64, requires_grad=True)
     w = d.backward(L, T=2.)
     torch.testing.assert_close(dwa.weights(L.detach()), torch.as_tensor(w, dtype=torch.float64))
+
+# ---- methods that LibMTL has only in its repository: against hand computations of the same formulas
+def test_aligned_mtl_by_hand():
+    "Aligned-MTL (Senushkin et al., CVPR 2023): B = σ_min V Σ⁻¹ Vᵀ from the Gramian's eigendecomposition, w = B·pref."
+    for case, J in cases(4):
+        G = J @ J.T
+        lam, V = torch.linalg.eigh(G)
+        keep = lam > lam.max() * len(G) * torch.finfo(G.dtype).eps
+        smin = lam[keep].min()
+        B = smin.sqrt() * (V[:, keep] / lam[keep].sqrt()) @ V[:, keep].T
+        torch.testing.assert_close(AlignedMTLWeighting()(G), B @ torch.full((len(G),), 1 / len(G), dtype=G.dtype), msg=case)
+
+@pytest.mark.parametrize('alpha', [0.5, 1., 2.])
+def test_fairgrad_and_nash_mtl_defining_equations(alpha):
+    "FairGrad (Ban & Ji, ICML 2024): G w = w^(−1/α); Nash-MTL (Navon et al., ICML 2022): (G/|G|_F) α = 1/α."
+    for case, J in cases(5):
+        if case not in ('normal', 'faces'): continue  # (the others have no solution: see the tests of issue 30)
+        G = J @ J.T
+        w = FairGradWeighting(alpha)(G)
+        torch.testing.assert_close(G @ w, w ** (-1 / alpha), rtol=1e-8, atol=0, msg=case)
+        a = NashMTLWeighting(max_norm=0)(G)
+        torch.testing.assert_close(G / torch.linalg.matrix_norm(G) @ a, 1 / a, rtol=1e-8, atol=0, msg=case)
+
+def test_sdmgrad_by_hand():
+    "SDMGrad (Xiao et al., NeurIPS 2023): `n_iter` projected momentum steps on the simplex, on A = J₁J₂ᵀ/mean(|gᵢ|)²."
+    g = torch.Generator().manual_seed(8)
+    J1, J2 = torch.randn(4, 9, generator=g, dtype=torch.float64), torch.randn(4, 9, generator=g, dtype=torch.float64)
+    A = J1 @ J2.T
+    lr, mom, lam, n_iter = 10., 0.5, 0.3, 20
+    a = A / (A.diagonal().clamp_min(0).sqrt().mean() ** 2 + 1e-8)
+    w, pref, v = torch.full((4,), 0.25, dtype=A.dtype), torch.full((4,), 0.25, dtype=A.dtype), None
+    for _ in range(n_iter):
+        grad = a @ (w + lam * pref)
+        v = grad if v is None else mom * v + grad
+        w = project_simplex(w - lr * v)
+    torch.testing.assert_close(SDMGradWeighting(lr, mom, n_iter, lam)(A), (w + lam * pref) / (1 + lam))
