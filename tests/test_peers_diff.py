@@ -256,7 +256,8 @@ def test_aligned_mtl_by_hand():
         keep = lam > lam.max() * len(G) * torch.finfo(G.dtype).eps
         smin = lam[keep].min()
         B = smin.sqrt() * (V[:, keep] / lam[keep].sqrt()) @ V[:, keep].T
-        torch.testing.assert_close(AlignedMTLWeighting()(G), B @ torch.full((len(G),), 1 / len(G), dtype=G.dtype), msg=case)
+        want = B @ torch.full((len(G),), 1 / len(G), dtype=G.dtype)
+        torch.testing.assert_close(AlignedMTLWeighting()(G), want, msg=case)
 
 @pytest.mark.parametrize('alpha', [0.5, 1., 2.])
 def test_fairgrad_and_nash_mtl_defining_equations(alpha):
