@@ -316,18 +316,46 @@ def _free_solve(G, q, free, K=None):
 
 _QP_BATCH = 1 << 25  # the most entries of the k masked m×m matrices built at once (256 MiB in float64): m = 1024 → 32
 
-def nonneg_qp(G, Q, max_iters=None, sync_free=False):
-    "For each row q of `Q`, argmin_{v ≥ 0} ½vᵀGv + qᵀv (G positive definite), by block principal pivoting."
+def _nonneg_qp_one(G, q, max_iters, tol, free):
+    "`nonneg_qp` for one problem off the sync-free path: the same pivoting, its bookkeeping in Python numbers."
+    m = len(q)
+    v, s, best, chances = torch.zeros_like(q), q, m + 1, 3
+    if free.any():
+        F = free.nonzero()[:, 0]
+        v = torch.zeros_like(q).index_put_((F,), _spd_solve(G[F[:, None], F][None], -q[F][None], False)[0])
+        s = torch.where(free, 0., G @ v + q)
+    for _ in range(max_iters):
+        bad = torch.where(free, v, s) < -tol
+        n = int(bad.sum())
+        if n == 0: break
+        if n < best: best, chances = n, 3
+        elif chances > 0: chances -= 1
+        else: bad = torch.zeros_like(bad).index_fill_(0, bad.nonzero()[-1], True)  # the backup rule: the last violator
+        free = free ^ bad
+        F = free.nonzero()[:, 0]
+        x = _spd_solve(G[F[:, None], F][None], -q[F][None], False)[0]
+        v = torch.zeros_like(q).index_put_((F,), x)
+        s = torch.where(free, 0., G @ v + q)
+    return v
+
+def nonneg_qp(G, Q, max_iters=None, sync_free=False, free=None):
+    "For each row q of `Q`, argmin_{v ≥ 0} ½vᵀGv + qᵀv (G positive definite), by block principal pivoting from `free`."
     k, m = Q.shape
     step = max(1, _QP_BATCH // max(m * m, 1))
     if k > step:  # many problems of many tasks: in groups, so that their masked matrices fit in memory
-        return torch.cat([nonneg_qp(G, Q[i:i + step], max_iters, sync_free) for i in range(0, k, step)])
+        return torch.cat([nonneg_qp(G, Q[i:i + step], max_iters, sync_free, None if free is None else free[i:i + step])
+                          for i in range(0, k, step)])
     max_iters = 3 * m + 10 if max_iters is None else max_iters
     tol = torch.finfo(G.dtype).eps ** 0.5 * 1e-2
+    guess, free = free is not None, torch.zeros(k, m, dtype=torch.bool, device=G.device) if free is None else free.clone()
+    if k == 1 and not sync_free: return _nonneg_qp_one(G, Q[0], max_iters, tol, free[0])[None]
     eye = torch.eye(m, dtype=torch.bool, device=G.device)
     idx = torch.arange(m, device=G.device)
-    free = torch.zeros(k, m, dtype=torch.bool, device=G.device)
     v, s = torch.zeros_like(Q), Q.clone()  # all bounds active: v = 0, the gradient s = Gv + q = q
+    if guess:  # the free variables' system solved first
+        M = torch.where(free[:, :, None] & free[:, None, :], G, torch.where(eye, 1., 0.).to(G))
+        v = torch.where(free, _spd_solve(M, torch.where(free, -Q, 0.), sync_free), 0.)
+        s = torch.where(free, 0., v @ G + Q)
     best = torch.full((k,), m + 1, device=G.device)
     K = None  # G⁻¹, for many problems off the sync-free path (where most variables end up free: see `_free_solve`)
     if not sync_free and k > 1:
@@ -335,7 +363,7 @@ def nonneg_qp(G, Q, max_iters=None, sync_free=False):
         if not bool(info): K = torch.cholesky_inverse(L)
     chances = torch.full((k,), 3, device=G.device)
     for _ in range(max_iters):
-        bad = (free & (v < -tol)) | (~free & (s < -tol))
+        bad = torch.where(free, v, s) < -tol  # a free variable below 0, or a bound one whose gradient is
         nbad = bad.sum(-1)
         r = slice(None)  # the problems worked on: all of them on the sync-free path
         if not sync_free:  # (host reads) stop when all are solved, and work only on those that are not
@@ -356,6 +384,29 @@ def nonneg_qp(G, Q, max_iters=None, sync_free=False):
         free[r], v[r], s[r] = fr, vr, torch.where(fr, 0., vr @ G + q)
     return v
 
+_FACES = {}  # (m, device, dtype): the faces' masks and constant parts, built once
+
+def _faces(m, device, dtype):
+    "Every face S of the simplex of m vertices: where its KKT matrix [[H_S, 1], [1ᵀ, 0]] reads H, and the rest of it."
+    key = (m, device, dtype)
+    if key not in _FACES:
+        S = (torch.arange(1, 2 ** m, device=device)[:, None] >> torch.arange(m, device=device)) & 1 == 1
+        Se = torch.cat([S, torch.zeros(len(S), 1, dtype=torch.bool, device=device)], 1)
+        base = torch.diag_embed((~Se).to(dtype))  # 1 on the diagonal off the face (its weights 0), 0 at λ's
+        base[:, :m, m], base[:, m, :m] = S, S
+        rhs = (torch.arange(m + 1, device=device) == m).to(dtype).expand(len(S), m + 1)
+        _FACES[key] = Se[:, :, None] & Se[:, None, :], base, rhs
+    return _FACES[key]
+
+def _min_norm_faces(H):
+    "For few tasks: the minimum-norm point of every face of the simplex at once (its KKT system), the lowest one inside."
+    m = len(H)
+    onH, base, rhs = _faces(m, H.device, H.dtype)
+    w = torch.linalg.solve_ex(torch.where(onH, torch.nn.functional.pad(H, (0, 1, 0, 1)), base), rhs)[0][:, :m]
+    obj = torch.where((w >= -1e-12).all(1), ((w @ H) * w).sum(1), torch.inf)  # (NaN, from a singular face, is not ≥)
+    w = w.gather(0, obj.argmin(0, keepdim=True)[:, None].expand(1, m))[0].clamp_min(0)
+    return w / w.sum()
+
 def min_norm_point(G, sync_free=False):
     "The exact argmin_{w ∈ simplex} wᵀGw, by `nonneg_qp`: v = argmin_{v ≥ 0} ½vᵀG'v − Σv, w = v/Σv, G' = G + 11ᵀ + εI."
     # On the simplex wᵀ(G + 11ᵀ)w = wᵀGw + 1: the same minimiser, at a value ≥ 1, so v = w/(wᵀG'w) stays bounded even
@@ -366,7 +417,10 @@ def min_norm_point(G, sync_free=False):
     H = H / torch.where(top > 0, top, 1)
     eps = max(1e-12, 10 * m ** 0.5 * torch.finfo(G.dtype).eps)
     H = H + 1 + eps * torch.eye(m, dtype=H.dtype, device=H.device)
-    v = nonneg_qp(H, -H.new_ones(1, m), 10 * m + 10, sync_free)[0]  # (near-degenerate ones took up to 5m rounds)
+    if m <= 5: return _min_norm_faces(H - 1).to(G.dtype)
+    g = H @ H.new_full((m,), 1 / m)
+    free = (g <= g.mean())[None]  # a guess of the support: the tasks that gain from the uniform mix (pivoting fixes it)
+    v = nonneg_qp(H, -H.new_ones(1, m), 10 * m + 10, sync_free, free)[0]  # (near-degenerate ones took up to 5m rounds)
     return (v / v.sum()).to(G.dtype)
 
 # %% ../nbs/20_aggregators.ipynb #d0155f4f
