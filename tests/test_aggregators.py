@@ -466,3 +466,12 @@ def test_upgrad_many_tasks_equals_torchjd(m):
     J = per_sample_like(m, 700, 7).double()
     d, dj = UPGrad()(J), jd.UPGrad()(J)
     torch.testing.assert_close(d, dj, rtol=0, atol=1e-5 * dj.norm())  # (within nonneg_qp's stopping tolerance)
+
+@pytest.mark.parametrize('name', ['MGDA', 'UPGrad', 'DualProj', 'NashMTL', 'FairGrad', 'GradVac', 'PCGrad', 'PCD'])
+def test_no_host_sync_with_more_tasks_and_a_zero_row(name):
+    "Past MGDA's face enumeration (m > 5) the pivoting runs; a zero row takes Nash-MTL's masked branch: still no host read."
+    J = rand_J(12, 30, 9)
+    J[3] = 0
+    w = SYNC_FREE[name]()
+    with CountSyncs() as c: w(J @ J.T); w(J @ J.T)
+    assert c.n == 0, f'{name}: {c.n} host syncs'
