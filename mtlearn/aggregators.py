@@ -11,12 +11,12 @@ from torch import nn, Tensor
 # %% auto #0
 __all__ = ['Mean', 'Sum', 'Constant', 'Random', 'MGDA', 'UPGrad', 'DualProj', 'PCGrad', 'IMTLG', 'AlignedMTL', 'CAGrad',
            'NashMTL', 'Krum', 'ConFIG', 'FairGrad', 'CRMOGM', 'GradVac', 'PCD', 'Weighting', 'Aggregator',
-           'MeanWeighting', 'SumWeighting', 'ConstantWeighting', 'RandomWeighting', 'frank_wolfe', 'MGDAWeighting',
-           'project_simplex', 'SDMGradWeighting', 'SDMGrad', 'nonneg_qp', 'dual_cone_qp', 'UPGradWeighting',
-           'DualProjWeighting', 'PCGradWeighting', 'IMTLGWeighting', 'AlignedMTLWeighting', 'CAGradWeighting',
-           'NashMTLWeighting', 'TrimmedMean', 'KrumWeighting', 'ConFIGWeighting', 'FairGradWeighting',
-           'CRMOGMWeighting', 'MoDoWeighting', 'ExcessMTLWeighting', 'MoDo', 'ExcessMTL', 'GradVacWeighting',
-           'GradDrop', 'DBMTL', 'PCDWeighting']
+           'WeightedAggregator', 'MeanWeighting', 'SumWeighting', 'ConstantWeighting', 'RandomWeighting', 'frank_wolfe',
+           'nonneg_qp', 'min_norm_point', 'MGDAWeighting', 'project_simplex', 'SDMGradWeighting', 'SDMGrad',
+           'dual_cone_qp', 'UPGradWeighting', 'DualProjWeighting', 'PCGradWeighting', 'IMTLGWeighting',
+           'AlignedMTLWeighting', 'CAGradWeighting', 'NashMTLWeighting', 'TrimmedMean', 'KrumWeighting',
+           'ConFIGWeighting', 'FairGradWeighting', 'CRMOGMWeighting', 'MoDoWeighting', 'ExcessMTLWeighting', 'MoDo',
+           'ExcessMTL', 'GradVacWeighting', 'GradDrop', 'DBMTL', 'PCDWeighting']
 
 # %% ../nbs/20_aggregators.ipynb #9ec43299
 def _accel(t): return t.device.type in ('cuda', 'mps', 'xpu')
@@ -123,6 +123,7 @@ class Weighting(_ResizableState, nn.Module):
         if self.sync_free is not None: args['sync_free'] = self.sync_free
         return ', '.join(f'{k}={v!r}' for k, v in args.items())
     def __repr__(self): return f'{type(self).__name__}({self._repr_args()})'
+    def __str__(self): return type(self).__name__  # the short name, for tables and logs (as torchjd's)
     def __lshift__(self, fn):
         "`weighting << fn`: this weighting applied to `fn(x)` (torchjd's composition), e.g. `MGDAWeighting() << (lambda J: J @ J.T)` weighs a Jacobian."
         return _Composition(self, fn)
@@ -191,6 +192,19 @@ class Aggregator(_ResizableState, nn.Module):
         check = type(self)._settings.get(name)
         super().__setattr__(name, value if check is None else check(value))
     def __repr__(self): return f'{type(self).__name__}({self.weighting._repr_args()})'
+    def __str__(self): return type(self).__name__  # the short name, for tables and logs (as torchjd's)
+
+class WeightedAggregator(Aggregator):
+    "The rows of `J` combined with the weights `weighting(J)` of J itself, as torchjd's (`Aggregator`'s weighting reads J Jᵀ)."
+    from_gramian = False  # the weighting may read J's entries
+    def forward(self, J):
+        _check_matrix(J, 'J', square=False)
+        if len(J) == 0:
+            self.last_weights = J.new_zeros(0)
+            return J.new_zeros(J.shape[1])
+        with torch.no_grad(): w = self.weighting(J.detach())
+        self.last_weights = w
+        return w @ J
 
 def _aggregator(wcls, doc):
     "An `Aggregator` subclass whose constructor takes `wcls`'s arguments."
@@ -267,16 +281,162 @@ def frank_wolfe(G, epsilon=1e-5, max_iters=250, sync_free=False):
         done = done | (gamma < epsilon)
     return w
 
+# %% ../nbs/20_aggregators.ipynb #c0de3004
+def _spd_solve(M, B, sync_free):
+    "Batched M x = b (the rows of `B`), M positive definite: by Cholesky; off the sync-free path, by LU where it fails."
+    L, info = torch.linalg.cholesky_ex(M)
+    X = torch.cholesky_solve(B[..., None], L)[..., 0]
+    if sync_free: return X
+    bad = (info != 0).nonzero()[:, 0]  # (a host read) M not numerically positive definite
+    if len(bad): X[bad] = torch.linalg.solve_ex(M[bad], B[bad])[0]
+    return X
+
+def _free_solve(G, q, free, K=None):
+    "For each row of `free`, v with G_FF v_F = −q_F, 0 off F, on gathered blocks (host reads of their sizes); K = G⁻¹."
+    k, m = q.shape
+    nf = free.sum(-1, keepdim=True)
+    f, b = int(nf.max()), int((m - nf).max())
+    if K is not None and 3 * b < 2 * f:  # few bounds: (G_FF)⁻¹ = K_FF − K_FB (K_BB)⁻¹ K_BF, only B×B blocks to factor
+        order = torch.argsort(free.to(torch.uint8), dim=-1, stable=True)[:, :b]  # each problem's bound variables first
+        inside = torch.arange(b, device=G.device) < m - nf
+        x = torch.where(free, q, 0.) @ K  # K q_F: K_FF q_F on F, K_BF q_F on B
+        KB = K[order]  # the rows of K at B
+        KBB = torch.where(inside[:, :, None] & inside[:, None, :], KB.gather(2, order[:, None, :].expand(k, b, b)),
+                          torch.eye(b, dtype=G.dtype, device=G.device))
+        y = _spd_solve(KBB, torch.where(inside, x.gather(1, order), 0.), False)
+        return torch.where(free, (y[:, None, :] @ KB)[:, 0] - x, 0.)
+    order = torch.argsort((~free).to(torch.uint8), dim=-1, stable=True)[:, :f]  # each problem's free variables first
+    inside = torch.arange(f, device=G.device) < nf
+    pad = torch.arange(m, m + f, device=G.device).expand(k, f)  # the padding reads I in blockdiag(G, I): no mask pass
+    Ge = torch.block_diag(G, torch.eye(f, dtype=G.dtype, device=G.device))
+    idx = torch.where(inside, order, pad)
+    M = Ge[idx[:, :, None], idx[:, None, :]]
+    x = _spd_solve(M, torch.where(inside, -q.gather(1, order), 0.), False)
+    return torch.zeros_like(q).scatter(1, order, torch.where(inside, x, 0.))
+
+_QP_BATCH = 1 << 25  # the most entries of the k masked m×m matrices built at once (256 MiB in float64): m = 1024 → 32
+
+def _nonneg_qp_one(G, q, max_iters, tol, free):
+    "`nonneg_qp` for one problem off the sync-free path: the same pivoting, its bookkeeping in Python numbers."
+    m = len(q)
+    v, s, best, chances = torch.zeros_like(q), q, m + 1, 3
+    if free.any():
+        F = free.nonzero()[:, 0]
+        v = torch.zeros_like(q).index_put_((F,), _spd_solve(G[F[:, None], F][None], -q[F][None], False)[0])
+        s = torch.where(free, 0., G @ v + q)
+    for _ in range(max_iters):
+        bad = torch.where(free, v, s) < -tol
+        n = int(bad.sum())
+        if n == 0: break
+        if n < best: best, chances = n, 3
+        elif chances > 0: chances -= 1
+        else: bad = torch.zeros_like(bad).index_fill_(0, bad.nonzero()[-1], True)  # the backup rule: the last violator
+        free = free ^ bad
+        F = free.nonzero()[:, 0]
+        x = _spd_solve(G[F[:, None], F][None], -q[F][None], False)[0]
+        v = torch.zeros_like(q).index_put_((F,), x)
+        s = torch.where(free, 0., G @ v + q)
+    return v
+
+def nonneg_qp(G, Q, max_iters=None, sync_free=False, free=None):
+    "For each row q of `Q`, argmin_{v ≥ 0} ½vᵀGv + qᵀv (G positive definite), by block principal pivoting from `free`."
+    k, m = Q.shape
+    step = max(1, _QP_BATCH // max(m * m, 1))
+    if k > step:  # many problems of many tasks: in groups, so that their masked matrices fit in memory
+        return torch.cat([nonneg_qp(G, Q[i:i + step], max_iters, sync_free, None if free is None else free[i:i + step])
+                          for i in range(0, k, step)])
+    max_iters = 3 * m + 10 if max_iters is None else max_iters
+    tol = torch.finfo(G.dtype).eps ** 0.5 * 1e-2
+    guess, free = free is not None, torch.zeros(k, m, dtype=torch.bool, device=G.device) if free is None else free.clone()
+    if k == 1 and not sync_free: return _nonneg_qp_one(G, Q[0], max_iters, tol, free[0])[None]
+    eye = torch.eye(m, dtype=torch.bool, device=G.device)
+    idx = torch.arange(m, device=G.device)
+    v, s = torch.zeros_like(Q), Q.clone()  # all bounds active: v = 0, the gradient s = Gv + q = q
+    if guess:  # the free variables' system solved first
+        M = torch.where(free[:, :, None] & free[:, None, :], G, torch.where(eye, 1., 0.).to(G))
+        v = torch.where(free, _spd_solve(M, torch.where(free, -Q, 0.), sync_free), 0.)
+        s = torch.where(free, 0., v @ G + Q)
+    best = torch.full((k,), m + 1, device=G.device)
+    K = None  # G⁻¹, for many problems off the sync-free path (where most variables end up free: see `_free_solve`)
+    if not sync_free and k > 1:
+        L, info = torch.linalg.cholesky_ex(G)
+        if not bool(info): K = torch.cholesky_inverse(L)
+    chances = torch.full((k,), 3, device=G.device)
+    for _ in range(max_iters):
+        bad = torch.where(free, v, s) < -tol  # a free variable below 0, or a bound one whose gradient is
+        nbad = bad.sum(-1)
+        r = slice(None)  # the problems worked on: all of them on the sync-free path
+        if not sync_free:  # (host reads) stop when all are solved, and work only on those that are not
+            r = nbad.nonzero()[:, 0]
+            if len(r) == 0: break
+            if len(r) == k: r = slice(None)
+        bad, nbad, fr, q = bad[r], nbad[r], free[r], Q[r]
+        better = nbad < best[r]
+        full = better | (chances[r] > 0)
+        best[r] = torch.where(better, nbad, best[r])
+        chances[r] = torch.where(better, 3, torch.where(full, chances[r] - 1, chances[r]))
+        last = torch.where(bad, idx, -1).amax(-1, keepdim=True)  # the backup rule swaps only the last violator
+        fr = fr ^ torch.where(full[:, None], bad, bad & (idx == last))
+        if sync_free:
+            M = torch.where(fr[:, :, None] & fr[:, None, :], G, torch.where(eye, 1., 0.).to(G))
+            vr = torch.where(fr, _spd_solve(M, torch.where(fr, -q, 0.), sync_free), 0.)
+        else: vr = _free_solve(G, q, fr, K)
+        free[r], v[r], s[r] = fr, vr, torch.where(fr, 0., vr @ G + q)
+    return v
+
+_FACES = {}  # (m, device, dtype): the faces' masks and constant parts, built once
+
+def _faces(m, device, dtype):
+    "Every face S of the simplex of m vertices: where its KKT matrix [[H_S, 1], [1ᵀ, 0]] reads H, and the rest of it."
+    key = (m, device, dtype)
+    if key not in _FACES:
+        S = (torch.arange(1, 2 ** m, device=device)[:, None] >> torch.arange(m, device=device)) & 1 == 1
+        Se = torch.cat([S, torch.zeros(len(S), 1, dtype=torch.bool, device=device)], 1)
+        base = torch.diag_embed((~Se).to(dtype))  # 1 on the diagonal off the face (its weights 0), 0 at λ's
+        base[:, :m, m], base[:, m, :m] = S, S
+        rhs = (torch.arange(m + 1, device=device) == m).to(dtype).expand(len(S), m + 1)
+        _FACES[key] = Se[:, :, None] & Se[:, None, :], base, rhs
+    return _FACES[key]
+
+def _min_norm_faces(H):
+    "For few tasks: the minimum-norm point of every face of the simplex at once (its KKT system), the lowest one inside."
+    m = len(H)
+    onH, base, rhs = _faces(m, H.device, H.dtype)
+    w = torch.linalg.solve_ex(torch.where(onH, torch.nn.functional.pad(H, (0, 1, 0, 1)), base), rhs)[0][:, :m]
+    obj = torch.where((w >= -1e-12).all(1), ((w @ H) * w).sum(1), torch.inf)  # (NaN, from a singular face, is not ≥)
+    w = w.gather(0, obj.argmin(0, keepdim=True)[:, None].expand(1, m))[0].clamp_min(0)
+    return w / w.sum()
+
+def min_norm_point(G, sync_free=False):
+    "The exact argmin_{w ∈ simplex} wᵀGw, by `nonneg_qp`: v = argmin_{v ≥ 0} ½vᵀG'v − Σv, w = v/Σv, G' = G + 11ᵀ + εI."
+    # On the simplex wᵀ(G + 11ᵀ)w = wᵀGw + 1: the same minimiser, at a value ≥ 1, so v = w/(wᵀG'w) stays bounded even
+    # where 0 is in the hull. The ridge ε makes G' positive definite (a float32 Gramian's rounding leaves eigenvalues
+    # down to about −√m·ε₃₂ of the largest) and moves the direction by at most √ε of the longest gradient.
+    m, H = len(G), _hi(G)
+    top = H.diagonal().amax()
+    H = H / torch.where(top > 0, top, 1)
+    eps = max(1e-12, 10 * m ** 0.5 * torch.finfo(G.dtype).eps)
+    H = H + 1 + eps * torch.eye(m, dtype=H.dtype, device=H.device)
+    if m <= 5: return _min_norm_faces(H - 1).to(G.dtype)
+    g = H @ H.new_full((m,), 1 / m)
+    free = (g <= g.mean())[None]  # a guess of the support: the tasks that gain from the uniform mix (pivoting fixes it)
+    v = nonneg_qp(H, -H.new_ones(1, m), 10 * m + 10, sync_free, free)[0]  # (near-degenerate ones took up to 5m rounds)
+    return (v / v.sum()).to(G.dtype)
+
 # %% ../nbs/20_aggregators.ipynb #d0155f4f
 _MGDA_NORMS = ('none', 'l2', 'loss', 'loss+')
+_MGDA_SOLVERS = ('exact', 'frank_wolfe')  # (epsilon and max_iters are Frank-Wolfe's)
 
 class MGDAWeighting(Weighting):
-    "Min-norm weights of the (rescaled) task gradients by Frank-Wolfe, exact for two tasks; `norm_type` in none, l2, loss, loss+."
-    _settings = {**Weighting._settings, 'norm_type': _choice('norm_type', _MGDA_NORMS), 'epsilon': _number('epsilon', lambda v: v > 0, '> 0'),
-                 'max_iters': _number('max_iters', lambda v: v >= 1, '≥ 1', integer=True)}
-    def __init__(self, norm_type='none', epsilon=1e-5, max_iters=250, sync_free=None):
+    "Min-norm weights of the (rescaled) task gradients, exact or by Frank-Wolfe (`solver`); `norm_type`: none, l2, loss(+)."
+    _settings = {**Weighting._settings, 'norm_type': _choice('norm_type', _MGDA_NORMS),
+                 'epsilon': _number('epsilon', lambda v: v > 0, '> 0'),
+                 'max_iters': _number('max_iters', lambda v: v >= 1, '≥ 1', integer=True),
+                 'solver': _choice('solver', _MGDA_SOLVERS)}
+    def __init__(self, norm_type='none', epsilon=1e-5, max_iters=250, solver='exact', sync_free=None):
         super().__init__(sync_free)
-        self.norm_type, self.epsilon, self.max_iters, self.losses = norm_type, epsilon, max_iters, None
+        self.norm_type, self.epsilon, self.max_iters, self.solver = norm_type, epsilon, max_iters, solver
+        self.losses = None
 
     @property
     def needs_losses(self): return self.norm_type in ('loss', 'loss+')
@@ -303,6 +463,7 @@ class MGDAWeighting(Weighting):
             G = G / (s[:, None] * s[None])
         if len(G) == 1: return G.new_ones(1)
         if len(G) == 2: return _min_norm_2(G)
+        if self.solver == 'exact': return min_norm_point(G, sync_free)
         return frank_wolfe(G, self.epsilon, self.max_iters, sync_free)
 
 MGDA = _aggregator(MGDAWeighting, "MGDA: the min-norm point of the convex hull of the (rescaled) task gradients.")
@@ -326,7 +487,7 @@ def _simplex_pref(v):
     return pv if pv is None else pv / pv.sum()
 
 class SDMGradWeighting(Weighting):
-    "SDMGrad's weights from A = J₁J₂ᵀ of two independent mini-batches; the simplex weights persist between calls (a buffer)."
+    "SDMGrad's weights from A = J₁J₂ᵀ of two independent batches; simplex weights kept between calls; `pref_vector` a copy."
     arg = 'A'
     _settings = {**Weighting._settings, 'lr': _number('lr', lambda v: v > 0, '> 0'), 'momentum': _number('momentum', lambda v: 0 <= v < 1, 'in [0, 1)'),
                  'n_iter': _number('n_iter', lambda v: v >= 1, '≥ 1', integer=True), 'lambda_': _number('lambda_', lambda v: v >= 0, '≥ 0'),
@@ -383,35 +544,6 @@ def _normalize_reg(G, norm_eps, reg_eps):
     G = torch.where(tr < norm_eps, 0., G / torch.where(tr < norm_eps, 1., tr))
     return G + reg_eps * torch.eye(len(G), dtype=G.dtype, device=G.device)
 
-def nonneg_qp(G, Q, max_iters=None, sync_free=False):
-    "For each row q of `Q`, argmin_{v ≥ 0} ½vᵀGv + qᵀv (G positive definite), by block principal pivoting."
-    k, m = Q.shape
-    max_iters = 3 * m + 10 if max_iters is None else max_iters
-    tol = torch.finfo(G.dtype).eps ** 0.5 * 1e-2
-    eye = torch.eye(m, dtype=torch.bool, device=G.device)
-    idx = torch.arange(m, device=G.device)
-    free = torch.zeros(k, m, dtype=torch.bool, device=G.device)
-    v, s = torch.zeros_like(Q), Q  # all bounds active: v = 0, the gradient s = Gv + q = q
-    best = torch.full((k,), m + 1, device=G.device)
-    chances = torch.full((k,), 3, device=G.device)
-    for _ in range(max_iters):
-        bad = (free & (v < -tol)) | (~free & (s < -tol))
-        nbad = bad.sum(-1)
-        if not sync_free and not bool(nbad.any()): break
-        better = nbad < best
-        full = better | (chances > 0)
-        best = torch.where(better, nbad, best)
-        chances = torch.where(better, 3, torch.where(full, chances - 1, chances))
-        last = torch.where(bad, idx, -1).amax(-1, keepdim=True)  # the backup rule swaps only the last violator
-        swap = torch.where(full[:, None], bad, bad & (idx == last))
-        free = free ^ swap
-        both = free[:, :, None] & free[:, None, :]
-        M = torch.where(both, G, torch.where(eye, 1., 0.).to(G))
-        v = torch.linalg.solve_ex(M, torch.where(free, -Q, 0.))[0]
-        v = torch.where(free, v, 0.)
-        s = torch.where(free, 0., v @ G + Q)
-    return v
-
 def dual_cone_qp(U, G, max_iters=None, sync_free=False):
     "For each row u of `U`, argmin_{w ≥ u} wᵀGw (G positive definite): w = u + v, v ≥ 0 minimising ½vᵀGv + vᵀGu."
     return U + nonneg_qp(G, U @ G, max_iters, sync_free)
@@ -421,7 +553,7 @@ def _projector_check(v):
     return v
 
 class UPGradWeighting(Weighting):
-    "UPGrad: the sum of the projections of each `pref_vector`-weighted task gradient onto the dual cone."
+    "UPGrad: the sum of the projections of each `pref_vector`-weighted task gradient onto the dual cone (`pref_vector` a copy)."
     _settings = {**Weighting._settings, 'pref_vector': _pref, 'norm_eps': _number('norm_eps', lambda v: v >= 0, '≥ 0'),
                  'reg_eps': _number('reg_eps', lambda v: v >= 0, '≥ 0'), 'max_iters': _number('max_iters', lambda v: v >= 1, '≥ 1', integer=True, none=True),
                  'projector': _projector_check}
@@ -437,7 +569,7 @@ class UPGradWeighting(Weighting):
     def weights(self, G, sync_free): return self._project(torch.diag(_pref_weights(self.pref_vector, G)), G, sync_free).sum(0)
 
 class DualProjWeighting(UPGradWeighting):
-    "DualProj: the projection of the `pref_vector`-weighted (default: mean) gradient onto the dual cone."
+    "DualProj: the projection of the `pref_vector`-weighted (default: mean) gradient onto the dual cone (`pref_vector`: a copy)."
     def weights(self, G, sync_free): return self._project(_pref_weights(self.pref_vector, G)[None], G, sync_free)[0]
 
 UPGrad = _aggregator(UPGradWeighting, "UPGrad: the sum of the task gradients' projections onto the dual cone of the Jacobian's rows.")
@@ -450,7 +582,7 @@ class PCGradWeighting(Weighting):
     def weights(self, G, sync_free):
         m = len(G)
         perms = torch.stack([torch.randperm(m) for _ in range(m)])  # as torchjd draws them, on the CPU
-        if not sync_free: return self._weights_host(G, perms)
+        if not sync_free and m < 32: return self._weights_host(G, perms)  # (from 32 tasks on, m steps of m × m beat m³ floats)
         perms = perms.to(G.device, non_blocking=True)  # (a blocking copy to the GPU would wait for it)
         rows = torch.arange(m, device=G.device)
         W = torch.eye(m, dtype=G.dtype, device=G.device)
@@ -485,7 +617,7 @@ class IMTLGWeighting(Weighting):
 _ALIGNED_SCALES = ('min', 'median', 'rmse')
 
 class AlignedMTLWeighting(Weighting):
-    "Aligned-MTL: `pref_vector` (default mean) weights of the orthogonalised, equally scaled gradients. Uses eigh (one host sync on CUDA)."
+    "Aligned-MTL: `pref_vector` (default mean) weights of the orthogonalised, equally scaled gradients (`pref_vector` a copy). Uses eigh (one host sync on CUDA)."
     _settings = {**Weighting._settings, 'pref_vector': _pref, 'scale_mode': _choice('scale_mode', _ALIGNED_SCALES)}
     def __init__(self, pref_vector=None, scale_mode='min', sync_free=None):
         super().__init__(sync_free)
@@ -571,14 +703,49 @@ class CAGradWeighting(Weighting):
 CAGrad = _aggregator(CAGradWeighting, "CAGrad: the update that most improves the worst task within a ball of radius c|g₀| around the mean gradient g₀.")
 
 # %% ../nbs/20_aggregators.ipynb #d05bfd85
+_HALVINGS = 30  # the step sizes 1, 1/2, …, 2⁻²⁹ tried at once in each Newton step
+
+def _fair_ridge(p):
+    "The ridge ε of `_fair_newton` for the exponent `p`: a task conflicts with the direction by at most ε^(p/(p+1))."
+    return min(max(1e-9 ** ((p + 1) / p), 1e-30), 1e-12)  # (1e-9 down to α = 1/p = 1.5, then more as α grows)
+
+def _fair_newton(G, w, p, iters, tol, sync_free):
+    "w > 0 with (G + εI)w = w^(−p), from `w`, by Newton steps on a convex potential φ, each the best of a few halvings."
+    # φ(w) = ½wᵀ(G + εI)w − Σ w^(1−p)/(1−p) (−Σ log w for p = 1). Without the ridge ε, φ has no minimum when some
+    # w ≥ 0 has Jᵀw = 0 (a weakly stationary J): Newton then stalls or diverges. The halvings are tried at once (no host
+    # read), and the step kept is the one that lowers φ most.
+    m, dt = len(G), G.dtype
+    H = G + _fair_ridge(p) * torch.eye(m, dtype=dt, device=G.device)
+    def phi(W):
+        U = -W.log() if p == 1 else W.pow(1 - p) / (p - 1)
+        v = 0.5 * ((W @ H) * W).sum(-1) + U.sum(-1)
+        return torch.where((W > 0).all(-1) & torch.isfinite(v), v, torch.inf)
+    steps = 0.5 ** torch.arange(_HALVINGS, dtype=dt, device=G.device)[:, None]
+    for _ in range(iters):
+        r = H @ w - w.pow(-p)  # ∇φ
+        d = torch.linalg.solve_ex(H + torch.diag(p * w.pow(-p - 1)), -r)[0]
+        W = w + steps * d
+        val = phi(W)
+        k = val.argmin(0, keepdim=True)
+        lam2 = -(r @ d)  # the Newton decrement, squared
+        near = (lam2 < 1e-6) & (W[0] > 0).all()  # the full step, where φ's decrease is below its rounding
+        better = near | (val.gather(0, k)[0] < phi(w[None])[0])
+        w = torch.where(near, W[0], torch.where(better, W.gather(0, k[:, None].expand(1, m))[0], w))
+        if not sync_free and not (bool(better) and float(lam2) > tol * tol): break  # stalled, or λ < tol
+    return w
+
 class NashMTLWeighting(Weighting):
     "Nash-MTL: α > 0 with Gα = 1/α on G/|G|_F, by damped Newton warm-started from the last call; |Jᵀα| capped at `max_norm`."
-    _settings = {**Weighting._settings, 'max_norm': _number('max_norm', lambda v: v >= 0, '≥ 0'),
+    _settings = {**Weighting._settings,
+                 'n_tasks': _number('n_tasks', lambda v: v >= 1, '≥ 1', integer=True, none=True),
+                 'max_norm': _number('max_norm', lambda v: v >= 0, '≥ 0'),
                  'update_weights_every': _number('update_weights_every', lambda v: v >= 1, '≥ 1', integer=True),
-                 'optim_niter': _number('optim_niter', lambda v: v >= 1, '≥ 1', integer=True), 'tol': _number('tol', lambda v: v >= 0, '≥ 0')}
-    def __init__(self, max_norm=1.0, update_weights_every=1, optim_niter=20, tol=1e-10, sync_free=None):
+                 'optim_niter': _number('optim_niter', lambda v: v >= 1, '≥ 1', integer=True),
+                 'tol': _number('tol', lambda v: v >= 0, '≥ 0')}
+    def __init__(self, n_tasks=None, max_norm=1.0, update_weights_every=1, optim_niter=20, tol=1e-10, sync_free=None):
         super().__init__(sync_free)
-        self.max_norm, self.update_weights_every, self.optim_niter, self.tol = max_norm, update_weights_every, optim_niter, tol
+        self.n_tasks, self.max_norm, self.update_weights_every = n_tasks, max_norm, update_weights_every
+        self.optim_niter, self.tol = optim_niter, tol
         self.register_buffer('alpha', torch.zeros(0))
         self.step = 0
 
@@ -587,25 +754,23 @@ class NashMTLWeighting(Weighting):
     def set_extra_state(self, state): self.step = state['step']
     _resizable = ('alpha',)  # state sized by the number of tasks: loaded at the stored size
 
-    def _solve(self, G, a, sync_free):
-        for _ in range(self.optim_niter):
-            r = G @ a - 1 / a  # the gradient of φ
-            H = G + torch.diag(1 / (a * a))
-            d = torch.linalg.solve_ex(H, -r)[0]
-            lam = (-(r @ d)).clamp_min(0).sqrt()  # the Newton decrement
-            a = a + torch.where(lam < 0.25, 1., 1 / (1 + lam)) * d
-            if not sync_free and lam < self.tol: break
-        return a
-
     def weights(self, G, sync_free):
         m = len(G)
+        if self.n_tasks is not None and m != self.n_tasks:
+            raise ValueError(f"`n_tasks` is {self.n_tasks} but `{self.arg}` is for {m} tasks: set n_tasks = {m} or None")
         a = self.alpha
         if a.shape != (m,) or a.dtype != G.dtype or a.device != G.device: a = G.new_ones(m)
+        a = torch.where(torch.isfinite(a).all() & (a > 0).all(), a, 1.)  # a state a non-finite call left: start afresh
         if self.step % self.update_weights_every == 0:
             nrm = torch.linalg.matrix_norm(G)
             Gn = G / torch.where(nrm > 0, nrm, 1)
-            a = torch.where(nrm > 0, self._solve(Gn, a, sync_free), a)
+            zero = Gn.diagonal() <= m * torch.finfo(G.dtype).eps  # a task without gradient (no labels in the batch)
+            eye = torch.eye(m, dtype=torch.bool, device=G.device)
+            Gn = torch.where(zero[:, None] | zero[None], torch.where(eye, 1., 0.).to(G), Gn)  # its α is 1 (αᵢ = 1/αᵢ)
+            a = torch.where(nrm > 0, _fair_newton(Gn, a, 1., self.optim_niter, self.tol, sync_free), a)
             self.alpha = a
+            a = torch.where(zero, 0., a)  # and its weight 0: it has nothing to add
+        else: a = torch.where(G.diagonal() > 0, a, 0.)
         self.step += 1
         if self.max_norm > 0:
             norm = (a @ G @ a).clamp_min(0).sqrt()
@@ -613,6 +778,7 @@ class NashMTLWeighting(Weighting):
         return a
 
 NashMTL = _aggregator(NashMTLWeighting, "Nash-MTL: the Nash bargaining solution of the tasks, scaled to at most `max_norm`.")
+
 
 # %% ../nbs/20_aggregators.ipynb #c0de1702
 class TrimmedMean(Aggregator):
@@ -659,7 +825,7 @@ def _config_weights(G, w):
     return ((H.sum(0) @ v) / b2.clamp_min(1e-24) * v).to(G.dtype)
 
 class ConFIGWeighting(Weighting):
-    "ConFIG's weights: the direction with equal cosine to every task gradient (the `pref_vector`, default all ones, weighting the unit gradients), of length Σᵢ gᵢ·d̂ (Liu et al., ICLR 2025, eq. 2). Uses a pseudo-inverse (one host sync on CUDA)."
+    "ConFIG's weights: the direction with equal cosine to every task gradient (the `pref_vector`, default all ones, stored as a copy, weighting the unit gradients), of length Σᵢ gᵢ·d̂ (Liu et al., ICLR 2025, eq. 2). Uses a pseudo-inverse (one host sync on CUDA)."
     _settings = {**Weighting._settings, 'pref_vector': _pref}
     def __init__(self, pref_vector=None, sync_free=None):
         super().__init__(sync_free)
@@ -682,15 +848,8 @@ class FairGradWeighting(Weighting):
         H = _hi(G)
         s = H.diagonal().sum() / m
         s = torch.where(s > 0, s, 1.)
-        Hn, p = H / s, 1 / a
-        w = H.new_full((m,), 1.)
-        for _ in range(50 if self.max_iters is None else self.max_iters):  # φ(w) = ½wᵀGw − Σ w^(1−p)/(1−p) (log w for p = 1): ∇φ = Gw − w^(−p)
-            r = Hn @ w - w.pow(-p)
-            step = torch.linalg.solve_ex(Hn + torch.diag(p * w.pow(-p - 1)), -r)[0]
-            lam = (-(r @ step)).clamp_min(0).sqrt()  # the Newton decrement
-            room = torch.where(step < 0, -w / torch.where(step < 0, step, -1.), torch.inf).min()
-            w = w + torch.minimum(torch.where(lam < 0.25, 1., 1 / (1 + lam)), 0.99 * room) * step
-            if not sync_free and lam < 1e-12: break
+        iters = 100 if self.max_iters is None else self.max_iters
+        w = _fair_newton(H / s, H.new_ones(m), 1 / a, iters, 1e-12, sync_free)
         return (w * s.pow(-a / (a + 1))).to(G.dtype)  # the solution for G = s·Gn
 
 class CRMOGMWeighting(_Wrapping):
@@ -711,7 +870,10 @@ class CRMOGMWeighting(_Wrapping):
     def weights(self, G, sync_free):
         new = self.weighting.weights(G, sync_free)
         prev = self.lam
-        if len(prev) != len(G) or prev.dtype != new.dtype or prev.device != new.device:
+        if len(prev) not in (0, len(G)):  # (as torchjd: the smoothed weights of other tasks mean nothing for these)
+            raise ValueError(f"CRMOGM's weights are for {len(prev)} tasks but `{self.arg}` is for {len(G)}: "
+                             "call `reset()` before changing the number of tasks")
+        if len(prev) == 0 or prev.dtype != new.dtype or prev.device != new.device:
             if self.initial_weights is not None: _check_vector(self.initial_weights, 'initial_weights', len(G))
             prev = new if self.initial_weights is None else self.initial_weights.to(new)
         self.lam = self.alpha * prev + (1 - self.alpha) * new
@@ -771,10 +933,11 @@ class ExcessMTLWeighting(Weighting):
         if self.steps <= self.n_warmup_steps:  # uniform weights while the baseline is measured
             self.warm = self.warm + risk
             return self.w
-        if len(self.base) == 0:  # the baseline: the warm-up's mean excess risk, or the first one; later risks are relative to it (Section 3.2)
-            self.base = self.warm / self.n_warmup_steps if self.n_warmup_steps else risk
-            if self.n_warmup_steps: risk = risk / (self.base + 1e-7)
-        else: risk = risk / (self.base + 1e-7)
+        if len(self.base) == 0 and not self.n_warmup_steps:  # the first risk is the baseline, the weights stay uniform
+            self.base = risk  # (as the authors' code and LibMTL do; later risks are relative to it: Section 3.2)
+            return self.w
+        if len(self.base) == 0: self.base = self.warm / self.n_warmup_steps  # the warm-up's mean excess risk
+        risk = risk / (self.base + 1e-7)
         self.w = torch.softmax(torch.log(self.w) + self.robust_step_size * risk, 0)  # eq. 9: w ∝ w·exp(η·risk)
         return self.w
     def weights(self, G, sync_free): raise ValueError("ExcessMTL's weights come from the Jacobian's entries, not from a Gramian: use the `ExcessMTL` aggregator")
@@ -813,41 +976,35 @@ class GradVacWeighting(Weighting):
     def weights(self, G, sync_free):
         m, eps, beta = len(G), self.eps, self.beta
         phi = self.phi if self.phi.shape == (m, m) and self.phi.dtype == G.dtype and self.phi.device == G.device else G.new_zeros(m, m)
-        if not sync_free: return self._weights_host(G, phi)
+        orders = [torch.tensor([j for j in range(m) if j != i])[torch.randperm(m - 1)] for i in range(m)]  # as torchjd
+        if not sync_free and m < 32: return self._weights_host(G, phi, orders)
+        O = torch.stack(orders, 1).to(G.device, non_blocking=True) if m > 1 else G.new_zeros(0, m, dtype=torch.long)
         nj = G.diagonal().clamp_min(0).sqrt()
-        idx = torch.arange(m, device=G.device)
-        rows, new_phi = [], []
-        for i in range(m):  # indices stay tensors on G's device (gather, not Python indexing): no host read on the GPU
-            others = torch.tensor([j for j in range(m) if j != i])
-            order = others[torch.randperm(m - 1)].to(G.device, non_blocking=True)  # drawn on the CPU, as torchjd draws them
-            c = (idx == i).to(G.dtype)  # gᵢ's current combination of the original gradients
-            cG, phi_i = c @ G, phi[i]
-            for k in range(m - 1):
-                j = order[k:k + 1]
-                ni = (cG * c).sum().clamp_min(0).sqrt()
-                nj_j, target = nj.gather(0, j)[0], phi_i.gather(0, j)[0]
-                cos = cG.gather(0, j)[0] / (ni * nj_j + eps)
-                root_t = (1 - target * target).clamp_min(0).sqrt()
-                w = ni * (target * (1 - cos * cos).clamp_min(0).sqrt() - cos * root_t) / (nj_j * root_t + eps)
-                w = torch.where(cos < target, w, 0.)
-                hot = (idx == j).to(G.dtype)
-                c, cG = c + w * hot, cG + w * (hot @ G)
-                phi_i = torch.where(idx == j, (1 - beta) * target + beta * cos, phi_i)
-            rows.append(c); new_phi.append(phi_i)
-        self.phi = torch.stack(new_phi)
-        return torch.stack(rows).sum(0)
+        rows = torch.arange(m, device=G.device)
+        C, CG, P = torch.eye(m, dtype=G.dtype, device=G.device), G.clone(), phi.clone()
+        for k in range(m - 1):  # step k of every task's visits at once: task i visits task O[k, i]
+            j = O[k]
+            ni = (CG * C).sum(1).clamp_min(0).sqrt()  # |gᵢ| as modified so far
+            target, nj_j = P[rows, j], nj[j]
+            cos = CG[rows, j] / (ni * nj_j + eps)
+            root_t = (1 - target * target).clamp_min(0).sqrt()
+            w = ni * (target * (1 - cos * cos).clamp_min(0).sqrt() - cos * root_t) / (nj_j * root_t + eps)
+            w = torch.where(cos < target, w, 0.)
+            C = C.index_put((rows, j), w, accumulate=True)
+            CG = CG + w[:, None] * G[j]
+            P = P.index_put((rows, j), (1 - beta) * target + beta * cos)
+        self.phi = P
+        return C.sum(0)
 
-    def _weights_host(self, G, phi):
-        "The same loop in Python floats, after one read of G and the targets: far fewer small tensor operations, for the CPU."
+    def _weights_host(self, G, phi, orders):
+        "The same loop in Python floats, after one read of G and the targets: fewer small tensor operations, for few tasks."
         m, eps, beta = len(G), self.eps, self.beta
         Gl, P = G.double().tolist(), phi.double().tolist()
         nj = [max(Gl[j][j], 0.) ** 0.5 for j in range(m)]
         W = [0.] * m
         for i in range(m):
-            others = [j for j in range(m) if j != i]
-            order = [others[k] for k in torch.randperm(m - 1).tolist()]  # the same draws as the tensor path
             c, cG = [float(k == i) for k in range(m)], list(Gl[i])
-            for j in order:
+            for j in orders[i].tolist():
                 ni = max(sum(a * b for a, b in zip(cG, c)), 0.) ** 0.5
                 cos, target = cG[j] / (ni * nj[j] + eps), P[i][j]
                 if cos < target:
@@ -864,16 +1021,28 @@ GradVac = _aggregator(GradVacWeighting, "GradVac: task gradients pulled towards 
 
 def _identity(P): return P
 
+def _graddrop_f(f):
+    if not callable(f): raise ValueError(f"`f` should be a function of the sign purity P (a tensor); found {f!r}")
+    return f
+
+def _graddrop_leak(leak):
+    "`leak`: None, or one share in [0, 1] per task (a 1-D tensor or list, stored as a copy)."
+    if leak is None: return None
+    if isinstance(leak, (list, tuple)): leak = torch.tensor(leak, dtype=torch.get_default_dtype())
+    _check_vector(leak, 'leak')
+    if not leak.is_floating_point() or not bool(((leak >= 0) & (leak <= 1)).all()):
+        raise ValueError(f"`leak` should hold floating-point values in [0, 1]; found leak = {leak.tolist()}")
+    return leak.detach().clone()
+
 class GradDrop(Aggregator):
     "GradDrop (Chen et al., NeurIPS 2020, Algorithm 1, lines 10–15): per coordinate, keep the positive or the negative parts of the task gradients at random, by the sign purity f(P); `leak` lets each task through."
     from_gramian, deterministic = False, False  # it reads J's signs; the masks are random
     needs_losses = False
+    _settings = {'f': _graddrop_f, 'leak': _graddrop_leak}
     def __init__(self, f=_identity, leak=None):
         nn.Module.__init__(self)
-        if not callable(f): raise ValueError(f"`f` should be a function of the sign purity P (a tensor); found {f!r}")
-        if leak is not None: _check_vector(leak, 'leak')
-        self.f, self.last_weights = f, None
-        self.register_buffer('leak', None if leak is None else leak.detach().clone())
+        self.register_buffer('leak', None)
+        self.f, self.leak, self.last_weights = f, leak, None
     def forward(self, J):
         _check_matrix(J, 'J', square=False)
         m = len(J)
@@ -933,7 +1102,7 @@ def _tau_check(v):
     return _number('tau', lambda x: 0 <= x <= 1, 'in [0, 1] (or a 1-D tensor of them)')(v)
 
 class PCDWeighting(Weighting):
-    "PCD's weights: the direction nearest the first (primary) task's normalised gradient that gives each other task at least `tau` of its own normalised progress, at the primary gradient's length."
+    "PCD's weights: the direction nearest the first (primary) task's normalised gradient that gives each other task at least `tau` (stored as a copy) of its own normalised progress, at the primary gradient's length."
     _settings = {**Weighting._settings, 'tau': _tau_check, 'beta': _number('beta', lambda v: 0 <= v < 1, 'in [0, 1)'),
                  'eps': _number('eps', lambda v: v >= 0, '≥ 0'), 'max_iters': _number('max_iters', lambda v: v >= 1, '≥ 1', integer=True, none=True)}
     def __init__(self, tau=0.02, beta=0.999, eps=1e-8, max_iters=None, sync_free=None):

@@ -17,11 +17,13 @@ class LossWeighting(_ResizableState, nn.Module):
     "Per-task loss weights wᵢ = ∂T/∂Lᵢ of a method's total T; a learnt one also gives `objective(losses)`, T with the losses fixed, for its parameters."
     learnable = False
     update_first = False  # True: the parameters take their step on this batch's objective before its weights are computed (FAMO)
+    reevaluate = False  # True: after the model's step, the batch's losses again, for `objective_after` (FAMO's same_batch)
     opt_defaults = {}  # the optimiser's settings the method's paper uses, when `LossWeightingCB` is given none
     needs_grad_norms = False  # True: `LossWeightingCB` sets `grad_norms`, each task loss's gradient norm on the last shared layer
     def after_update(self): "Called after the parameters' step (GradNorm renormalises its weights there)."
     def weights(self, losses): raise NotImplementedError
     def objective(self, losses): return None
+    def objective_after(self, losses): "T for the parameters from the batch's `losses` after the model's step (`reevaluate`)."
     def end_epoch(self, mean_losses): "Called with the training epoch's mean task losses (DWA uses them)."
     def reset(self): "Forget what was learnt or recorded."
     def __repr__(self):
@@ -113,11 +115,18 @@ class STCH(LossWeighting):
 
 # %% ../nbs/22_loss_weighting.ipynb #c0de2202
 class FAMO(LossWeighting):
-    "FAMO (Liu et al., NeurIPS 2023): z = softmax(ξ), T = Σ (zᵢ/c) log Lᵢ with c = Σ zᵢ/Lᵢ, so wᵢ = zᵢ/(c·Lᵢ); ξ follows Σ zᵢ δᵢ, δ = log L(t−1) − log L(t)."
-    learnable, update_first = True, True  # ξ moves on the losses' change before this step's weights are taken
+    "FAMO (Liu et al., NeurIPS 2023): z = softmax(ξ), wᵢ = zᵢ/(c·Lᵢ), c = Σ zᵢ/Lᵢ; ξ follows Σ zᵢδᵢ, δ the fall in log L."
+    learnable = True
     opt_defaults = {'lr': 0.025, 'weight_decay': 1e-3}  # the paper's Adam settings for ξ
-    def __init__(self, n_tasks, min_losses=None):
+    # δ: consecutive batches' losses, ξ moved before this batch's weights (default: no extra forward pass); or
+    # `same_batch`: this batch's losses before and after the model's step (the authors' and LibMTL's: one more forward)
+    update_first = property(lambda self: not self.same_batch)
+    reevaluate = property(lambda self: self.same_batch)
+    def __init__(self, n_tasks, min_losses=None, same_batch=False):
         super().__init__()
+        if same_batch not in (True, False):
+            raise ValueError(f"`same_batch` should be True or False; found same_batch = {same_batch!r}")
+        self.same_batch = same_batch
         self.xi = nn.Parameter(torch.zeros(_n_tasks(n_tasks)))
         self.register_buffer('min_losses', None if min_losses is None else torch.as_tensor(min_losses, dtype=torch.float32).clone())
         self.register_buffer('prev', torch.zeros(0))  # the last step's losses
@@ -129,14 +138,16 @@ class FAMO(LossWeighting):
     def objective(self, losses):
         D, prev = self._D(losses), self.prev
         self.prev = D.detach().clone()
-        if prev.shape != D.shape: return None  # the first step: no change to learn from yet
-        delta = (prev.log() - D.log()).to(self.xi.dtype)
-        return (torch.softmax(self.xi, 0) * delta).sum()
+        if self.same_batch or prev.shape != D.shape: return None  # (same_batch: see `objective_after`) the first step
+        return self._follow(prev, D)
+    def objective_after(self, losses): return self._follow(self.prev, self._D(losses))
+    def _follow(self, before, after):
+        return (torch.softmax(self.xi, 0) * (before.log() - after.log()).to(self.xi.dtype)).sum()
     def reset(self):
         with torch.no_grad(): self.xi.zero_()
         self.prev = torch.zeros(0)
     _resizable = ('prev',)  # state sized by the number of tasks: loaded at the stored size
-    def _args(self): return {'n_tasks': len(self.xi), 'min_losses': self.min_losses}
+    def _args(self): return {'n_tasks': len(self.xi), 'min_losses': self.min_losses, 'same_batch': self.same_batch}
 
 
 # %% ../nbs/22_loss_weighting.ipynb #cb5a378d
@@ -189,6 +200,13 @@ class LossWeightingCB(Callback):
         if self.opt is None or self.weighting.update_first: return
         if self.lr is None and not self.weighting.opt_defaults:
             for g in self.opt.param_groups: g['lr'] = learn.opt.param_groups[0]['lr']  # the learner's schedule, followed
+        if self.weighting.reevaluate:  # the same batch through the stepped model: one more forward pass (no graph)
+            with torch.no_grad(): L = learn.loss_func(learn.model(*learn.xb), *learn.yb)
+            _check_losses(L)
+            self.opt.zero_grad()
+            obj = self.weighting.objective_after(L.detach())
+            if obj is None: return
+            obj.backward()
         self.opt.step()
         self.weighting.after_update()
     def after_epoch(self, learn):

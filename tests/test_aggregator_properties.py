@@ -92,7 +92,7 @@ def test_cagrad_float32_at_c_1_on_a_rank_one_stationary_matrix():
 
 # ---- permutation invariance: reordering the tasks does not change the direction
 @pytest.mark.parametrize('name,make,tol', [('Mean', Mean, 1e-4), ('Sum', Sum, 1e-4), ('MGDA', MGDA, 1e-4), ('UPGrad', UPGrad, 5e-7),
-                                           ('DualProj', DualProj, 2e-7), ('IMTLG', IMTLG, 1e-4), ('AlignedMTL', AlignedMTL, 1e-4),
+                                           ('DualProj', DualProj, 5e-7), ('IMTLG', IMTLG, 1e-4), ('AlignedMTL', AlignedMTL, 1e-4),
                                            ('ConFIG', ConFIG, 1e-4), ('TrimmedMean', lambda: TrimmedMean(1), 1e-4)])
 def test_permutation_invariant(name, make, tol):
     agg, g = make(), torch.Generator().manual_seed(1)
@@ -164,10 +164,12 @@ def test_settings_are_written_through_and_checked(cls, kw, name, good, bad):
 
 def test_a_written_setting_changes_the_result():
     J = torch.tensor([[1., 0.], [-0.5, 1.], [0.3, -1.]])
-    agg = MGDA(max_iters=1)
+    agg = MGDA(max_iters=1, solver='frank_wolfe')
     one = agg(J)
     agg.max_iters = 500
-    assert not torch.allclose(agg(J), one) and torch.allclose(agg(J), MGDA(max_iters=500)(J))
+    assert not torch.allclose(agg(J), one) and torch.allclose(agg(J), MGDA(max_iters=500, solver='frank_wolfe')(J))
+    agg.solver = 'exact'
+    assert not torch.allclose(agg(J), MGDA(max_iters=500, solver='frank_wolfe')(J))
     cag = CAGrad(0.1)
     small = cag(J)
     cag.c = 2.
@@ -175,9 +177,9 @@ def test_a_written_setting_changes_the_result():
     assert not torch.allclose(small, cag(J))
 
 def test_reprs_as_torchjd_shows_them():
-    assert repr(MGDA(norm_type='l2')) == "MGDA(norm_type='l2', epsilon=1e-05, max_iters=250)"
+    assert repr(MGDA(norm_type='l2')) == "MGDA(norm_type='l2', epsilon=1e-05, max_iters=250, solver='exact')"
     assert repr(CAGrad(0.5)) == 'CAGrad(c=0.5, norm_eps=0.0001, max_iters=50)'
-    assert repr(Mean()) == 'Mean()' and repr(MGDAWeighting()) == "MGDAWeighting(norm_type='none', epsilon=1e-05, max_iters=250)"
+    assert repr(Mean()) == 'Mean()' and repr(MGDAWeighting()) == "MGDAWeighting(norm_type='none', epsilon=1e-05, max_iters=250, solver='exact')"
     assert repr(UPGrad(sync_free=True)).endswith('sync_free=True)')
 
 def test_any_preference_vector_as_torchjd_takes_it():
@@ -196,7 +198,7 @@ def test_stateful_weightings_follow_torchjd_call_after_call():
             J1, J2 = torch.randn(4, 9, generator=g, dtype=torch.float64), torch.randn(4, 9, generator=g, dtype=torch.float64)
             A = J1 @ J2.T if isinstance(ours, MoDoWeighting) else J1 @ J1.T
             close(ours(A), theirs(A), atol=1e-6, rtol=1e-6)
-    for warm in (0, 2):
+    for warm in (1, 2):  # (with no warm-up, the first call differs on purpose: see test_excess_mtl_first_call_as_the_authors)
         ours, theirs = ExcessMTL(robust_step_size=0.5, n_warmup_steps=warm), tja.ExcessMTL(robust_step_size=0.5, n_warmup_steps=warm)
         for _ in range(6):
             J = torch.randn(3, 7, generator=g, dtype=torch.float64)

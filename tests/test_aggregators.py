@@ -55,10 +55,11 @@ def test_random_is_a_softmax():
 def test_mgda_matches_torchjd(m, n):
     "Same Frank-Wolfe from the same start: with torchjd's stopping rule the weights agree to rounding."
     G = (J := rand_J(m, n, 4)) @ J.T
-    torch.testing.assert_close(MGDAWeighting(epsilon=1e-3, max_iters=100)(G), jd.MGDAWeighting(epsilon=1e-3, max_iters=100)(G))
-    # with the defaults (tighter epsilon, more iterations) both are near the same minimum-norm point
+    fw = MGDAWeighting(epsilon=1e-3, max_iters=100, solver='frank_wolfe')
+    torch.testing.assert_close(fw(G), jd.MGDAWeighting(epsilon=1e-3, max_iters=100)(G))
+    # the exact default is the minimum-norm point Frank-Wolfe approaches: never longer than its direction
     d_ours, d_jd = MGDA()(J), jd.MGDA()(J)
-    assert d_ours.norm() <= d_jd.norm() + 1e-6
+    assert d_ours.norm() <= d_jd.norm() + 1e-12
 
 @pytest.mark.parametrize('m,n', SIZES)
 @pytest.mark.parametrize('pref', [False, True])
@@ -173,7 +174,10 @@ def test_permutation_equivariance(J, rnd):
 def test_l2_invariant_to_rescaling_a_task(J, c):
     J2 = J.clone(); J2[0] *= c
     w, w2 = MGDAWeighting('l2')(J @ J.T), MGDAWeighting('l2')(J2 @ J2.T)
-    torch.testing.assert_close(w, w2, rtol=1e-6, atol=1e-8)
+    if J.shape[0] > J.shape[1]:  # singular G: the weights are not unique, the direction of the unit gradients is
+        Jn = J / J.norm(dim=1, keepdim=True).clamp_min(1e-300)
+        torch.testing.assert_close(w @ Jn, w2 @ Jn, rtol=0, atol=1e-8)
+    else: torch.testing.assert_close(w, w2, rtol=1e-6, atol=1e-8)
 
 @pytest.mark.parametrize('m', [1, 2, 3, 5])
 def test_zero_jacobian(m):
@@ -293,3 +297,181 @@ def test_no_host_sync_for_the_aggregators_that_read_J():
     for agg in (TrimmedMean(1), GradDrop(), ExcessMTL(n_warmup_steps=1)):
         with CountSyncs() as c: agg(J); agg(J); agg(J)
         assert c.n == 0, type(agg).__name__
+
+# ---- issue 30: defects found against torchjd 0.18.0 and LibMTL 1.1.5, each with a test that failed before the fix
+WEAK = torch.tensor([[1., 0.], [-1., 0.], [0., 1.]], dtype=torch.float64)  # g₁ + g₂ = 0: G w = w^(−1/α) has no solution
+
+@pytest.mark.parametrize('alpha', [0.1, 0.5, 1., 2.])
+@pytest.mark.parametrize('max_iters', [None, 100])
+@pytest.mark.parametrize('sync_free', [False, True])
+def test_fairgrad_on_a_weakly_stationary_jacobian(alpha, max_iters, sync_free):
+    "torchjd's answer (0, 1): g₁ and g₂ cancel, g₃ gets its fair share; the Newton solve once gave NaN here."
+    d = FairGrad(alpha, max_iters=max_iters, sync_free=sync_free)(WEAK)
+    torch.testing.assert_close(d, torch.tensor([0., 1.], dtype=torch.float64), rtol=0, atol=1e-9)
+
+@pytest.mark.parametrize('alpha', [0.5, 1., 2.])
+def test_fairgrad_stays_small_and_non_conflicting_where_the_tasks_cancel(alpha):
+    "20 gradients in 10 dimensions cancel (0 is inside their hull): the α-fair direction tends to 0. It was about 5e12."
+    for seed in range(3):
+        J = rand_J(20, 10, 200 + seed)
+        c = torch.rand(19, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        J[-1] = -c @ J[:-1]  # 0 inside the hull
+        d, s = FairGrad(alpha)(J), J.norm(dim=1).max()
+        dj = jd.FairGrad(alpha)(J)
+        assert d.norm() <= min(1e-4 * s, dj.norm())
+        assert (J @ d).min() >= -1e-5 * s * s  # (torchjd's: down to −2e-2·s²)
+
+def test_nash_mtl_with_a_task_without_gradient():
+    "A batch without labels for task 2: α stays finite call after call (it was NaN by the sixth), the task's weight 0,"
+    "the direction is the other tasks' Nash-MTL direction, and ordinary Jacobians afterwards get their ordinary answer."
+    J = rand_J(3, 10, 40)
+    Jz = J.clone(); Jz[1] = 0
+    nash = NashMTL()
+    for _ in range(8):
+        d = nash(Jz)
+        assert torch.isfinite(nash.alpha).all() and nash.last_weights[1] == 0
+        torch.testing.assert_close(d, NashMTL()(J[[0, 2]]), rtol=1e-9, atol=1e-12)
+    J2 = rand_J(3, 10, 41)
+    torch.testing.assert_close(nash(J2), NashMTL()(J2), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(NashMTL(sync_free=True)(Jz), NashMTL()(J[[0, 2]]), rtol=1e-9, atol=1e-12)
+
+@pytest.mark.filterwarnings('ignore:You are solving a parameterized problem')
+def test_nash_mtl_n_tasks_as_torchjd_takes_it():
+    J = rand_J(3, 10, 42)
+    torch.testing.assert_close(NashMTL(n_tasks=3)(J), NashMTL(3)(J))
+    torch.testing.assert_close(NashMTL(3)(J), jd.NashMTL(3)(J), rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match='`n_tasks` is 3 but `G` is for 4 tasks'): NashMTL(3)(rand_J(4, 10, 43))
+    with pytest.raises(ValueError, match='`n_tasks` should be an int ≥ 1 or None; found n_tasks = 0.5'): NashMTL(0.5)
+
+def qp_min_norm(G):
+    "The min-norm weights by quadprog (a dual active-set QP solver), on G with a 1e-13 ridge (it needs G definite)."
+    quadprog = pytest.importorskip('quadprog')
+    np = pytest.importorskip('numpy')
+    m = len(G)
+    C, b = np.concatenate([np.ones((m, 1)), np.eye(m)], 1), np.concatenate([[1.], np.zeros(m)])
+    H = G.numpy() / G.diagonal().max().item() + 1e-13 * np.eye(m)
+    return torch.tensor(quadprog.solve_qp(H, np.zeros(m), C, b, meq=1)[0])
+
+def faces_and_more(seed):
+    "Sampled Jacobians: general ones, ones with a shared component (the optimum on a face: some weights 0), a convex"
+    "combination of other rows (weakly stationary faces), and more tasks than dimensions (0 in the hull)."
+    g = torch.Generator().manual_seed(seed)
+    for k in range(60):
+        m, n = [3, 4, 5, 8, 16, 32][k % 6], [2, 5, 10, 50][k % 4]
+        J = torch.randn(m, n, generator=g, dtype=torch.float64)
+        if k % 3 == 1: J = J + 2 * torch.randn(1, n, generator=g, dtype=torch.float64)
+        if k % 3 == 2: J[0] = 0.3 * J[1] + 0.2 * J[2]
+        yield J
+
+@pytest.mark.parametrize('sync_free', [False, True])
+def test_mgda_exact_equals_a_qp_solver(sync_free):
+    for J in faces_and_more(50):
+        G = J @ J.T
+        w, wq = MGDAWeighting(sync_free=sync_free)(G), qp_min_norm(G)
+        assert (w >= 0).all() and abs(w.sum() - 1) < 1e-12
+        torch.testing.assert_close(w @ J, wq @ J, rtol=0, atol=1e-6 * J.norm(dim=1).max())  # the direction: unique
+        if torch.linalg.matrix_rank(J) == len(J): torch.testing.assert_close(w, wq, rtol=0, atol=1e-6)
+
+def test_mgda_exact_on_a_face_where_frank_wolfe_zig_zags():
+    "The shared component puts the optimum on a face (one weight 0): Frank-Wolfe (ours and torchjd's) ends 1e-3 away."
+    g = torch.Generator().manual_seed(0)
+    J = torch.randn(4, 20, generator=g, dtype=torch.float64) + 3 * torch.randn(1, 20, generator=g, dtype=torch.float64)
+    G, wq = J @ J.T, qp_min_norm(J @ J.T)
+    assert (wq == 0).any()
+    torch.testing.assert_close(MGDAWeighting()(G), wq, rtol=0, atol=1e-9)
+    assert (MGDAWeighting(solver='frank_wolfe')(G) - wq).abs().max() > 1e-4
+    assert (jd.MGDAWeighting(epsilon=1e-5, max_iters=250)(G) - wq).abs().max() > 1e-4
+
+def test_excess_mtl_first_call_as_the_authors():
+    "With no warm-up, the first call records its excess risks as the baseline and keeps uniform weights (the authors'"
+    "code and LibMTL); each later call takes the exponentiated step on the risks relative to it. torchjd steps at once."
+    g = torch.Generator().manual_seed(9)
+    ex, eta = ExcessMTL(robust_step_size=0.7), 0.7
+    sq, w, base = 0, torch.full((3,), 1 / 3, dtype=torch.float64), None
+    for k in range(4):
+        J = torch.randn(3, 6, generator=g, dtype=torch.float64)
+        sq = sq + J * J
+        risk = (J * J / (sq + 1e-7).sqrt()).sum(1)  # by hand: the paper's eq. 7, AdaGrad-style
+        if base is None: base = risk
+        else: w = w * torch.exp(eta * risk / (base + 1e-7)); w = w / w.sum()
+        torch.testing.assert_close(ex(J), w @ J)
+        if k == 0: torch.testing.assert_close(ex.last_weights, torch.full((3,), 1 / 3, dtype=torch.float64))
+
+def test_graddrop_leak_checked_when_written():
+    with pytest.raises(ValueError, match='`leak` should be a 1-D tensor'): GradDrop(leak=torch.ones(2, 2))
+    agg = GradDrop(leak=[0.1, 0.2])
+    with pytest.raises(ValueError, match='`leak` should be a 1-D tensor'): agg.leak = torch.ones(2, 2)
+    with pytest.raises(ValueError, match=r'`leak` should hold floating-point values in \[0, 1\]'):
+        agg.leak = torch.tensor([0.5, 2.])
+    torch.testing.assert_close(agg.leak, torch.tensor([0.1, 0.2]))  # a refused value leaves the old one
+    with pytest.raises(ValueError, match='`f` should be a function'): agg.f = 3
+
+def test_crmogm_refuses_a_change_in_the_number_of_tasks():
+    agg = CRMOGM(MGDA())
+    agg(rand_J(3, 5, 1))
+    with pytest.raises(ValueError, match="CRMOGM's weights are for 3 tasks but `G` is for 4: call `reset\\(\\)`"):
+        agg(rand_J(4, 5, 2))
+    theirs = jd.GramianWeightedAggregator(jd.CRMOGMWeighting(jd.MGDAWeighting())); theirs(rand_J(3, 5, 1))
+    with pytest.raises(ValueError): theirs(rand_J(4, 5, 2))  # as torchjd does
+    agg.reset(); torch.testing.assert_close(agg(rand_J(4, 5, 2)), MGDA()(rand_J(4, 5, 2)))
+
+def test_str_is_the_short_name_and_preferences_are_copies():
+    for agg, name in [(UPGrad(), 'UPGrad'), (MGDA(norm_type='l2'), 'MGDA'), (UPGradWeighting(), 'UPGradWeighting'),
+                      (CAGrad(0.4), 'CAGrad'), (GradDrop(), 'GradDrop'), (DBMTL(), 'DBMTL'),
+                      (TrimmedMean(1), 'TrimmedMean')]:
+        assert str(agg) == name and repr(agg) != name
+    assert f'{UPGrad()}' == str(jd.UPGrad())
+    p = torch.tensor([1., 2.])
+    agg = UPGrad(pref_vector=p)
+    assert agg.pref_vector is not p and torch.equal(agg.pref_vector, p)
+    p[0] = 5.; assert agg.pref_vector[0] == 1.  # a copy: later changes to p do not reach it
+    assert 'copy' in UPGradWeighting.__doc__ and 'copy' in PCDWeighting.__doc__
+
+def test_weighted_aggregator_as_torchjd():
+    "torchjd's WeightedAggregator applies its weighting to J itself; a weighting of the Gramian composed with J ↦ JJᵀ."
+    J = rand_J(4, 7, 3)
+    ours = WeightedAggregator(UPGradWeighting() << (lambda M: M @ M.T))
+    theirs = jd.WeightedAggregator(jd.UPGradWeighting() << (lambda M: M @ M.T))
+    torch.testing.assert_close(ours(J), theirs(J), rtol=0, atol=1e-8)
+    torch.testing.assert_close(ours(J), UPGrad()(J))
+    assert not ours.from_gramian and torch.equal(ours(J[:0]), torch.zeros(7, dtype=torch.float64))
+
+GRAMIAN_WEIGHTINGS = {  # every weighting of a Gramian, at its defaults
+    'MGDA': MGDAWeighting, 'MGDA-fw': lambda: MGDAWeighting(solver='frank_wolfe'), 'UPGrad': UPGradWeighting,
+    'DualProj': DualProjWeighting, 'PCGrad': PCGradWeighting, 'IMTLG': IMTLGWeighting,
+    'AlignedMTL': AlignedMTLWeighting,
+    'CAGrad': lambda: CAGradWeighting(0.4), 'NashMTL': NashMTLWeighting, 'FairGrad': lambda: FairGradWeighting(1.),
+    'Krum': lambda: KrumWeighting(1), 'ConFIG': ConFIGWeighting, 'GradVac': GradVacWeighting,
+    'CRMOGM': lambda: CRMOGMWeighting(UPGradWeighting()), 'PCD': PCDWeighting, 'SDMGrad': SDMGradWeighting,
+    'MoDo': MoDoWeighting, 'Mean': MeanWeighting}
+
+def per_sample_like(m, n, seed):
+    "Per-sample gradients of a small network: a low-rank part shared by all plus a little noise (most pairs conflict)."
+    g = torch.Generator().manual_seed(seed)
+    low = torch.randn(m, 30, generator=g) @ torch.randn(30, n, generator=g) / 30 ** 0.5
+    return low + 0.01 * torch.randn(m, n, generator=g)
+
+@pytest.mark.parametrize('m', [256, pytest.param(1024, marks=pytest.mark.slow)])
+def test_many_tasks(m):
+    "Instance-wise risk minimisation: one task per sample. Every Gramian weighting runs, finite, at m = 256 and 1,024."
+    for J in (torch.randn(m, 2 * m, generator=torch.Generator().manual_seed(m)), per_sample_like(m, 2000, m)):
+        G = J @ J.T
+        for name, make in GRAMIAN_WEIGHTINGS.items():
+            w = make()(G)
+            assert w.shape == (m,) and torch.isfinite(w).all(), name
+
+@pytest.mark.parametrize('m', [64, 256])
+def test_upgrad_many_tasks_equals_torchjd(m):
+    "The batched solver, through G⁻¹ where most variables are free (per-sample gradients), gives torchjd's projections."
+    J = per_sample_like(m, 700, 7).double()
+    d, dj = UPGrad()(J), jd.UPGrad()(J)
+    torch.testing.assert_close(d, dj, rtol=0, atol=1e-5 * dj.norm())  # (within nonneg_qp's stopping tolerance)
+
+@pytest.mark.parametrize('name', ['MGDA', 'UPGrad', 'DualProj', 'NashMTL', 'FairGrad', 'GradVac', 'PCGrad', 'PCD'])
+def test_no_host_sync_with_more_tasks_and_a_zero_row(name):
+    "Past MGDA's face enumeration (m > 5) the pivoting runs; a zero row takes Nash-MTL's masked branch: still no host read."
+    J = rand_J(12, 30, 9)
+    J[3] = 0
+    w = SYNC_FREE[name]()
+    with CountSyncs() as c: w(J @ J.T); w(J @ J.T)
+    assert c.n == 0, f'{name}: {c.n} host syncs'
