@@ -778,6 +778,7 @@ class NashMTLWeighting(Weighting):
         return a
 
 NashMTL = _aggregator(NashMTLWeighting, "Nash-MTL: the Nash bargaining solution of the tasks, scaled to at most `max_norm`.")
+NashMTL.head_grads = 'weighted'  # the authors' code back-propagates Σ αᵢLᵢ: head i gets αᵢ∇Lᵢ (see `mtl_backward`)
 
 
 # %% ../nbs/20_aggregators.ipynb #c0de1702
@@ -950,6 +951,7 @@ class MoDo(_TwoBatch):
 class ExcessMTL(Aggregator):
     "ExcessMTL: the tasks weighted by their excess risks, with an exponentiated-gradient step per call (stateful)."
     from_gramian = False  # the weights read J's entries
+    head_grads = 'weighted'  # the authors' code back-propagates Σ wᵢLᵢ: head i gets wᵢ∇Lᵢ (see `mtl_backward`)
     def __init__(self, robust_step_size=1.0, n_warmup_steps=0, sync_free=None): super().__init__(ExcessMTLWeighting(robust_step_size, n_warmup_steps, sync_free))
     __init__.__signature__ = inspect.signature(ExcessMTLWeighting.__init__)
     def forward(self, J):
@@ -1065,6 +1067,7 @@ class GradDrop(Aggregator):
 class DBMTL(Aggregator):
     "DB-MTL (Lin et al., 2023, Dual-Balancing): the gradients of log Lᵢ, averaged over steps (EMA `beta`), each scaled to the largest one's norm and summed."
     from_gramian, needs_losses, deterministic = False, True, True  # it keeps the rows themselves, and the losses turn ∇Lᵢ into ∇log Lᵢ = ∇Lᵢ/Lᵢ
+    head_grads = 'log'  # the log reaches the heads too, as in LibMTL (whose first author wrote DB-MTL): ∇Lᵢ/Lᵢ
     _settings = {'beta': _number('beta', lambda v: 0 <= v < 1, 'in [0, 1)')}
     def __init__(self, beta=0.9):
         nn.Module.__init__(self)

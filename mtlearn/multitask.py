@@ -197,9 +197,13 @@ def task_jacobian(losses, features, shared=None, scale=None, reduce='jacobian'):
     if reduce is not None: J = all_mean(J)
     return J if scale is None else J / scale
 
-def mtl_backward(losses, features, aggregator, shared=None, heads=None, mode='params', jacobians=(), scale=None, reduce='jacobian'):
-    "Fill `.grad`: the `shared` parameters get `aggregator`'s combination of the task gradients, each head its own task's gradient; return the weights."
+def mtl_backward(losses, features, aggregator, shared=None, heads=None, mode='params', jacobians=(), scale=None, reduce='jacobian',
+                 head_grads=None):
+    "Fill `.grad`: the `shared` parameters get `aggregator`'s combination of the task gradients, each head its own task's gradient (`head_grads`: 'own', 'weighted' by the task's weight, or 'log', divided by its loss; default: the aggregator's `head_grads`, else 'own'); return the weights."
     check_mode(aggregator, mode)
+    head_grads = head_grads or getattr(aggregator, 'head_grads', 'own')
+    if head_grads not in _HEAD_GRADS:
+        raise ValueError(f"`head_grads` should be one of {', '.join(map(repr, _HEAD_GRADS))}; found head_grads = {head_grads!r}")
     if reduce not in _REDUCE: raise ValueError(f"`reduce` should be one of {', '.join(map(repr, _REDUCE))}; found reduce = {reduce!r}")
     if reduce == 'gramian' and (mode == 'features' or getattr(aggregator, 'parts', 1) > 1 or not getattr(aggregator, 'from_gramian', False)):
         raise ValueError(f"`reduce`='gramian' (the processes' Gramians averaged) is for mode='params' with an aggregator whose weights come from the Gramian; "
@@ -239,13 +243,29 @@ def mtl_backward(losses, features, aggregator, shared=None, heads=None, mode='pa
             else: d = agg(J)
             if spread and not getattr(agg, 'deterministic', False): d = _bcast(d)
         if scale is not None: d = d * scale
-    hg = [(p, g[own].sum(0)) for p, g in zip(heads, head_rows) if g is not None]
+    hw = _head_weights(head_grads, agg, losses, m, spread)
+    hg = [(p, g[own].sum(0) if hw is None else torch.tensordot(hw.to(g.dtype), g[own], 1))
+          for p, g in zip(heads, head_rows) if g is not None]
     if spread and hg:  # the heads' gradients averaged over the processes, in one collective
         flat = all_mean(torch.cat([g.flatten() for _, g in hg]))
         hg = [(p, g.view_as(p)) for (p, _), g in zip(hg, flat.split([g.numel() for _, g in hg]))]
     for p, g in zip(shared, d.split([p.numel() for p in shared])): _accumulate(p, g.view_as(p))
     for p, g in hg: _accumulate(p, g)
     return getattr(agg, 'last_weights', None)
+
+_HEAD_GRADS = ('own', 'weighted', 'log')
+
+def _head_weights(how, agg, losses, m, spread):
+    "What each head's own task gradient is multiplied by: nothing ('own'), the task's weight, or 1/Lᵢ ('log', global losses)."
+    if how == 'own': return None
+    if how == 'weighted':
+        w = getattr(agg, 'last_weights', None)
+        if w is None or w.shape != (m,):
+            raise ValueError(f"`head_grads`='weighted' needs the aggregator's {m} task weights (`last_weights`); the "
+                             f"{type(agg).__name__} gave {None if w is None else tuple(w.shape)}")
+        return w.detach()
+    l = losses.detach() if losses.ndim == 1 else losses.detach().mean(0)
+    return 1 / (all_mean(l) if spread else l)
 
 def _accumulate(p, g):
     if p.grad is None: p.grad = g.detach().clone()
@@ -259,9 +279,14 @@ class MultiTaskGradCB(Callback):
     "Take over the backward pass of a multi-task model: the shared parameters get `aggregator`'s combination of the tasks' gradients."
     order = 90  # before_step before GradientClip (95), which clips what this writes
     replaces_backward = True
-    def __init__(self, aggregator, mode='params', shared=None, guard=None, sdm_batches='split', max_records=10_000, reduce='jacobian'):
+    def __init__(self, aggregator, mode='params', shared=None, guard=None, sdm_batches='split', max_records=10_000,
+                 reduce='jacobian', head_grads=None):
         check_mode(aggregator, mode)
         if reduce not in ('jacobian', 'gramian'): raise ValueError(f"`reduce` should be 'jacobian' (exact) or 'gramian' (an estimate); found reduce = {reduce!r}")
+        if head_grads not in (None, *_HEAD_GRADS):
+            raise ValueError(f"`head_grads` should be None (the aggregator's) or one of {', '.join(map(repr, _HEAD_GRADS))}; "
+                             f"found head_grads = {head_grads!r}")
+        self.head_grads = head_grads
         if guard not in (None, True, False): raise ValueError(f"`guard` should be None, True or False; found {guard!r}")
         if sdm_batches not in ('split', 'consecutive'): raise ValueError(f"`sdm_batches` should be 'split' or 'consecutive'; found {sdm_batches!r}")
         self.parts = getattr(aggregator, 'parts', 1)  # a plain function J -> direction takes one Jacobian
@@ -331,7 +356,8 @@ class MultiTaskGradCB(Callback):
             self._pending.append(task_jacobian(losses, z, self.shared_params, scale, self.reduce))
             raise CancelBackwardException()
         rows = losses if self._pending or self.parts == 1 else self._split_losses(learn, len(z))
-        w = mtl_backward(rows, z, self.agg, self.shared_params, self.head_params, self.mode, tuple(self._pending), scale, self.reduce)
+        w = mtl_backward(rows, z, self.agg, self.shared_params, self.head_params, self.mode, tuple(self._pending), scale,
+                         self.reduce, self.head_grads)
         self._pending = []
         if w is not None: self.weights.append(w)
         raise CancelBackwardException()

@@ -206,3 +206,33 @@ def test_with_scheduler_recorder_and_gradient_clipping():
     for _ in range(n): want.append(opt.param_groups[0]['lr']); opt.step(); s.step()
     torch.testing.assert_close(torch.tensor(rec.recs['lr']), torch.tensor(want))
     assert len(norms) == n == len(mtl.weights.values()) and max(map(float, norms)) <= 0.05 * (1 + 1e-5)
+
+def test_heads_gradients_follow_each_methods_authors():
+    "Nash-MTL and ExcessMTL weight the heads' gradients (their authors' code back-propagates Σ wᵢLᵢ), DB-MTL divides them by"
+    "Lᵢ (its log), the rest leave them unweighted; `head_grads` overrides."
+    from mtlearn.aggregators import NashMTL, ExcessMTL, DBMTL, FairGrad
+    from mtlearn.multitask import mtl_backward
+    torch.manual_seed(0)
+    x, ys = torch.randn(16, 8), [torch.randn(16, 1) for _ in range(2)]
+    def heads(agg, **kw):
+        torch.manual_seed(1)
+        model = tiny_mtl_model(2)
+        z = model.encoder(x)
+        losses = torch.stack([F.mse_loss(h(z), y) for h, y in zip(model.heads, ys)])
+        w = mtl_backward(losses, z, agg, model.encoder.parameters(), **kw)
+        return [h.weight.grad.clone() for h in model.heads], w, losses.detach()
+    own, _, _ = heads(Mean())
+    for agg in (NashMTL(), ExcessMTL()):
+        g, w, _ = heads(agg)
+        for i in range(2): torch.testing.assert_close(g[i], w[i] * own[i])
+        assert not torch.allclose(w, torch.ones_like(w))  # (weights that tell the two apart)
+        g, _, _ = heads(type(agg)(), head_grads='own')
+        for i in range(2): torch.testing.assert_close(g[i], own[i])
+    g, _, l = heads(DBMTL())
+    for i in range(2): torch.testing.assert_close(g[i], own[i] / l[i])
+    g, _, _ = heads(FairGrad(1.))  # its authors' code back-propagates each loss: unweighted heads
+    for i in range(2): torch.testing.assert_close(g[i], own[i])
+    with pytest.raises(ValueError, match=r"`head_grads` should be one of 'own', 'weighted', 'log'; found head_grads = 'all'"):
+        heads(Mean(), head_grads='all')
+    with pytest.raises(ValueError, match=r"`head_grads` should be None \(the aggregator's\) or one of"):
+        MultiTaskGradCB(Mean(), head_grads='x')
