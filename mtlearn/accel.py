@@ -23,7 +23,8 @@ def _publish_scaler(learn, scaler, owner):
     learn.scaler = scaler
 
 class MixedPrecision(TrainCB):
-    "Autocast the forward pass and loss (`dtype` float16 on CUDA, bfloat16 elsewhere by default); scale gradients for float16. A `TrainCB` for a plain `Learner`."
+    """Autocast the forward pass and loss (`dtype` float16 on CUDA, bfloat16 elsewhere by default); scale gradients for
+    float16. A `TrainCB` for a plain `Learner`."""
     order = 100  # before_fit after DeviceCB (the model is on its device)
     def __init__(self, dtype=None, device_type=None, n_inp=1):
         super().__init__(n_inp)
@@ -76,7 +77,8 @@ class _Strided(Sampler):
     def __len__(self): return len(self.idx)
 
 def shard_loader(dl, training, seed=0):
-    "This process's share of loader `dl`: a sharded `TensorDataLoader`, or a `DataLoader` with a distributed sampler (padded for `training` only)."
+    """This process's share of loader `dl`: a sharded `TensorDataLoader`, or a `DataLoader` with a distributed sampler
+    (padded for `training` only)."""
     if world() == 1 or getattr(dl, 'world', 1) > 1 or isinstance(getattr(dl, 'sampler', None), (DistributedSampler, _Strided)): return dl
     if isinstance(dl, (list, tuple)) and not dl: return dl  # no data (a fit without validation)
     if isinstance(dl, TensorDataLoader): return dl.shard(rank(), world(), pad=training, seed=seed)
@@ -90,7 +92,8 @@ def shard_loader(dl, training, seed=0):
 
 # %% ../nbs/17_accel.ipynb #cfbe6826
 class _AccelerateScaler:
-    "Accelerate's gradient scaler seen through the `GradScaler` interface the learner uses: its prepared optimiser steps through the scaler itself."
+    """Accelerate's gradient scaler seen through the `GradScaler` interface the learner uses: its prepared optimiser
+    steps through the scaler itself."""
     def __init__(self, acc): self.acc = acc
     def scale(self, t): return self.acc.scaler.scale(t)
     def unscale_(self, opt): self.acc.unscale_gradients()
@@ -98,7 +101,8 @@ class _AccelerateScaler:
     def update(self): pass
 
 class AccelerateCB(TrainCB):
-    "Train through HF Accelerate: `mixed_precision` 'fp16' (CUDA), 'bf16' or 'no' (default: fp16 on CUDA, bf16 elsewhere)."
+    """Train through HF Accelerate: `mixed_precision` 'fp16' (CUDA), 'bf16' or 'no' (default: fp16 on CUDA, bf16
+    elsewhere)."""
     order = DeviceCB.order + 10  # prepare the model once DeviceCB has placed it; shard before order-≥-0 callbacks read
     def __init__(self, n_inp=1, mixed_precision=None, **kwargs):
         super().__init__(n_inp=n_inp)
@@ -138,7 +142,8 @@ class AccelerateCB(TrainCB):
 
 # %% ../nbs/17_accel.ipynb #c0de0202
 class DistributedCB(Callback):
-    "Data-parallel training on the processes `torchrun` starts: the model in DDP, each process its share of every batch; with one process, nothing."
+    """Data-parallel training on the processes `torchrun` starts: the model in DDP, each process its share of every
+    batch; with one process, nothing."""
     order = DeviceCB.order + 5  # once DeviceCB has placed the model; before any callback of order ≥ 0 reads the loaders
     def __init__(self, backend=None, seed=0, timeout=DEFAULT_TIMEOUT, **ddp_kwargs):
         self.backend, self.seed, self.timeout, self.ddp_kwargs, self.kept = backend, seed, timeout, ddp_kwargs, None

@@ -70,7 +70,8 @@ class HooksCallback(Callback):
 HIST_BINS, HIST_MAX = 40, 10.  # the |activation| histogram: 40 bins over [0, 10], as in the course
 
 def append_stats(hook, mod, inp, outp, max_records=10_000, stat_items=64):
-    "Keep mean, std and |activation| histogram of `outp`'s first `stat_items` items on `hook.stats`, on the device; at most `max_records`."
+    """Keep mean, std and |activation| histogram of `outp`'s first `stat_items` items on `hook.stats`, on the device;
+    at most `max_records`."""
     if not hasattr(hook, 'stats'): hook.stats = tuple(deque(maxlen=max_records) for _ in range(3))
     acts = outp.detach()
     if stat_items is not None: acts = acts[:stat_items]  # a slice: no copy
@@ -93,7 +94,8 @@ def get_min(h):
 
 # %% ../nbs/10_activations.ipynb #260dc7e2
 class ActivationStats(HooksCallback):
-    "Record `append_stats` for the modules `mod_filter` picks, every `every` training batches, keeping at most `max_records`, each from `stat_items` items."
+    """Record `append_stats` for the modules `mod_filter` picks, every `every` training batches, keeping at most
+    `max_records`, each from `stat_items` items."""
     def __init__(self, mod_filter=fc.noop, every=1, max_records=10_000, stat_items=64, **kwargs):
         if not (isinstance(every, int) and every >= 1): raise ValueError(f"`every` should be a positive int; found every = {every!r}")
         if not (isinstance(max_records, int) and max_records >= 1): raise ValueError(f"`max_records` should be a positive int; found max_records = {max_records!r}")

@@ -30,7 +30,8 @@ def _check_matrix(M, name, square=True):
     if not M.is_floating_point(): raise ValueError(f"`{name}` should be a floating-point tensor; found dtype {M.dtype}")
 
 def _check_finite(M, name, what='entries'):
-    "Raise a `ValueError` naming `name` if `M` holds NaN or inf (a host read: only on the early-exit path). A finite sum settles it in one op; only an infinite one (NaN, inf, or overflow) is looked at closely."
+    """Raise a `ValueError` naming `name` if `M` holds NaN or inf (a host read: only on the early-exit path). A finite
+    sum settles it in one op; only an infinite one (NaN, inf, or overflow) is looked at closely."""
     if not math.isfinite(M.sum().item()) and not bool(torch.isfinite(M).all()): raise ValueError(f"`{name}` should have finite {what}; found NaN or inf")
 
 def _check_vector(v, name, m=None):
@@ -41,7 +42,8 @@ def _check_vector(v, name, m=None):
     if m is not None and len(v) != m: raise ValueError(f"`{name}` should have one value per task, {m}; found {len(v)}")
 
 def _pref(pref_vector, name='pref_vector'):
-    "Check a preference vector (a 1-D tensor, list or tuple of finite values, one per task, used as given); None stays None."
+    """Check a preference vector (a 1-D tensor, list or tuple of finite values, one per task, used as given); None
+    stays None."""
     if pref_vector is None: return None
     if isinstance(pref_vector, (list, tuple)):
         try: pref_vector = torch.tensor(pref_vector, dtype=torch.get_default_dtype())
@@ -74,7 +76,8 @@ def _sync_check(v):
     return v
 
 def _hi(G):
-    "`G` in float64 for a small solve (float32 rounding would show in the weights), except where float64 is missing (MPS)."
+    """`G` in float64 for a small solve (float32 rounding would show in the weights), except where float64 is missing
+    (MPS)."""
     return G if G.device.type == 'mps' else G.double()
 
 def _pref_weights(pv, M):
@@ -85,7 +88,8 @@ def _pref_weights(pv, M):
 
 # %% ../nbs/20_aggregators.ipynb #1f5322f9
 class _ResizableState:
-    "Loads the buffers named in `_resizable` at their stored size: state sized by the number of tasks (or empty before the first call) fits any checkpoint."
+    """Loads the buffers named in `_resizable` at their stored size: state sized by the number of tasks (or empty
+    before the first call) fits any checkpoint."""
     _resizable = ()
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for k in self._resizable:
@@ -125,11 +129,13 @@ class Weighting(_ResizableState, nn.Module):
     def __repr__(self): return f'{type(self).__name__}({self._repr_args()})'
     def __str__(self): return type(self).__name__  # the short name, for tables and logs (as torchjd's)
     def __lshift__(self, fn):
-        "`weighting << fn`: this weighting applied to `fn(x)` (torchjd's composition), e.g. `MGDAWeighting() << (lambda J: J @ J.T)` weighs a Jacobian."
+        """`weighting << fn`: this weighting applied to `fn(x)` (torchjd's composition), e.g. `MGDAWeighting() <<
+        (lambda J: J @ J.T)` weighs a Jacobian."""
         return _Composition(self, fn)
 
 class _Wrapping(Weighting):
-    "A weighting built on another one, `self.weighting`, whose input name, need for the losses, determinism and state it shares."
+    """A weighting built on another one, `self.weighting`, whose input name, need for the losses, determinism and state
+    it shares."""
     arg = property(lambda self: self.weighting.arg)
     needs_losses = property(lambda self: self.weighting.needs_losses)
     deterministic = property(lambda self: self.weighting.deterministic)
@@ -157,7 +163,8 @@ class Aggregator(_ResizableState, nn.Module):
         return self.weighting.needs_losses
     @property
     def deterministic(self):
-        "Whether the same input always gives the same result (so that processes given the same Jacobian agree without talking)."
+        """Whether the same input always gives the same result (so that processes given the same Jacobian agree without
+        talking)."""
         return self.weighting.deterministic
     def __init__(self, weighting):
         super().__init__()
@@ -173,7 +180,8 @@ class Aggregator(_ResizableState, nn.Module):
         object.__setattr__(self, 'last_weights', w)  # (a plain attribute: Module.__setattr__'s checks cost more than the rest here)
         return w @ J  # (Mean, Sum, Constant, Random: NaN in, NaN out, as any sum; the solvers refuse it above)
     def _weigh(self, A, B, name, what):
-        "The weighting applied to A Bᵀ (A and B detached: the weights are constants, no autograd graph through a solver); checked finite (m² values to read, not m×n) off the sync-free path."
+        """The weighting applied to A Bᵀ (A and B detached: the weights are constants, no autograd graph through a
+        solver); checked finite (m² values to read, not m×n) off the sync-free path."""
         M = A @ B.T
         nosync = self.weighting._sync_free(M)
         if not nosync: _check_finite(M, name, what)
@@ -195,7 +203,8 @@ class Aggregator(_ResizableState, nn.Module):
     def __str__(self): return type(self).__name__  # the short name, for tables and logs (as torchjd's)
 
 class WeightedAggregator(Aggregator):
-    "The rows of `J` combined with the weights `weighting(J)` of J itself, as torchjd's (`Aggregator`'s weighting reads J Jᵀ)."
+    """The rows of `J` combined with the weights `weighting(J)` of J itself, as torchjd's (`Aggregator`'s weighting
+    reads J Jᵀ)."""
     from_gramian = False  # the weighting may read J's entries
     def forward(self, J):
         _check_matrix(J, 'J', square=False)
@@ -255,7 +264,8 @@ def _min_norm_2(G):
     return torch.stack([a, 1 - a])
 
 def frank_wolfe(G, epsilon=1e-5, max_iters=250, sync_free=False):
-    "Frank-Wolfe for min_{w ∈ simplex} wᵀGw from uniform weights (Sener & Koltun, Algorithm 2); stop when the step < `epsilon`."
+    """Frank-Wolfe for min_{w ∈ simplex} wᵀGw from uniform weights (Sener & Koltun, Algorithm 2); stop when the step <
+    `epsilon`."""
     m = len(G)
     w = G.new_full((m,), 1 / m)
     dG = G.diagonal()
@@ -399,7 +409,8 @@ def _faces(m, device, dtype):
     return _FACES[key]
 
 def _min_norm_faces(H):
-    "For few tasks: the minimum-norm point of every face of the simplex at once (its KKT system), the lowest one inside."
+    """For few tasks: the minimum-norm point of every face of the simplex at once (its KKT system), the lowest one
+    inside."""
     m = len(H)
     onH, base, rhs = _faces(m, H.device, H.dtype)
     w = torch.linalg.solve_ex(torch.where(onH, torch.nn.functional.pad(H, (0, 1, 0, 1)), base), rhs)[0][:, :m]
@@ -428,7 +439,8 @@ _MGDA_NORMS = ('none', 'l2', 'loss', 'loss+')
 _MGDA_SOLVERS = ('exact', 'frank_wolfe')  # (epsilon and max_iters are Frank-Wolfe's)
 
 class MGDAWeighting(Weighting):
-    "Min-norm weights of the (rescaled) task gradients, exact or by Frank-Wolfe (`solver`); `norm_type`: none, l2, loss(+)."
+    """Min-norm weights of the (rescaled) task gradients, exact or by Frank-Wolfe (`solver`); `norm_type`: none, l2,
+    loss(+)."""
     _settings = {**Weighting._settings, 'norm_type': _choice('norm_type', _MGDA_NORMS),
                  'epsilon': _number('epsilon', lambda v: v > 0, '> 0'),
                  'max_iters': _number('max_iters', lambda v: v >= 1, '≥ 1', integer=True),
@@ -470,7 +482,8 @@ MGDA = _aggregator(MGDAWeighting, "MGDA: the min-norm point of the convex hull o
 
 # %% ../nbs/20_aggregators.ipynb #bdb4ec06
 def project_simplex(y, k=None):
-    "Euclidean projection of `y` (last dim) onto the probability simplex, without host synchronisation; `k` = 1..m if at hand."
+    """Euclidean projection of `y` (last dim) onto the probability simplex, without host synchronisation; `k` = 1..m if
+    at hand."""
     u = y.sort(-1, descending=True).values
     css = u.cumsum(-1) - 1
     if k is None: k = torch.arange(1, y.shape[-1] + 1, device=y.device, dtype=y.dtype)
@@ -480,14 +493,16 @@ def project_simplex(y, k=None):
 
 # %% ../nbs/20_aggregators.ipynb #ddcd2fb1
 def _simplex_pref(v):
-    "A preference vector for SDMGrad, whose preferred direction lies in the simplex: non-negative, summing to 1 (scaled to)."
+    """A preference vector for SDMGrad, whose preferred direction lies in the simplex: non-negative, summing to 1
+    (scaled to)."""
     pv = _pref(v)
     if pv is not None and (bool((pv < 0).any()) or not float(pv.sum()) > 0):
         raise ValueError(f"`pref_vector` should be non-negative with a positive sum (it is scaled to sum to 1); found {pv.tolist()}")
     return pv if pv is None else pv / pv.sum()
 
 class SDMGradWeighting(Weighting):
-    "SDMGrad's weights from A = J₁J₂ᵀ of two independent batches; simplex weights kept between calls; `pref_vector` a copy."
+    """SDMGrad's weights from A = J₁J₂ᵀ of two independent batches; simplex weights kept between calls; `pref_vector` a
+    copy."""
     arg = 'A'
     _settings = {**Weighting._settings, 'lr': _number('lr', lambda v: v > 0, '> 0'), 'momentum': _number('momentum', lambda v: 0 <= v < 1, 'in [0, 1)'),
                  'n_iter': _number('n_iter', lambda v: v >= 1, '≥ 1', integer=True), 'lambda_': _number('lambda_', lambda v: v >= 0, '≥ 0'),
@@ -518,7 +533,8 @@ class SDMGradWeighting(Weighting):
         return (w + self.lambda_ * wt) / (1 + self.lambda_)
 
 class _TwoBatch(Aggregator):
-    "An aggregator whose weights come from A = J₁J₂ᵀ of two independent batches and whose direction is Jᵀw (`J` defaults to (J₁ + J₂)/2)."
+    """An aggregator whose weights come from A = J₁J₂ᵀ of two independent batches and whose direction is Jᵀw (`J`
+    defaults to (J₁ + J₂)/2)."""
     parts, from_gramian = 3, False  # J₁, J₂ and J from independent batches; A is no Gramian
     def forward(self, J1, J2, J=None):
         for nm, M in (('J1', J1), ('J2', J2)) + ((('J', J),) if J is not None else ()):
@@ -553,7 +569,8 @@ def _projector_check(v):
     return v
 
 class UPGradWeighting(Weighting):
-    "UPGrad: the sum of the projections of each `pref_vector`-weighted task gradient onto the dual cone (`pref_vector` a copy)."
+    """UPGrad: the sum of the projections of each `pref_vector`-weighted task gradient onto the dual cone
+    (`pref_vector` a copy)."""
     _settings = {**Weighting._settings, 'pref_vector': _pref, 'norm_eps': _number('norm_eps', lambda v: v >= 0, '≥ 0'),
                  'reg_eps': _number('reg_eps', lambda v: v >= 0, '≥ 0'), 'max_iters': _number('max_iters', lambda v: v >= 1, '≥ 1', integer=True, none=True),
                  'projector': _projector_check}
@@ -562,14 +579,16 @@ class UPGradWeighting(Weighting):
         self.register_buffer('pref_vector', None)
         self.pref_vector, self.norm_eps, self.reg_eps, self.max_iters, self.projector = pref_vector, norm_eps, reg_eps, max_iters, projector
     def _project(self, U, G, sync_free):
-        "The weights of the projections of the rows of UᵀJ: by `dual_cone_qp` on the normalised, regularised Gramian in float64 (float32 rounding would show as a dependence on the tasks' order), or by `projector(U, G)`."
+        """The weights of the projections of the rows of UᵀJ: by `dual_cone_qp` on the normalised, regularised Gramian
+        in float64 (float32 rounding would show as a dependence on the tasks' order), or by `projector(U, G)`."""
         H = _hi(G)
         if self.projector is not None: return self.projector(U.to(H), H).to(G)  # (it normalises and regularises as it sees fit: norm_eps, reg_eps and max_iters are dual_cone_qp's)
         return dual_cone_qp(U.to(H), _normalize_reg(H, self.norm_eps, self.reg_eps), self.max_iters, sync_free).to(G.dtype)
     def weights(self, G, sync_free): return self._project(torch.diag(_pref_weights(self.pref_vector, G)), G, sync_free).sum(0)
 
 class DualProjWeighting(UPGradWeighting):
-    "DualProj: the projection of the `pref_vector`-weighted (default: mean) gradient onto the dual cone (`pref_vector`: a copy)."
+    """DualProj: the projection of the `pref_vector`-weighted (default: mean) gradient onto the dual cone
+    (`pref_vector`: a copy)."""
     def weights(self, G, sync_free): return self._project(_pref_weights(self.pref_vector, G)[None], G, sync_free)[0]
 
 UPGrad = _aggregator(UPGradWeighting, "UPGrad: the sum of the task gradients' projections onto the dual cone of the Jacobian's rows.")
@@ -596,7 +615,8 @@ class PCGradWeighting(Weighting):
 
 
     def _weights_host(self, G, perms):
-        "The same projections in Python floats after one read of G: for the CPU, where m² tiny tensor operations cost more than the arithmetic."
+        """The same projections in Python floats after one read of G: for the CPU, where m² tiny tensor operations cost
+        more than the arithmetic."""
         m, Gl, P = len(G), G.double().tolist(), perms.tolist()
         W = [[float(i == k) for k in range(m)] for i in range(m)]
         for k in range(m):
@@ -617,7 +637,8 @@ class IMTLGWeighting(Weighting):
 _ALIGNED_SCALES = ('min', 'median', 'rmse')
 
 class AlignedMTLWeighting(Weighting):
-    "Aligned-MTL: `pref_vector` (default mean) weights of the orthogonalised, equally scaled gradients (`pref_vector` a copy). Uses eigh (one host sync on CUDA)."
+    """Aligned-MTL: `pref_vector` (default mean) weights of the orthogonalised, equally scaled gradients (`pref_vector`
+    a copy). Uses eigh (one host sync on CUDA)."""
     _settings = {**Weighting._settings, 'pref_vector': _pref, 'scale_mode': _choice('scale_mode', _ALIGNED_SCALES)}
     def __init__(self, pref_vector=None, scale_mode='min', sync_free=None):
         super().__init__(sync_free)
@@ -660,7 +681,8 @@ def _cagrad_polish(G, b, s, w, tol):
     return wp.clamp_min(0), ok
 
 class CAGradWeighting(Weighting):
-    "CAGrad's weights 1/m + c|g₀| w/|g_w|, w solving the dual over the simplex by an interior-point method (exact on its support)."
+    """CAGrad's weights 1/m + c|g₀| w/|g_w|, w solving the dual over the simplex by an interior-point method (exact on
+    its support)."""
     _settings = {**Weighting._settings, 'c': _number('c', lambda v: v >= 0, '≥ 0'), 'norm_eps': _number('norm_eps', lambda v: v >= 0, '≥ 0'),
                  'max_iters': _number('max_iters', lambda v: v >= 1, '≥ 1', integer=True)}
     def __init__(self, c, norm_eps=1e-4, max_iters=50, sync_free=None):
@@ -735,7 +757,8 @@ def _fair_newton(G, w, p, iters, tol, sync_free):
     return w
 
 class NashMTLWeighting(Weighting):
-    "Nash-MTL: α > 0 with Gα = 1/α on G/|G|_F, by damped Newton warm-started from the last call; |Jᵀα| capped at `max_norm`."
+    """Nash-MTL: α > 0 with Gα = 1/α on G/|G|_F, by damped Newton warm-started from the last call; |Jᵀα| capped at
+    `max_norm`."""
     _settings = {**Weighting._settings,
                  'n_tasks': _number('n_tasks', lambda v: v >= 1, '≥ 1', integer=True, none=True),
                  'max_norm': _number('max_norm', lambda v: v >= 0, '≥ 0'),
@@ -783,7 +806,8 @@ NashMTL.head_grads = 'weighted'  # the authors' code back-propagates Σ αᵢL�
 
 # %% ../nbs/20_aggregators.ipynb #c0de1702
 class TrimmedMean(Aggregator):
-    "Coordinate-wise trimmed mean: in each column of `J`, the `trim_number` largest and smallest values dropped, the rest averaged (Yin et al., ICML 2018)."
+    """Coordinate-wise trimmed mean: in each column of `J`, the `trim_number` largest and smallest values dropped, the
+    rest averaged (Yin et al., ICML 2018)."""
     from_gramian = False  # it reads J's entries, not only J Jᵀ
     _settings = {'trim_number': _number('trim_number', lambda v: v >= 0, '≥ 0', integer=True)}
     def __init__(self, trim_number):
@@ -799,7 +823,8 @@ class TrimmedMean(Aggregator):
     needs_losses, deterministic = False, True
 
 class KrumWeighting(Weighting):
-    "(Multi-)Krum: weight 1/`n_selected` on the rows whose summed distance to their m − `n_byzantine` − 2 nearest rows is smallest (Blanchard et al., NeurIPS 2017)."
+    """(Multi-)Krum: weight 1/`n_selected` on the rows whose summed distance to their m − `n_byzantine` − 2 nearest
+    rows is smallest (Blanchard et al., NeurIPS 2017)."""
     _settings = {**Weighting._settings, 'n_byzantine': _number('n_byzantine', lambda v: v >= 0, '≥ 0', integer=True),
                  'n_selected': _number('n_selected', lambda v: v >= 1, '≥ 1', integer=True)}
     def __init__(self, n_byzantine, n_selected=1, sync_free=None):
@@ -816,7 +841,8 @@ class KrumWeighting(Weighting):
         return (chosen[:, None] == torch.arange(m, device=G.device)).any(0).to(G.dtype) / self.n_selected
 
 def _config_weights(G, w):
-    "ConFIG in Gramian terms: the unit rows' pseudo-inverse direction Jᵀv, v = D⁻¹(D⁻¹GD⁻¹)⁺w, scaled so its length is Σᵢ gᵢ·(unit direction)."
+    """ConFIG in Gramian terms: the unit rows' pseudo-inverse direction Jᵀv, v = D⁻¹(D⁻¹GD⁻¹)⁺w, scaled so its length
+    is Σᵢ gᵢ·(unit direction)."""
     H = _hi(G)
     n = H.diagonal().clamp_min(0).sqrt()
     inv = torch.where(n > 0, 1 / torch.where(n > 0, n, 1), 0.)  # zero rows stay zero (as nan_to_num does for unit rows)
@@ -826,7 +852,9 @@ def _config_weights(G, w):
     return ((H.sum(0) @ v) / b2.clamp_min(1e-24) * v).to(G.dtype)
 
 class ConFIGWeighting(Weighting):
-    "ConFIG's weights: the direction with equal cosine to every task gradient (the `pref_vector`, default all ones, stored as a copy, weighting the unit gradients), of length Σᵢ gᵢ·d̂ (Liu et al., ICLR 2025, eq. 2). Uses a pseudo-inverse (one host sync on CUDA)."
+    """ConFIG's weights: the direction with equal cosine to every task gradient (the `pref_vector`, default all ones,
+    stored as a copy, weighting the unit gradients), of length Σᵢ gᵢ·d̂ (Liu et al., ICLR 2025, eq. 2). Uses a
+    pseudo-inverse (one host sync on CUDA)."""
     _settings = {**Weighting._settings, 'pref_vector': _pref}
     def __init__(self, pref_vector=None, sync_free=None):
         super().__init__(sync_free)
@@ -837,7 +865,8 @@ class ConFIGWeighting(Weighting):
         return _config_weights(G, w)
 
 class FairGradWeighting(Weighting):
-    "FairGrad: α-fair weights, w > 0 solving G w = w^(−1/α) (α = 0: 1/m), by damped Newton on a convex potential (Ban & Ji, ICML 2024)."
+    """FairGrad: α-fair weights, w > 0 solving G w = w^(−1/α) (α = 0: 1/m), by damped Newton on a convex potential (Ban
+    & Ji, ICML 2024)."""
     _settings = {**Weighting._settings, 'alpha': _number('alpha', lambda v: v >= 0, '≥ 0'),
                  'max_iters': _number('max_iters', lambda v: v >= 1, '≥ 1', integer=True, none=True)}
     def __init__(self, alpha, max_iters=None, sync_free=None):
@@ -854,7 +883,8 @@ class FairGradWeighting(Weighting):
         return (w * s.pow(-a / (a + 1))).to(G.dtype)  # the solution for G = s·Gn
 
 class CRMOGMWeighting(_Wrapping):
-    "CR-MOGM: the weights of `weighting` smoothed across calls, λₖ = α λₖ₋₁ + (1 − α) λ̂ₖ (Zhou et al., NeurIPS 2022); λ₀ = `initial_weights` or the first λ̂."
+    """CR-MOGM: the weights of `weighting` smoothed across calls, λₖ = α λₖ₋₁ + (1 − α) λ̂ₖ (Zhou et al., NeurIPS
+    2022); λ₀ = `initial_weights` or the first λ̂."""
     _settings = {**Weighting._settings, 'alpha': _number('alpha', lambda v: 0 <= v <= 1, 'in [0, 1]')}
     def __init__(self, weighting, alpha=0.9, initial_weights=None, sync_free=None):
         super().__init__(sync_free)
@@ -889,7 +919,8 @@ CRMOGM = _aggregator(CRMOGMWeighting, "CR-MOGM: another weighting's weights smoo
 
 # %% ../nbs/20_aggregators.ipynb #c0de1705
 class MoDoWeighting(Weighting):
-    "MoDo's weights (Chen, Fernando, Ying & Chen, JMLR 2024): λ ← Π_simplex(λ − γ(Aλ + ρλ)) with A = J₁J₂ᵀ of two independent batches; λ persists (a buffer)."
+    """MoDo's weights (Chen, Fernando, Ying & Chen, JMLR 2024): λ ← Π_simplex(λ − γ(Aλ + ρλ)) with A = J₁J₂ᵀ of two
+    independent batches; λ persists (a buffer)."""
     arg = 'A'
     _settings = {**Weighting._settings, 'gamma': _number('gamma', lambda v: v > 0, '> 0'), 'rho': _number('rho', lambda v: v >= 0, '≥ 0')}
     def __init__(self, gamma=0.1, rho=0.1, sync_free=None):
@@ -906,7 +937,8 @@ class MoDoWeighting(Weighting):
         return lam
 
 class ExcessMTLWeighting(Weighting):
-    "ExcessMTL's weights (He et al., ICML 2024): an exponentiated-gradient step on the tasks' excess risks, estimated from AdaGrad-style sums of squared gradients; reads J itself (m×n state)."
+    """ExcessMTL's weights (He et al., ICML 2024): an exponentiated-gradient step on the tasks' excess risks, estimated
+    from AdaGrad-style sums of squared gradients; reads J itself (m×n state)."""
     _settings = {**Weighting._settings, 'robust_step_size': _number('robust_step_size', lambda v: v > 0, '> 0'),
                  'n_warmup_steps': _number('n_warmup_steps', lambda v: v >= 0, '≥ 0', integer=True)}
     def __init__(self, robust_step_size=1.0, n_warmup_steps=0, sync_free=None):
@@ -944,7 +976,8 @@ class ExcessMTLWeighting(Weighting):
     def weights(self, G, sync_free): raise ValueError("ExcessMTL's weights come from the Jacobian's entries, not from a Gramian: use the `ExcessMTL` aggregator")
 
 class MoDo(_TwoBatch):
-    "MoDo: weights from A = J₁J₂ᵀ of two independent batches by projected gradient steps, direction Jᵀλ (`J` defaults to (J₁ + J₂)/2)."
+    """MoDo: weights from A = J₁J₂ᵀ of two independent batches by projected gradient steps, direction Jᵀλ (`J` defaults
+    to (J₁ + J₂)/2)."""
     def __init__(self, gamma=0.1, rho=0.1, sync_free=None): super().__init__(MoDoWeighting(gamma, rho, sync_free))
     __init__.__signature__ = inspect.signature(MoDoWeighting.__init__)
 
@@ -966,7 +999,9 @@ class ExcessMTL(Aggregator):
 
 # %% ../nbs/20_aggregators.ipynb #c0de1708
 class GradVacWeighting(Weighting):
-    "GradVac (Wang et al., ICLR 2021): each task gradient, visiting the others in random order, gets a multiple of gⱼ added when their cosine falls below its running target φ̂ᵢⱼ (an EMA with rate `beta`); the weights sum those multiples."
+    """GradVac (Wang et al., ICLR 2021): each task gradient, visiting the others in random order, gets a multiple of gⱼ
+    added when their cosine falls below its running target φ̂ᵢⱼ (an EMA with rate `beta`); the weights sum those
+    multiples."""
     deterministic = False  # the visiting order is drawn at every call
     _settings = {**Weighting._settings, 'beta': _number('beta', lambda v: 0 <= v <= 1, 'in [0, 1]'), 'eps': _number('eps', lambda v: v >= 0, '≥ 0')}
     def __init__(self, beta=0.5, eps=1e-8, sync_free=None):
@@ -999,7 +1034,8 @@ class GradVacWeighting(Weighting):
         return C.sum(0)
 
     def _weights_host(self, G, phi, orders):
-        "The same loop in Python floats, after one read of G and the targets: fewer small tensor operations, for few tasks."
+        """The same loop in Python floats, after one read of G and the targets: fewer small tensor operations, for few
+        tasks."""
         m, eps, beta = len(G), self.eps, self.beta
         Gl, P = G.double().tolist(), phi.double().tolist()
         nj = [max(Gl[j][j], 0.) ** 0.5 for j in range(m)]
@@ -1037,7 +1073,8 @@ def _graddrop_leak(leak):
     return leak.detach().clone()
 
 class GradDrop(Aggregator):
-    "GradDrop (Chen et al., NeurIPS 2020, Algorithm 1, lines 10–15): per coordinate, keep the positive or the negative parts of the task gradients at random, by the sign purity f(P); `leak` lets each task through."
+    """GradDrop (Chen et al., NeurIPS 2020, Algorithm 1, lines 10–15): per coordinate, keep the positive or the
+    negative parts of the task gradients at random, by the sign purity f(P); `leak` lets each task through."""
     from_gramian, deterministic = False, False  # it reads J's signs; the masks are random
     needs_losses = False
     _settings = {'f': _graddrop_f, 'leak': _graddrop_leak}
@@ -1065,7 +1102,8 @@ class GradDrop(Aggregator):
 
 # %% ../nbs/20_aggregators.ipynb #c0de1711
 class DBMTL(Aggregator):
-    "DB-MTL (Lin et al., 2023, Dual-Balancing): the gradients of log Lᵢ, averaged over steps (EMA `beta`), each scaled to the largest one's norm and summed."
+    """DB-MTL (Lin et al., 2023, Dual-Balancing): the gradients of log Lᵢ, averaged over steps (EMA `beta`), each
+    scaled to the largest one's norm and summed."""
     from_gramian, needs_losses, deterministic = False, True, True  # it keeps the rows themselves, and the losses turn ∇Lᵢ into ∇log Lᵢ = ∇Lᵢ/Lᵢ
     head_grads = 'log'  # the log reaches the heads too, as in LibMTL (whose first author wrote DB-MTL): ∇Lᵢ/Lᵢ
     _settings = {'beta': _number('beta', lambda v: 0 <= v < 1, 'in [0, 1)')}
@@ -1105,7 +1143,8 @@ def _tau_check(v):
     return _number('tau', lambda x: 0 <= x <= 1, 'in [0, 1] (or a 1-D tensor of them)')(v)
 
 class PCDWeighting(Weighting):
-    "PCD's weights: the direction nearest the first (primary) task's normalised gradient that gives each other task at least `tau` (stored as a copy) of its own normalised progress, at the primary gradient's length."
+    """PCD's weights: the direction nearest the first (primary) task's normalised gradient that gives each other task
+    at least `tau` (stored as a copy) of its own normalised progress, at the primary gradient's length."""
     _settings = {**Weighting._settings, 'tau': _tau_check, 'beta': _number('beta', lambda v: 0 <= v < 1, 'in [0, 1)'),
                  'eps': _number('eps', lambda v: v >= 0, '≥ 0'), 'max_iters': _number('max_iters', lambda v: v >= 1, '≥ 1', integer=True, none=True)}
     def __init__(self, tau=0.02, beta=0.999, eps=1e-8, max_iters=None, sync_free=None):
@@ -1120,7 +1159,8 @@ class PCDWeighting(Weighting):
         if len(self.tau) != m - 1: raise ValueError(f"`tau` should have one value per secondary task, {m - 1}; found {len(self.tau)}")
         return self.tau.to(H)
     def _scales(self, sq):
-        "Update the moving average with the squared norms `sq` (unless they are not finite) and return 1/√(v̂ + eps) (0 where that is infinite)."
+        """Update the moving average with the squared norms `sq` (unless they are not finite) and return 1/√(v̂ + eps)
+        (0 where that is infinite)."""
         m, ema, decay = len(sq), self.sq_norm_ema, self.decay
         if ema.shape != (m,) or ema.device != sq.device: ema, decay = sq.new_zeros(m), sq.new_ones(())
         ema, decay = ema.to(sq), decay.to(sq)

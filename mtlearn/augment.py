@@ -81,7 +81,8 @@ def _rand_erase1(x, pct, xm, xs, mn, mx):
     reg.copy_((torch.randn_like(reg)*xs + xm).clamp_(mn, mx))
 
 def rand_erase(x, pct=0.2, max_num=4):
-    "Up to `max_num` rectangles of `x` replaced, in place, by noise with `x`'s mean and std, clamped to its range; returns `x`."
+    """Up to `max_num` rectangles of `x` replaced, in place, by noise with `x`'s mean and std, clamped to its range;
+    returns `x`."""
     xm, xs, mn, mx = x.mean(), x.std(), x.min(), x.max()
     for _ in range(random.randint(0, max_num)): _rand_erase1(x, pct, xm, xs, mn, mx)
     return x
@@ -93,7 +94,8 @@ def _rand_copy1(x, pct):
     x[:, :, stx1:stx1+szx, sty1:sty1+szy] = x[:, :, stx2:stx2+szx, sty2:sty2+szy].clone()  # the two may overlap
 
 def rand_copy(x, pct=0.2, max_num=4):
-    "Up to `max_num` rectangles of `x` overwritten, in place, by copies of other rectangles of the same images; returns `x`."
+    """Up to `max_num` rectangles of `x` overwritten, in place, by copies of other rectangles of the same images;
+    returns `x`."""
     for _ in range(random.randint(0, max_num)): _rand_copy1(x, pct)
     return x
 
@@ -125,14 +127,16 @@ def show_image_batch(self:Learner, max_n=9, cbs=None, **kwargs):
 
 # %% ../nbs/14_augment.ipynb #2a0ac532
 def _cat_tree(xs):
-    "Concatenate a list of batches' tensors, or of tuples or dicts of them (one per task), along the first dimension, on the CPU."
+    """Concatenate a list of batches' tensors, or of tuples or dicts of them (one per task), along the first dimension,
+    on the CPU."""
     x = xs[0]
     if isinstance(x, dict): return {k: _cat_tree([o[k] for o in xs]) for k in x}
     if isinstance(x, (tuple, list)): return tuple(_cat_tree([o[i] for o in xs]) for i in range(len(x)))
     return to_cpu(torch.cat(xs))
 
 class CapturePreds(Callback):
-    "Collect predictions and targets (and inputs) of every batch; concatenated on the CPU after the fit (tuples and dicts of tensors too)."
+    """Collect predictions and targets (and inputs) of every batch; concatenated on the CPU after the fit (tuples and
+    dicts of tensors too)."""
     def __init__(self, inps=False): self.inps = inps
     def before_fit(self, learn): self.all_inps, self.all_preds, self.all_targs = [], [], []
     def after_batch(self, learn):

@@ -48,7 +48,8 @@ def _save(out, name):
 _say = main_print
 
 def train(epochs=3, bs=256, lr=1e-2, data=None, out='out', device=None, seed=42, lr_find=True):
-    "Train the course's CNN on Fashion-MNIST with a one-cycle schedule; write the plots listed above to `out`; return the learner."
+    """Train the course's CNN on Fashion-MNIST with a one-cycle schedule; write the plots listed above to `out`; return
+    the learner."""
     if not isinstance(epochs, int) or epochs < 1: raise ValueError(f"`epochs` should be a positive int; found epochs = {epochs!r}")
     init_distributed()  # under torchrun: join the other processes (and pick this one's GPU) before anything is placed
     dev = get_device(device)
@@ -81,7 +82,8 @@ def train(epochs=3, bs=256, lr=1e-2, data=None, out='out', device=None, seed=42,
 _AGGREGATORS = {'mean': lambda: Mean(), 'mgda': lambda: MGDA(), 'sdmgrad': lambda: SDMGrad(), 'upgrad': lambda: UPGrad()}
 
 def train_multitask(epochs=3, bs=256, lr=1e-3, data=None, out='out', device=None, seed=42, aggregator='mgda', n_train=120_000, n_test=20_000):
-    "Train the two-head LeNet-style model on Multi-Fashion with `MultiTaskGradCB(aggregator)`; write the task losses and weights to `out`; return the learner."
+    """Train the two-head LeNet-style model on Multi-Fashion with `MultiTaskGradCB(aggregator)`; write the task losses
+    and weights to `out`; return the learner."""
     if not isinstance(epochs, int) or epochs < 1: raise ValueError(f"`epochs` should be a positive int; found epochs = {epochs!r}")
     if aggregator not in _AGGREGATORS: raise ValueError(f"`aggregator` should be one of {', '.join(_AGGREGATORS)}; found {aggregator!r}")
     init_distributed()

@@ -114,7 +114,8 @@ def _dd_from_idx(folder):
 
 # %% ../nbs/05_datasets.ipynb #b73d2872
 def _from_hub(name='fashion_mnist', timeout=3.):
-    "The hub's copy, or `None` if the hub cannot be reached (checked quickly, rather than after the hub client's retries)."
+    """The hub's copy, or `None` if the hub cannot be reached (checked quickly, rather than after the hub client's
+    retries)."""
     offline = any(os.environ.get(k, '').lower() in ('1', 'true', 'yes') for k in ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE'))
     if not offline:
         from huggingface_hub import constants
@@ -134,7 +135,8 @@ def _idx_folder(path, what):
     return path
 
 def load_fashion_mnist(path=None):
-    "Fashion-MNIST as a `DatasetDict` with the hub's schema, from `path`, `$MTLEARN_DATA`, Debian's package, the hub, or the shipped sample."
+    """Fashion-MNIST as a `DatasetDict` with the hub's schema, from `path`, `$MTLEARN_DATA`, Debian's package, the hub,
+    or the shipped sample."""
     if path is not None: return _dd_from_idx(_idx_folder(path, '`path`'))
     if os.environ.get('MTLEARN_DATA'): return _dd_from_idx(_idx_folder(os.environ['MTLEARN_DATA'], 'The `MTLEARN_DATA` environment variable'))
     if DEBIAN_FMNIST.exists(): return _dd_from_idx(_idx_folder(DEBIAN_FMNIST, "Debian's dataset-fashion-mnist folder"))
@@ -182,13 +184,15 @@ class DataLoaders:
 
     @classmethod
     def from_dd(cls, dd, batch_size, as_tuple=True, **kwargs):
-        "Loaders for the first two splits of `dd` (use `dd.with_transform` for per-item transforms); batches are tuples, or dicts if not `as_tuple`."
+        """Loaders for the first two splits of `dd` (use `dd.with_transform` for per-item transforms); batches are
+        tuples, or dicts if not `as_tuple`."""
         f = collate_dict(dd['train']) if as_tuple else default_collate
         return cls(*get_dls(*list(dd.values())[:2], bs=batch_size, collate_fn=f, **kwargs))
 
 # %% ../nbs/05_datasets.ipynb #ebaab091
 def ds_tensors(ds, x='image', y='label'):
-    "Split `ds` as tensors: its images `x` as uint8 N×C×H×W and its labels `y`; decoded once, then remembered by the split's fingerprint."
+    """Split `ds` as tensors: its images `x` as uint8 N×C×H×W and its labels `y`; decoded once, then remembered by the
+    split's fingerprint."""
     key = (ds._fingerprint, x, y)
     if key in _pixels: return _pixels[key]
     for c in (x, y):
@@ -233,7 +237,8 @@ class TensorDataLoader:
         self.rank, self.world, self.pad = 0, 1, False
 
     def shard(self, rank, world, pad=True, seed=0):
-        "This loader's part on process `rank` of `world`: items `rank::world` of each epoch's order, the same order on every process."
+        """This loader's part on process `rank` of `world`: items `rank::world` of each epoch's order, the same order
+        on every process."""
         if not (isinstance(world, int) and world >= 1 and isinstance(rank, int) and 0 <= rank < world):
             raise ValueError(f"`rank` should be in [0, `world`); found rank = {rank!r}, world = {world!r}")
         o = copy(self)
@@ -269,7 +274,8 @@ class TensorDataLoader:
 # %% ../nbs/05_datasets.ipynb #fe8a983c
 @patch(cls_method=True)
 def from_dd_tensors(cls:DataLoaders, dd, batch_size, x='image', y='label', mean=0., std=1., flat=False, device=None, generator=None, drop_last=False):
-    "Tensor-backed loaders for the first two splits of `dd`: images `x` normalised per batch, labels `y` (a column, or several: batches `(x, y_1, ..., y_m)`)."
+    """Tensor-backed loaders for the first two splits of `dd`: images `x` normalised per batch, labels `y` (a column,
+    or several: batches `(x, y_1, ..., y_m)`)."""
     norm = ByteNorm(mean, std, flat)
     ys = [y] if isinstance(y, str) else list(y)
     def tensors(ds):

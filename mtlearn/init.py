@@ -84,7 +84,8 @@ def plot_func(f, start=-5., end=5., steps=100, ax=None):
 def _is_batchnorm(norm): return isinstance(norm, type) and issubclass(norm, nn.modules.batchnorm._BatchNorm)
 
 def conv(ni, nf, ks=3, stride=2, act=nn.ReLU, norm=None, bias=None):
-    "Conv2d (`ks`, `stride`, same padding), then `norm(nf)` and `act()` if given. `bias`: None keeps it, as the course's code does; 'auto' drops it before a batch norm."
+    """Conv2d (`ks`, `stride`, same padding), then `norm(nf)` and `act()` if given. `bias`: None keeps it, as the
+    course's code does; 'auto' drops it before a batch norm."""
     if bias is None: bias = True
     elif bias == 'auto': bias = not _is_batchnorm(norm)
     elif not isinstance(bias, bool): raise ValueError(f"`bias` should be None, True, False or 'auto'; found bias = {bias!r}")
@@ -94,7 +95,8 @@ def conv(ni, nf, ks=3, stride=2, act=nn.ReLU, norm=None, bias=None):
     return nn.Sequential(*layers)
 
 def get_model(act=nn.ReLU, nfs=None, norm=None, bias=None):
-    "The course's CNN: `conv` layers through `nfs` channels (default 1, 8, 16, 32, 64), then a conv to 10 logits; `bias` as in `conv`."
+    """The course's CNN: `conv` layers through `nfs` channels (default 1, 8, 16, 32, 64), then a conv to 10 logits;
+    `bias` as in `conv`."""
     if nfs is None: nfs = [1, 8, 16, 32, 64]
     layers = [conv(nfs[i], nfs[i+1], act=act, norm=norm, bias=bias) for i in range(len(nfs)-1)]
     return nn.Sequential(*layers, conv(nfs[-1], 10, act=None, norm=False, bias=True), nn.Flatten()).to(def_device)

@@ -43,10 +43,11 @@ class CancelStepException(CancelException): "Skip the default optimiser step (a 
 class Callback():
     "Base class for callbacks: methods named after events receive the learner; `order` sets who runs first."
     order = 0
-    name = None  # the key of this callback's state in a checkpoint (see `state_key`); set it to tell two of a kind apart
+    name = None  # the key of its state in a checkpoint (see `state_key`); set it to tell two of a kind apart
 
 def state_key(cb):
-    "The key of `cb`'s state in a checkpoint: its `name` if set, else its class name, with the `monitor` it watches if any."
+    """The key of `cb`'s state in a checkpoint: its `name` if set, else its class name, with the `monitor` it watches
+    if any."""
     if getattr(cb, 'name', None) is not None: return cb.name
     m = getattr(cb, 'monitor', None)
     return type(cb).__name__ + (f'({m})' if isinstance(m, str) else '')
@@ -83,7 +84,8 @@ _cancels = {'fit': CancelFitException, 'epoch': CancelEpochException, 'batch': C
             'backward': CancelBackwardException, 'step': CancelStepException}
 
 def _cleanup(o, nm, exc=None):
-    "Run every callback's `nm` even if some raise. With `exc` in flight (not a cancel), their errors become notes on it; else the first is raised."
+    """Run every callback's `nm` even if some raise. With `exc` in flight (not a cancel), their errors become notes on
+    it; else the first is raised."""
     errs = []
     for cb, m in o._methods(nm):
         try: m(o)
@@ -98,7 +100,8 @@ def _cleanup(o, nm, exc=None):
     raise errs[0]
 
 class with_cbs:
-    "Decorator running `before_{nm}`, the method, `after_{nm}`; `Cancel{Nm}Exception` skips to `cleanup_{nm}`, which always runs, for every callback."
+    """Decorator running `before_{nm}`, the method, `after_{nm}`; `Cancel{Nm}Exception` skips to `cleanup_{nm}`, which
+    always runs, for every callback."""
     def __init__(self, nm): self.nm, self.exc = nm, _cancels[nm]
     def __call__(self, f):
         nm, exc = self.nm, self.exc
@@ -116,12 +119,14 @@ class with_cbs:
 
 # %% ../nbs/09_learner.ipynb #ac9192d9
 def cb_list(cbs):
-    "An `fc.L` of callbacks from None, one callback, or an iterable of them (a callback that is itself iterable, like `HooksCallback`, counts as one)."
+    """An `fc.L` of callbacks from None, one callback, or an iterable of them (a callback that is itself iterable, like
+    `HooksCallback`, counts as one)."""
     return fc.L([cbs]) if isinstance(cbs, Callback) else fc.L(cbs)
 
 # %% ../nbs/09_learner.ipynb #b1a7c0de
 def split_batch(batch, n_inp=1):
-    "A batch as `(inputs, targets)`, two tuples: its first `n_inp` items and the rest (a target may be a dict of per-task targets)."
+    """A batch as `(inputs, targets)`, two tuples: its first `n_inp` items and the rest (a target may be a dict of per-
+    task targets)."""
     if isinstance(batch, dict):
         raise ValueError(f"a batch should be a tuple (inputs, then targets); found a dict with keys {list(batch)}, which has no order "
                          "to split: make the loader yield tuples, e.g. (x, y) or (x, {task: y})")
@@ -131,7 +136,8 @@ def split_batch(batch, n_inp=1):
 
 # %% ../nbs/09_learner.ipynb #c0de0102
 def _get_rng(dl=None):
-    "Every random state a training run draws from: torch (CPU and each GPU), numpy, Python's, and the loader's own generator."
+    """Every random state a training run draws from: torch (CPU and each GPU), numpy, Python's, and the loader's own
+    generator."""
     import numpy as np, random
     v, keys, gauss = random.getstate()
     kind, nkeys, pos, has_gauss, cached = np.random.get_state()
@@ -154,8 +160,9 @@ def _set_rng(s, dl=None):
     if 'loader' in s and isinstance(g, torch.Generator): g.set_state(s['loader'])
 
 def _mine(states, path=None):
-    "This process's random states from a checkpoint's list of every process's; a checkpoint of another number of processes gets a warning, since the resumed run then draws other numbers."
-    if states is None or isinstance(states, dict): return states  # (a dict: a checkpoint of one process from an older mtlearn)
+    """This process's random states from a checkpoint's list of every process's; a checkpoint of another number of
+    processes gets a warning, since the resumed run then draws other numbers."""
+    if states is None or isinstance(states, dict): return states  # (a dict: one process's, from an older mtlearn)
     if len(states) != world():
         warnings.warn(f"checkpoint {str(path)!r} holds the random states of {len(states)} process(es) and this run has "
                       f"{world()}: the resumed run draws other random numbers (data order, dropout) than the "
@@ -169,7 +176,8 @@ _all_ = ['world', 'rank', 'is_main', 'main_print', 'write_atomic', 'all_mean', '
 _EVENTS = tuple(f'{w}_{nm}' for nm in ('fit', 'epoch', 'batch', 'backward', 'step') for w in ('before', 'after', 'cleanup')) + ('after_predict', 'after_loss')
 
 class Learner():
-    "Trains `model` on `dls` with `loss_func` and an optimiser from `opt_func(params, lr)`; callbacks `cbs` do the rest."
+    """Trains `model` on `dls` with `loss_func` and an optimiser from `opt_func(params, lr)`; callbacks `cbs` do the
+    rest."""
     _steps = ('predict', 'get_loss', 'backward', 'step', 'zero_grad')
     events = _EVENTS + _steps  # every method name a callback may have that the learner calls
     n_inp = 1
@@ -210,16 +218,19 @@ class Learner():
         return split_batch(self.batch, self.n_inp)[1]
 
     def scaled(self, t):
-        "What to back-propagate for `t`: `t` times `grad_factor` and the gradient scaler's scale (`learn.scaler`), if any."
+        """What to back-propagate for `t`: `t` times `grad_factor` and the gradient scaler's scale (`learn.scaler`), if
+        any."""
         if self.grad_factor != 1: t = t * self.grad_factor
         return t if self.scaler is None else self.scaler.scale(t)
     def unscale_(self):
-        "Turn the scaled `.grad`s into true gradients before they are read (once per step; nothing to do without a scaler)."
+        """Turn the scaled `.grad`s into true gradients before they are read (once per step; nothing to do without a
+        scaler)."""
         if self.scaler is not None and not self._unscaled:
             self.scaler.unscale_(self.opt)
             self._unscaled = True
     def opt_step(self):
-        "Step the optimiser, through `learn.scaler` if there is one (which skips a step whose gradients are not finite)."
+        """Step the optimiser, through `learn.scaler` if there is one (which skips a step whose gradients are not
+        finite)."""
         if self.scaler is None: return self.opt.step()
         self.scaler.step(self.opt)
         self.scaler.update()
@@ -256,7 +267,8 @@ class Learner():
         self._one_epoch()
 
     def _restore(self, r):
-        "Give the callbacks their saved state, and the optimiser's param groups their saved hyperparameters (which the callbacks' set-up may have changed)."
+        """Give the callbacks their saved state, and the optimiser's param groups their saved hyperparameters (which
+        the callbacks' set-up may have changed)."""
         if r.get('state') is not None: self._load_states(r['state'], resuming='epoch' in r)
         if r.get('opt') is not None:  # in place: schedulers and recorders hold these dicts
             for g, s in zip(self.opt.param_groups, r['opt']['param_groups']): g.update({k: v for k, v in s.items() if k != 'params'})
@@ -283,7 +295,8 @@ class Learner():
                 raise ValueError(f"`dls` should have a `.{nm}` data loader (a `DataLoaders`, say); found a {type(self.dls).__name__} without one")
 
     def fit(self, n_epochs=1, train=True, valid=True, cbs=None, lr=None, resume=None):
-        "Train for `n_epochs` with a fresh optimiser at `lr` (default `self.lr`); `cbs` are added for this fit only; `resume`: a checkpoint to continue from."
+        """Train for `n_epochs` with a fresh optimiser at `lr` (default `self.lr`); `cbs` are added for this fit only;
+        `resume`: a checkpoint to continue from."""
         self._check_fit(n_epochs, train, valid)
         if resume is not None:
             self.load(resume)
@@ -313,7 +326,8 @@ class Learner():
             for cb in cbs: self.cbs.remove(cb)
 
     def _new_opt(self, lr):
-        "A fresh optimiser at `lr` (default `self.lr`) that takes over any state `load` left pending; an explicit `lr` wins over the loaded one."
+        """A fresh optimiser at `lr` (default `self.lr`) that takes over any state `load` left pending; an explicit
+        `lr` wins over the loaded one."""
         explicit, state = lr is not None, self._pending.pop('opt', None)
         if self.opt_func is None: raise ValueError("`opt_func` should be a function (params, lr) -> optimiser, such as optim.SGD; found None")
         lr = self.lr if lr is None else lr
@@ -382,7 +396,8 @@ def to_cpu(x):
 
 # %% ../nbs/09_learner.ipynb #b88ae6c4
 class RunningMean:
-    "Weighted mean of scalars: the sum stays on the device (one op per update), the total weight on the host; NaN before any update."
+    """Weighted mean of scalars: the sum stays on the device (one op per update), the total weight on the host; NaN
+    before any update."""
     def __init__(self, device='cpu'): self.total, self.weights = torch.zeros((), device=device), 0.
     @property
     def device(self): return self.total.device
@@ -423,7 +438,9 @@ def _compute(m):
     return sync_and_compute(getattr(m, 'metric', m))  # (TaskMetric: the metric inside)
 
 class MetricsCB(Callback):
-    "Torcheval `metrics` (and the running loss) updated each batch on the device, computed once per epoch into `learn.history`, and printed; with `train_metrics=False` (fastai's default) the metrics are left out of training epochs, which keep only the loss."
+    """Torcheval `metrics` (and the running loss) updated each batch on the device, computed once per epoch into
+    `learn.history`, and printed; with `train_metrics=False` (fastai's default) the metrics are left out of training
+    epochs, which keep only the loss."""
     def __init__(self, *ms, train_metrics=True, **metrics):
         if not isinstance(train_metrics, bool): raise ValueError(f"`train_metrics` should be True or False; found {train_metrics!r}")
         self.train_metrics = train_metrics
@@ -475,10 +492,12 @@ class MetricsCB(Callback):
             m.update(preds, *ys)
 
     def state_dict(self):
-        "The metrics' accumulated state over every process (a collective): a resume on any number of processes goes on from it."
+        """The metrics' accumulated state over every process (a collective): a resume on any number of processes goes
+        on from it."""
         return {k: _global_state(m) for k, m in self.all_metrics.items() if hasattr(m, 'state_dict')}
     def load_state_dict(self, sd):
-        "The first process takes the saved (global) state, the others start from nothing: their sum is the global state."
+        """The first process takes the saved (global) state, the others start from nothing: their sum is the global
+        state."""
         for k, v in sd.items():
             m = self.all_metrics.get(k)
             if m is None: continue
@@ -496,7 +515,8 @@ def _global_state(m):
 
 # %% ../nbs/09_learner.ipynb #5da3dbcb
 class HostScalar:
-    "Latest value of a device scalar, read without waiting: on CUDA through a non-blocking copy, shown once it has landed."
+    """Latest value of a device scalar, read without waiting: on CUDA through a non-blocking copy, shown once it has
+    landed."""
     def __init__(self, fmt='{:.3f}'): self.fmt, self.t, self.val, self._buf, self._ev = fmt, None, None, None, None
     def put(self, t): self.t = t.detach()
     def get(self):
@@ -520,7 +540,8 @@ class HostScalar:
 
 # %% ../nbs/09_learner.ipynb #c0de0902
 class CountSyncs(TorchDispatchMode):
-    "Count the reads of a tensor's value by the host through `.item()`, `bool(t)`, `float(t)`, `int(t)` while active (not `.tolist()` or `.numpy()`): `with CountSyncs() as c: ...; c.n`."
+    """Count the reads of a tensor's value by the host through `.item()`, `bool(t)`, `float(t)`, `int(t)` while active
+    (not `.tolist()` or `.numpy()`): `with CountSyncs() as c: ...; c.n`."""
     def __init__(self):
         super().__init__()
         self.n = 0
@@ -530,9 +551,11 @@ class CountSyncs(TorchDispatchMode):
 
 # %% ../nbs/09_learner.ipynb #rec00001
 class DeviceSeries:
-    "The one recorder: per-step rows (1-D tensors, or numbers) kept on their device in preallocated chunks, moved to the host at most once per `flush`; the newest `max_records` are kept."
+    """The one recorder: per-step rows (1-D tensors, or numbers) kept on their device in preallocated chunks, moved to
+    the host at most once per `flush`; the newest `max_records` are kept."""
     def __init__(self, max_records=10_000, chunk=256):
-        if not (isinstance(max_records, int) and max_records >= 1): raise ValueError(f"`max_records` should be a positive int; found max_records = {max_records!r}")
+        if not (isinstance(max_records, int) and max_records >= 1):
+            raise ValueError(f"`max_records` should be a positive int; found max_records = {max_records!r}")
         self.max_records, self.chunk = max_records, chunk
         self.reset()
     def reset(self):
@@ -541,9 +564,11 @@ class DeviceSeries:
     def append(self, row):
         "Add one row: one copy on the device, no host read (a number is a one-item row on the host, kept in float64)."
         row = row.detach() if isinstance(row, torch.Tensor) else torch.tensor([float(row)], dtype=torch.float64)
-        if self.buf is None or self.n == len(self.buf) or self.buf.shape[1:] != row.shape or self.buf.device != row.device:
+        b = self.buf
+        if b is None or self.n == len(b) or b.shape[1:] != row.shape or b.device != row.device or b.dtype != row.dtype:
             if self.buf is not None: self.full.append(self.buf[:self.n])
-            while len(self.full) > 1 and sum(map(len, self.full[1:])) >= self.max_records: self.full.pop(0)  # capped on the device too
+            while len(self.full) > 1 and sum(map(len, self.full[1:])) >= self.max_records:
+                self.full.pop(0)  # capped on the device too
             self.buf, self.n = row.new_empty(self.chunk, *row.shape), 0
         self.buf[self.n].copy_(row)
         self.n += 1
@@ -566,7 +591,8 @@ class DeviceSeries:
         self.host = sd['values'].clone()
 
 def plot_series(v, names=None, ax=None, xlabel='training step', ylabel='', title=None):
-    "Plot each column of `v` (rows × columns, as `DeviceSeries.values()` gives) as a line named by `names`: the one plot helper of the records."
+    """Plot each column of `v` (rows × columns, as `DeviceSeries.values()` gives) as a line named by `names`: the one
+    plot helper of the records."""
     if ax is None: _, ax = plt.subplots()
     v = torch.as_tensor(v)
     v = v.reshape(len(v), -1) if v.numel() else v.reshape(0, 0)
@@ -579,7 +605,8 @@ def plot_series(v, names=None, ax=None, xlabel='training step', ylabel='', title
 
 # %% ../nbs/09_learner.ipynb #82a9d7e0
 class _ConsoleBar:
-    "A progress bar on one terminal line, redrawn at most every `every` seconds and erased by `clear`; nothing at all when `stream` is not a terminal (a log or a pipe gets no carriage-return frames)."
+    """A progress bar on one terminal line, redrawn at most every `every` seconds and erased by `clear`; nothing at all
+    when `stream` is not a terminal (a log or a pipe gets no carriage-return frames)."""
     def __init__(self, gen, prefix='', stream=None, every=0.2):
         self.gen, self.prefix, self.stream, self.every = gen, prefix, stream or sys.stdout, every
         self.comment, self.width, self.t0, self.last = '', 0, time.perf_counter(), -1.
@@ -622,11 +649,13 @@ class _ConsoleBar:
 
 # %% ../nbs/09_learner.ipynb #47c300d2
 class ProgressCB(Callback):
-    "Progress bars and a table of metrics per epoch (HTML in a notebook, one clean line per epoch in a terminal); `plot` draws the losses."
+    """Progress bars and a table of metrics per epoch (HTML in a notebook, one clean line per epoch in a terminal);
+    `plot` draws the losses."""
     order = MetricsCB.order + 1
     shows_metrics = True  # MetricsCB leaves the printing to this callback
     max_records = 100_000  # training losses kept for the plot
-    def __init__(self, plot=False, stream=None): self.plot, self.stream, self.rec, self.val_losses = plot, stream, None, []
+    def __init__(self, plot=False, stream=None):
+        self.plot, self.stream, self.rec, self.val_losses = plot, stream, None, []
 
     def before_fit(self, learn):
         self.on = is_main()  # one table, one bar: the first process's
@@ -766,7 +795,9 @@ def valley(lrs, losses, beta=0.98):
 # %% ../nbs/09_learner.ipynb #f31a50ce
 @patch
 def lr_find(self:Learner, gamma=1.3, max_mult=3, start_lr=1e-5, max_epochs=10, plot=True, cbs=None):
-    "Run an LR range test from `start_lr`, plot loss against lr, and return the suggested learning rate (None, with a warning, if the loss never fell); weights, optimiser and mode are restored; `cbs` (a `ProgressCB`, say) join its run."
+    """Run an LR range test from `start_lr`, plot loss against lr, and return the suggested learning rate (None, with a
+    warning, if the loss never fell); weights, optimiser and mode are restored; `cbs` (a `ProgressCB`, say) join its
+    run."""
     kept = deepcopy(self.model.state_dict()), self.opt, self._pending, self.history, self._done, self.model.training, self.logging
     cb = LRFinderCB(gamma=gamma, max_mult=max_mult)
     self._pending, self.logging = {}, False  # a fresh optimiser from `start_lr`; what `load` left waits for the next fit; no metric rows
@@ -797,7 +828,8 @@ def lr_find(self:Learner, gamma=1.3, max_mult=3, start_lr=1e-5, max_epochs=10, p
 # %% ../nbs/09_learner.ipynb #ea2b99f9
 @patch
 def _load_states(self:Learner, saved, resuming=False):
-    "Give each callback the state saved under its key; a saved state of another kind of callback is refused, one with no owner is named in a warning (when resuming)."
+    """Give each callback the state saved under its key; a saved state of another kind of callback is refused, one with
+    no owner is named in a warning (when resuming)."""
     own = state_keys(self.cbs)
     for k, v in saved.items():
         kind, sd = (v['kind'], v['state']) if isinstance(v, dict) and v.keys() == {'kind', 'state'} else (None, v)
@@ -815,7 +847,8 @@ def _load_states(self:Learner, saved, resuming=False):
 _PLAIN = (bool, int, float, str, type(None), torch.Tensor, torch.dtype, torch.device, torch.Size)
 
 def _plain(o, where):
-    "`o` with NumPy scalars and arrays made Python numbers and tensors; anything that `torch.load(weights_only=True)` would refuse raises, naming where it is."
+    """`o` with NumPy scalars and arrays made Python numbers and tensors; anything that `torch.load(weights_only=True)`
+    would refuse raises, naming where it is."""
     if type(o) in _PLAIN or isinstance(o, torch.Tensor): return o
     if isinstance(o, dict): return type(o)((k, _plain(v, f'{where}[{k!r}]')) for k, v in o.items())
     if isinstance(o, (list, tuple)):
@@ -831,9 +864,12 @@ def _plain(o, where):
 
 @patch
 def save(self:Learner, path, with_opt=True):
-    "Save a checkpoint to `path`, atomically: the model, the optimiser, every callback's state, and (inside a fit) the position and every process's random states to resume from. A collective: every process calls it; the first writes."
+    """Save a checkpoint to `path`, atomically: the model, the optimiser, every callback's state, and (inside a fit)
+    the position and every process's random states to resume from. A collective: every process calls it; the first
+    writes."""
     state = {'model': unwrap(self.model).state_dict(), 'history': self.history,
-             'state': {k: {'kind': type(cb).__name__, 'state': cb.state_dict()} for k, cb in state_keys(self.cbs).items()}}
+             'state': {k: {'kind': type(cb).__name__, 'state': cb.state_dict()}
+                       for k, cb in state_keys(self.cbs).items()}}
     if with_opt and hasattr(self.opt, 'state_dict'): state['opt'] = self.opt.state_dict()
     if self._done is not None:
         e, i, train_done = self._done
@@ -847,7 +883,8 @@ def save(self:Learner, path, with_opt=True):
 
 @patch
 def load(self:Learner, path, with_opt=True):
-    "Load a checkpoint written by `save` into the model, after checking it fits; optimiser and callback state wait for the next `fit`."
+    """Load a checkpoint written by `save` into the model, after checking it fits; optimiser and callback state wait
+    for the next `fit`."""
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"`path` {str(path)!r} does not exist")
     p = next(iter(self.model.parameters()), None)
@@ -873,7 +910,8 @@ def load(self:Learner, path, with_opt=True):
 
 # %% ../nbs/09_learner.ipynb #b59da94c
 class _Undo:
-    "What an optimiser step changes, kept on the device before it and put back after it where `bad` holds: no host read."
+    """What an optimiser step changes, kept on the device before it and put back after it where `bad` holds: no host
+    read."""
     def __init__(self, opt, modules=()):
         self.kept = [(t, t.detach().clone()) for g in opt.param_groups for p in g['params'] for t in [p] + [
             v for v in opt.state.get(p, {}).values() if isinstance(v, torch.Tensor) and v.device == p.device]]
@@ -889,10 +927,13 @@ class _Undo:
                 setattr(m, k, torch.where(ok, new, old))
 
 class GuardCB(Callback):
-    "One check of the loss(es) and the gradients for NaN and infinity before every optimiser step; `on` a non-finite value: 'raise' (FloatingPointError), 'stop' (end the fit) or 'skip' (that step is not taken). A non-finite value never reaches the parameters."
+    """One check of the loss(es) and the gradients for NaN and infinity before every optimiser step; `on` a non-finite
+    value: 'raise' (FloatingPointError), 'stop' (end the fit) or 'skip' (that step is not taken). A non-finite value
+    never reaches the parameters."""
     order = 92  # before_step once MultiTaskGradCB (90) has written the gradients, before GradientClip (95)
     def __init__(self, on='raise', undo=None):
-        if on not in ('raise', 'stop', 'skip'): raise ValueError(f"`on` should be 'raise', 'stop' or 'skip'; found on = {on!r}")
+        if on not in ('raise', 'stop', 'skip'):
+            raise ValueError(f"`on` should be 'raise', 'stop' or 'skip'; found on = {on!r}")
         if undo not in (None, True): raise ValueError(f"`undo` should be None (on accelerators) or True; found {undo!r}")
         self.on, self.undo = on, undo
 
@@ -907,7 +948,8 @@ class GuardCB(Callback):
 
     def _undoing(self, t): return self.undo is True or t.device.type != 'cpu'
     def keep_modules(self, *modules):
-        "Also put back the buffers of these modules (an aggregator's state) when a step is undone; callers run it before the modules do."
+        """Also put back the buffers of these modules (an aggregator's state) when a step is undone; callers run it
+        before the modules do."""
         self._mods = [(m, k, b) for mod in modules if isinstance(mod, torch.nn.Module)
                       for m in mod.modules() for k, b in m.named_buffers(recurse=False)]
 
@@ -987,5 +1029,6 @@ class GuardCB(Callback):
     def load_state_dict(self, sd): self.n_step = sd['n_step']
 
 class TerminateOnNaNCB(GuardCB):
-    "Stop the fit (`CancelFitException`) at the first training step whose loss or gradients are not finite: a `GuardCB(on='stop')`."
+    """Stop the fit (`CancelFitException`) at the first training step whose loss or gradients are not finite: a
+    `GuardCB(on='stop')`."""
     def __init__(self): super().__init__('stop')

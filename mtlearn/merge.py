@@ -24,7 +24,8 @@ __all__ = ['loss_hessians', 'LossHessian', 'register_loss_hessian', 'loss_hessia
 # %% ../nbs/30_merge.ipynb #1acbac1f
 @dataclass
 class LossHessian:
-    "The Hessian of a loss with respect to the model's output: `hvp(out, y, v, scale)` = H v, `sqrt(out, y, scale)` = S with H = S Sᵀ per item (shape: items × outputs × columns)."
+    """The Hessian of a loss with respect to the model's output: `hvp(out, y, v, scale)` = H v, `sqrt(out, y, scale)` =
+    S with H = S Sᵀ per item (shape: items × outputs × columns)."""
     hvp: callable
     sqrt: callable
     scale: callable  # (out, reduction) -> the factor `mean` puts on a summed loss
@@ -63,7 +64,8 @@ _loss_kinds = {nn.MSELoss: 'mse', F.mse_loss: 'mse', nn.CrossEntropyLoss: 'cross
 
 # %% ../nbs/30_merge.ipynb #ef0ab854
 def register_loss_hessian(loss, hessian:LossHessian):
-    "Teach the GGN a new `loss` (a class or a function): `hessian` gives its Hessian with respect to the model's output."
+    """Teach the GGN a new `loss` (a class or a function): `hessian` gives its Hessian with respect to the model's
+    output."""
     if not isinstance(hessian, LossHessian): raise TypeError(f"`hessian` should be a LossHessian; found a {type(hessian).__name__}")
     name = getattr(loss, '__name__', repr(loss))
     loss_hessians[name], _loss_kinds[loss] = hessian, name
@@ -72,7 +74,8 @@ def _supported():
     return ', '.join(getattr(k, '__name__', repr(k)) for k in _loss_kinds)
 
 def loss_hessian(loss_func, name='loss_func'):
-    "The `LossHessian` and reduction of `loss_func`, or an error that says which losses are supported and how to add one."
+    """The `LossHessian` and reduction of `loss_func`, or an error that says which losses are supported and how to add
+    one."""
     f, kw = loss_func, {}
     if isinstance(f, partial): f, kw = f.func, f.keywords
     kind = _loss_kinds.get(type(f) if isinstance(f, nn.Module) else f)
@@ -110,7 +113,8 @@ def flat_params(model):
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 class GGN:
-    "The GGN (the Fisher, for MSE, cross-entropy and BCE) of `model` with `loss_func` over the batches of `dl`, as a matrix-free operator: `ggn @ v`."
+    """The GGN (the Fisher, for MSE, cross-entropy and BCE) of `model` with `loss_func` over the batches of `dl`, as a
+    matrix-free operator: `ggn @ v`."""
     def __init__(self, model, dl, loss_func, name='model'):
         self.model, self.dl, self.name = model, dl, name
         self.hess, self.reduction = loss_hessian(loss_func)
@@ -123,7 +127,8 @@ class GGN:
     def shape(self): return (len(self.theta), len(self.theta))
     def _f(self, x): return lambda p: functional_call(self.model, (p, self.buffers), (x,))
     def _batches(self):
-        "(x, y) per batch, on the model's device, counting the items (a mean-reduced loss weights batch b by n_b/N: see `_weight` and `_finish`)."
+        """(x, y) per batch, on the model's device, counting the items (a mean-reduced loss weights batch b by n_b/N:
+        see `_weight` and `_finish`)."""
         n = 0
         for b in self.dl:
             x, y = to_device(_batch_xy(b, 'dl'), self.device)
@@ -156,7 +161,8 @@ class GGN:
 
     @torch.no_grad()
     def diagonal(self, chunk_size=32):
-        "The exact diagonal of the GGN: per-item gradients of the columns of the loss Hessian's square root (for cross-entropy: the expectation over classes under the model's own prediction, no sampled labels)."
+        """The exact diagonal of the GGN: per-item gradients of the columns of the loss Hessian's square root (for
+        cross-entropy: the expectation over classes under the model's own prediction, no sampled labels)."""
         was = self.model.training
         self.model.eval()
         try:
@@ -175,7 +181,8 @@ class GGN:
 # %% ../nbs/30_merge.ipynb #19acacb6
 @dataclass
 class CGInfo:
-    "What `cg_solve` did: `iterations`, `products` (all calls of `matvec`), the final relative `residual` ‖b − Ax‖/‖b‖, whether it `converged`, and why it stopped."
+    """What `cg_solve` did: `iterations`, `products` (all calls of `matvec`), the final relative `residual` ‖b −
+    Ax‖/‖b‖, whether it `converged`, and why it stopped."""
     iterations: int
     products: int
     residual: float
@@ -183,7 +190,8 @@ class CGInfo:
     reason: str
 
 def cg_solve(matvec, b, x0=None, rtol=1e-6, atol=0., max_iter=None, patience=20, progress=False):
-    "Solve A x = b (A symmetric positive-definite, given as `matvec`) by conjugate gradients; returns `x` and a `CGInfo`."
+    """Solve A x = b (A symmetric positive-definite, given as `matvec`) by conjugate gradients; returns `x` and a
+    `CGInfo`."""
     if not isinstance(b, torch.Tensor) or b.ndim != 1: raise ValueError(f"`b` should be a 1-D tensor; found {tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__}")
     if not (rtol >= 0 and atol >= 0): raise ValueError(f"`rtol` and `atol` should be ≥ 0; found rtol={rtol!r}, atol={atol!r}")
     max_iter = 10 * len(b) if max_iter is None else max_iter
@@ -286,7 +294,8 @@ def _check_finite_vec(v, what):
 
 def fisher_merge(models, dls=None, loss_funcs=None, damping=1e-3, method='exact', damp_to='mean', fisher_floor=1e-6,
                  rtol=1e-5, max_iter=None, progress=True):
-    "A new model with the Fisher-weighted average of `models`' parameters, each model's Fisher from its loader in `dls` and loss in `loss_funcs` (or Learners)."
+    """A new model with the Fisher-weighted average of `models`' parameters, each model's Fisher from its loader in
+    `dls` and loss in `loss_funcs` (or Learners)."""
     if method not in ('exact', 'diagonal'): raise ValueError(f"`method` should be 'exact' or 'diagonal'; found {method!r}")
     if method == 'exact' and not damping > 0: raise ValueError(f"`damping` should be > 0 with method='exact' (the GGN is only semi-definite); found {damping!r}")
     if damp_to not in ('mean', 'zero'): raise ValueError(f"`damp_to` should be 'mean' or 'zero'; found {damp_to!r}")

@@ -116,7 +116,8 @@ def _features(features):
     return fs
 
 def _graph_params(roots, stop=()):
-    "The leaf tensors that require grad reachable from `roots` through the autograd graph, not going past the nodes in `stop`."
+    """The leaf tensors that require grad reachable from `roots` through the autograd graph, not going past the nodes
+    in `stop`."""
     stop, seen, out = set(stop), set(), []
     todo = [t.grad_fn for t in roots if t.grad_fn is not None]
     while todo:
@@ -164,7 +165,8 @@ def _batched_grads(rows, inputs, scale=None):
     return torch.autograd.grad(rows, inputs, grad_outputs=eye, is_grads_batched=True, retain_graph=True, allow_unused=True)
 
 def _feature_grads(rows, fs, heads, scale):
-    "∂Lᵢ/∂z for every row and feature tensor, and the heads' per-row gradients, from one batched backward through the heads."
+    """∂Lᵢ/∂z for every row and feature tensor, and the heads' per-row gradients, from one batched backward through the
+    heads."""
     gs = _batched_grads(rows, fs + heads, scale)
     Fz = gs[:len(fs)]
     if all(g is None for g in Fz): raise ValueError("`losses` do not depend on `features`: give the output of the shared module that the heads read")
@@ -172,7 +174,8 @@ def _feature_grads(rows, fs, heads, scale):
     return Fz, gs[len(fs):]
 
 def _through_encoder(fs, shared, Fz, batched):
-    "The shared parameters' gradients for the feature gradients `Fz` (rows of a Jacobian if `batched`), flattened and joined."
+    """The shared parameters' gradients for the feature gradients `Fz` (rows of a Jacobian if `batched`), flattened and
+    joined."""
     gs = torch.autograd.grad(fs, shared, grad_outputs=Fz, is_grads_batched=batched, allow_unused=True)
     missing = [i for i, g in enumerate(gs) if g is None]
     if missing: raise ValueError(f"`shared` parameters {missing} (by position, of {len(shared)}) do not reach `features`: "
@@ -188,7 +191,8 @@ def _bcast(t):
 _REDUCE = (None, 'jacobian', 'gramian')
 
 def task_jacobian(losses, features, shared=None, scale=None, reduce='jacobian'):
-    "The m×n Jacobian of the task `losses` with respect to the `shared` parameters, through `features`: two batched backward passes (averaged over the processes)."
+    """The m×n Jacobian of the task `losses` with respect to the `shared` parameters, through `features`: two batched
+    backward passes (averaged over the processes)."""
     fs = _features(features)
     shared = _graph_params(fs) if shared is None else _params(shared, 'shared')
     rows, _, _ = _task_rows(losses, None, ())
@@ -199,7 +203,9 @@ def task_jacobian(losses, features, shared=None, scale=None, reduce='jacobian'):
 
 def mtl_backward(losses, features, aggregator, shared=None, heads=None, mode='params', jacobians=(), scale=None, reduce='jacobian',
                  head_grads=None):
-    "Fill `.grad`: the `shared` parameters get `aggregator`'s combination of the task gradients, each head its own task's gradient (`head_grads`: 'own', 'weighted' by the task's weight, or 'log', divided by its loss; default: the aggregator's `head_grads`, else 'own'); return the weights."
+    """Fill `.grad`: the `shared` parameters get `aggregator`'s combination of the task gradients, each head its own
+    task's gradient (`head_grads`: 'own', 'weighted' by the task's weight, or 'log', divided by its loss; default:
+    the aggregator's `head_grads`, else 'own'); return the weights."""
     check_mode(aggregator, mode)
     head_grads = head_grads or getattr(aggregator, 'head_grads', 'own')
     if head_grads not in _HEAD_GRADS:
@@ -256,7 +262,8 @@ def mtl_backward(losses, features, aggregator, shared=None, heads=None, mode='pa
 _HEAD_GRADS = ('own', 'weighted', 'log')
 
 def _head_weights(how, agg, losses, m, spread):
-    "What each head's own task gradient is multiplied by: nothing ('own'), the task's weight, or 1/Lᵢ ('log', global losses)."
+    """What each head's own task gradient is multiplied by: nothing ('own'), the task's weight, or 1/Lᵢ ('log', global
+    losses)."""
     if how == 'own': return None
     if how == 'weighted':
         w = getattr(agg, 'last_weights', None)
@@ -276,7 +283,8 @@ _all_ = ['DeviceSeries']  # the learner's recorder (`09_learner`), which records
 
 # %% ../nbs/21_multitask.ipynb #300a93b5
 class MultiTaskGradCB(Callback):
-    "Take over the backward pass of a multi-task model: the shared parameters get `aggregator`'s combination of the tasks' gradients."
+    """Take over the backward pass of a multi-task model: the shared parameters get `aggregator`'s combination of the
+    tasks' gradients."""
     order = 90  # before_step before GradientClip (95), which clips what this writes
     replaces_backward = True
     def __init__(self, aggregator, mode='params', shared=None, guard=None, sdm_batches='split', max_records=10_000,
@@ -363,7 +371,8 @@ class MultiTaskGradCB(Callback):
         raise CancelBackwardException()
 
     def _split_losses(self, learn, n):
-        "The task losses of the batch's parts (ξ, ξ′, ζ for SDMGrad), rows of a (parts, m) tensor, from the one forward pass."
+        """The task losses of the batch's parts (ξ, ξ′, ζ for SDMGrad), rows of a (parts, m) tensor, from the one
+        forward pass."""
         k = self.parts
         if n < k: raise ValueError(f"{type(self.agg).__name__} needs each batch split in {k} independent parts; this batch has {n} item(s): use batches of at least {k}")
         _, ys = split_batch(learn.batch, learn.n_inp)
@@ -378,7 +387,8 @@ class MultiTaskGradCB(Callback):
     def _tasks(self, m): return self.task_names or list(range(m))
 
     def state_dict(self):
-        "The aggregator's buffers and counters, the Jacobians waiting for their third batch, the recorded losses and weights, and the guard's step count: what a resumed run needs."
+        """The aggregator's buffers and counters, the Jacobians waiting for their third batch, the recorded losses and
+        weights, and the guard's step count: what a resumed run needs."""
         sd = {'losses': self.losses.state_dict(), 'weights': self.weights.state_dict(), 'pending': list(self._pending)}
         if self._guard is not None: sd['guard'] = self._guard.state_dict()
         if isinstance(self.agg, nn.Module): sd['aggregator'] = self.agg.state_dict()
@@ -401,7 +411,8 @@ class MultiTaskGradCB(Callback):
 
 # %% ../nbs/21_multitask.ipynb #01426ba6
 def synthetic_tasks(n_tasks=2, n=512, n_in=8, bs=64, conflict=0.5, noise=0.1, seed=0, dtype=torch.float32):
-    "A tiny multi-task regression as `DataLoaders` of `(x, y_1, ..., y_m)` batches: yᵢ = x·wᵢ + noise, the wᵢ partly shared, partly task-specific."
+    """A tiny multi-task regression as `DataLoaders` of `(x, y_1, ..., y_m)` batches: yᵢ = x·wᵢ + noise, the wᵢ partly
+    shared, partly task-specific."""
     from torch.utils.data import DataLoader, TensorDataset
     from mtlearn.datasets import DataLoaders
     g = torch.Generator().manual_seed(seed)
@@ -420,7 +431,8 @@ def tiny_mtl_model(n_tasks=2, n_in=8, hidden=16, dtype=torch.float32):
 
 # %% ../nbs/21_multitask.ipynb #ccf61948
 def overlay_pairs(ims, n, size=36, max_shift=4, generator=None):
-    "`n` canvases of `size`², each the pixel-wise max of an item of `ims` (N×28×28 uint8) at the top-left and one at the bottom-right, each shifted by up to `max_shift`; returns canvases and the two items' indices."
+    """`n` canvases of `size`², each the pixel-wise max of an item of `ims` (N×28×28 uint8) at the top-left and one at
+    the bottom-right, each shifted by up to `max_shift`; returns canvases and the two items' indices."""
     N, h, w = ims.shape
     if size - h < max_shift: raise ValueError(f"`size` {size} leaves no room for shifts of {max_shift} pixels around {h}-pixel items")
     left, right = torch.randint(0, N, (n,), generator=generator), torch.randint(0, N, (n,), generator=generator)
@@ -441,7 +453,8 @@ def overlay_pairs(ims, n, size=36, max_shift=4, generator=None):
 MF_LABELS = ('label_left', 'label_right')  # Multi-Fashion's target columns, in task order
 
 def load_multi_fashion(n_train=120_000, n_test=20_000, seed=0, size=36, max_shift=4, path=None):
-    "Multi-Fashion as a `DatasetDict` (`image` size×size uint8, `label_left`, `label_right`), built deterministically from Fashion-MNIST."
+    """Multi-Fashion as a `DatasetDict` (`image` size×size uint8, `label_left`, `label_right`), built deterministically
+    from Fashion-MNIST."""
     from datasets import Dataset, DatasetDict, Features, Array2D, ClassLabel
     from mtlearn.datasets import load_fashion_mnist, ds_tensors
     fm = load_fashion_mnist(path)
@@ -469,7 +482,8 @@ def mf_methods():
             ('SDMGrad', SDMGrad(), 'params'), ('UPGrad', UPGrad(), 'params')]
 
 def mf_learner(dls, agg=None, mode='params', lr=1e-3, cbs=(), seed=0, device=None, **kwargs):
-    "A `TrainLearner` for the LeNet-style two-head model on Multi-Fashion loaders, with per-side accuracy and, if `agg`, `MultiTaskGradCB(agg, mode, **kwargs)`."
+    """A `TrainLearner` for the LeNet-style two-head model on Multi-Fashion loaders, with per-side accuracy and, if
+    `agg`, `MultiTaskGradCB(agg, mode, **kwargs)`."""
     from torcheval.metrics import MulticlassAccuracy
     torch.manual_seed(seed)
     model = MultiTaskModel(lenet_encoder(), [nn.Linear(50, 10), nn.Linear(50, 10)])

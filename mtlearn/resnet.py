@@ -34,7 +34,8 @@ class ResBlock(nn.Module):
 
 # %% ../nbs/13_resnet.ipynb #0fd8a467
 def get_resnet(act=act_gr, nfs=(8, 16, 32, 64, 128, 256), norm=nn.BatchNorm2d, n_out=10):
-    "The course's ResNet: a stride-1 ResBlock from 1 to `nfs[0]` channels, stride-2 ResBlocks through `nfs`, a linear head."
+    """The course's ResNet: a stride-1 ResBlock from 1 to `nfs[0]` channels, stride-2 ResBlocks through `nfs`, a linear
+    head."""
     layers = [ResBlock(1, nfs[0], stride=1, act=act, norm=norm)]
     layers += [ResBlock(nfs[i], nfs[i+1], act=act, norm=norm, stride=2) for i in range(len(nfs)-1)]
     layers += [nn.Flatten(), nn.Linear(nfs[-1], n_out, bias=False), nn.BatchNorm1d(n_out)]

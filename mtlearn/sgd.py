@@ -123,7 +123,8 @@ def sched_lrs(sched, steps, ax=None):
 
 # %% ../nbs/12_sgd.ipynb #61f2c72d
 class RecorderCB(HasLearnCB):
-    "Record `name=fn(cb)` after each training batch (`cb.pg` is the first param group, `cb.learn` the learner) in the learner's recorder, `DeviceSeries`; `plot` draws each record."
+    """Record `name=fn(cb)` after each training batch (`cb.pg` is the first param group, `cb.learn` the learner) in the
+    learner's recorder, `DeviceSeries`; `plot` draws each record."""
     order = 50
     max_records = 100_000  # the newest kept per record (a whole schedule of a long run)
     def __init__(self, **d):
@@ -164,7 +165,8 @@ def _mom(pg):
 
 @patch
 def fit_one_cycle(self:Learner, n_epochs, lr_max=None, pct_start=0.25, cbs=None, record=True, resume=None, **kwargs):
-    "Fit `n_epochs` with a one-cycle schedule peaking at `lr_max` (default `self.lr`); lr and momentum go to `self.recorder`; `resume` as `fit`'s."
+    """Fit `n_epochs` with a one-cycle schedule peaking at `lr_max` (default `self.lr`); lr and momentum go to
+    `self.recorder`; `resume` as `fit`'s."""
     lr_max = self.lr if lr_max is None else lr_max
     def sched(opt):  # built in before_fit, once the loaders are sharded: the same length on N processes as on one
         return lr_scheduler.OneCycleLR(opt, max_lr=lr_max, total_steps=n_epochs*len(self.dls.train), pct_start=pct_start,

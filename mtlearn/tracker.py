@@ -15,7 +15,8 @@ __all__ = ['TrackerCB', 'SaveModelCB', 'EarlyStoppingCB', 'ReduceLROnPlateau', '
 
 # %% ../nbs/15_tracker.ipynb #c2b6e59b
 def _better(monitor, comp, mode):
-    "The comparison that says a monitored value improved: `comp`, or from `mode` ('min', 'max'), or from the name (losses and errors fall)."
+    """The comparison that says a monitored value improved: `comp`, or from `mode` ('min', 'max'), or from the name
+    (losses and errors fall)."""
     if comp is not None:
         if not callable(comp): raise ValueError(f"`comp` should be a function (new, best) -> bool, such as operator.lt; found {comp!r}")
         return comp
@@ -24,7 +25,8 @@ def _better(monitor, comp, mode):
     return operator.lt if mode == 'min' else operator.gt
 
 class TrackerCB(Callback):
-    "Watch `monitor` (a key of `learn.history`, such as 'valid_loss') at the end of each epoch; `new_best` says whether it improved by more than `min_delta`."
+    """Watch `monitor` (a key of `learn.history`, such as 'valid_loss') at the end of each epoch; `new_best` says
+    whether it improved by more than `min_delta`."""
     order = 65  # after MetricsCB has written the epoch's values and the schedulers have stepped
     def __init__(self, monitor='valid_loss', comp=None, min_delta=0., mode=None, reset_on_fit=True):
         if not isinstance(monitor, str): raise ValueError(f"`monitor` should be the name of a metric in `learn.history`, such as 'valid_loss'; found {monitor!r}")
@@ -50,7 +52,8 @@ class TrackerCB(Callback):
 
 # %% ../nbs/15_tracker.ipynb #dc1ce23a
 class SaveModelCB(TrackerCB):
-    "Save checkpoints with `Learner.save`: when `monitor` improves (to `fname`), every epoch (`every_epoch`), every `every_batches` training batches (to `<fname>_last`, for resuming), at the end."
+    """Save checkpoints with `Learner.save`: when `monitor` improves (to `fname`), every epoch (`every_epoch`), every
+    `every_batches` training batches (to `<fname>_last`, for resuming), at the end."""
     def __init__(self, fname='model.pt', monitor='valid_loss', comp=None, min_delta=0., mode=None, every_epoch=False, every_batches=None,
                  at_end=False, with_opt=True, reset_on_fit=True):
         super().__init__(monitor, comp, min_delta, mode, reset_on_fit)
@@ -72,7 +75,8 @@ class SaveModelCB(TrackerCB):
         if self.at_end: learn.save(self.fname, self.with_opt)
 
 class _PatienceCB(TrackerCB):
-    "A tracker that acts (`run_out`) once `monitor` has not improved for `patience` epochs, decided by all processes together."
+    """A tracker that acts (`run_out`) once `monitor` has not improved for `patience` epochs, decided by all processes
+    together."""
     def __init__(self, monitor='valid_loss', comp=None, min_delta=0., patience=1, mode=None, reset_on_fit=True):
         super().__init__(monitor, comp, min_delta, mode, reset_on_fit)
         if not (isinstance(patience, int) and patience >= 1): raise ValueError(f"`patience` should be an int ≥ 1; found patience = {patience!r}")
@@ -110,7 +114,8 @@ class ReduceLROnPlateau(_PatienceCB):
 
 # %% ../nbs/15_tracker.ipynb #300afd5c
 class CSVLogger(Callback):
-    "Write `learn.history` to the CSV file `fname` at the end of every epoch (rewritten whole, atomically, by the first process; `append` keeps the rows already there)."
+    """Write `learn.history` to the CSV file `fname` at the end of every epoch (rewritten whole, atomically, by the
+    first process; `append` keeps the rows already there)."""
     order = TrackerCB.order - 10
     def __init__(self, fname='history.csv', append=False): self.fname, self.append = Path(fname), append
     def before_fit(self, learn):
@@ -132,7 +137,8 @@ class CSVLogger(Callback):
 
 # %% ../nbs/15_tracker.ipynb #5e01b01e
 class GradientAccumulation(Callback):
-    "Step the optimiser once `n_acc` items have been seen, with the gradient of their mean loss; the metrics still count every batch."
+    """Step the optimiser once `n_acc` items have been seen, with the gradient of their mean loss; the metrics still
+    count every batch."""
     order = 5  # before_backward before the callbacks that compute gradients; before_step before those that read them
     def __init__(self, n_acc=32):
         if not (isinstance(n_acc, int) and n_acc >= 1): raise ValueError(f"`n_acc` should be an int ≥ 1 (items per optimiser step); found n_acc = {n_acc!r}")
@@ -147,7 +153,8 @@ class GradientAccumulation(Callback):
         self.count = 0
     def cleanup_fit(self, learn): learn.grad_factor, self.params = 1., None
     def state_dict(self):
-        "The items counted towards the next step and, between two steps, the gradients they left: resuming there is exact."
+        """The items counted towards the next step and, between two steps, the gradients they left: resuming there is
+        exact."""
         grads = [p.grad for p in self.params] if self.count and self.params else None
         return {'count': self.count, 'grads': grads}
     def load_state_dict(self, sd):
