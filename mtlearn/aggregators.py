@@ -402,7 +402,8 @@ def _faces(m, device, dtype):
     if key not in _FACES:
         S = (torch.arange(1, 2 ** m, device=device)[:, None] >> torch.arange(m, device=device)) & 1 == 1
         Se = torch.cat([S, torch.zeros(len(S), 1, dtype=torch.bool, device=device)], 1)
-        base = torch.diag_embed((~Se).to(dtype))  # 1 on the diagonal off the face (its weights 0), 0 at λ's
+        base = torch.diag_embed((~Se).to(dtype))  # 1 on the diagonal off the face (its weights 0), 0 at λ's:
+        base[:, m, m] = 0  # (a 1 there solved another system, whose weights sum to 1 only after rescaling, and flip sign)
         base[:, :m, m], base[:, m, :m] = S, S
         rhs = (torch.arange(m + 1, device=device) == m).to(dtype).expand(len(S), m + 1)
         _FACES[key] = Se[:, :, None] & Se[:, None, :], base, rhs

@@ -475,3 +475,12 @@ def test_no_host_sync_with_more_tasks_and_a_zero_row(name):
     w = SYNC_FREE[name]()
     with CountSyncs() as c: w(J @ J.T); w(J @ J.T)
     assert c.n == 0, f'{name}: {c.n} host syncs'
+
+@pytest.mark.parametrize('m', [3, 4, 5, 8])
+def test_mgda_exact_on_parallel_gradients(m):
+    "Rows along one direction (a face's KKT sum 1ᵀH⁻¹1 below 1): the exact solver gave NaN for m ≤ 5 (found by hypothesis)."
+    J = torch.linspace(1, 0.1, m, dtype=torch.float64)[:, None] * torch.tensor([[3., 4.]], dtype=torch.float64)
+    for norm in ('none', 'l2'):
+        w = MGDAWeighting(norm)(J @ J.T)
+        assert torch.isfinite(w).all() and w.min() >= 0 and float(w.sum()) == pytest.approx(1)
+    torch.testing.assert_close(MGDAWeighting()(J @ J.T) @ J, J[-1], rtol=0, atol=1e-6)  # the shortest row
