@@ -117,13 +117,18 @@ def _parser():
     arg('seed', type=int, default=42, help='random seed (default 42)')
     arg('no_lr_find', action='store_true', help='skip the LR range test before training')
     arg('tasks', choices=['multi-fashion'], default=None, help='train two tasks on Multi-Fashion instead')
-    arg('aggregator', choices=list(_AGGREGATORS), default='mgda', help='with --tasks: how the tasks\' gradients are combined (default mgda)')
-    arg('n_train', type=int, default=120_000, help='with --tasks: Multi-Fashion training images; test: a sixth as many (default 120000)')
+    arg('aggregator', choices=list(_AGGREGATORS), default=None, help='with --tasks: how the tasks\' gradients are combined (default mgda)')
+    arg('n_train', type=int, default=None, help='with --tasks: Multi-Fashion training images; test: a sixth as many (default 120000)')
     return p
 
 def main(argv=None):
     "The `mtlearn-train` command: bad arguments end with a one-line error, not a traceback."
-    a = _parser().parse_args(argv)
+    p = _parser()
+    a = p.parse_args(argv)
+    if a.tasks is None:
+        given = [f'--{n}' for n in ('aggregator', 'n_train') if getattr(a, n) is not None]
+        if given: p.error(f"{' and '.join(given)} {'applies' if len(given) == 1 else 'apply'} only to a multi-task run: add --tasks multi-fashion")
+    a.aggregator, a.n_train = a.aggregator or 'mgda', a.n_train or 120_000
     if os.environ.get('MPLBACKEND') is None: matplotlib.use('Agg')
     try:
         if a.tasks is None: train(a.epochs, a.bs, 1e-2 if a.lr is None else a.lr, a.data, a.out, a.device, a.seed, lr_find=not a.no_lr_find)

@@ -316,7 +316,7 @@ class Learner():
             self._new_opt(lr)
             self._events = {}
             self._sorted_cbs = sorted(self.cbs, key=attrgetter('order'))
-            self._check_cbs()
+            self._check_cbs(train)
             self._fit(train, valid)
         except BaseException as e:
             explain_timeout(e)  # a collective that timed out: which process never came
@@ -339,7 +339,12 @@ class Learner():
             if explicit:
                 for pg in self.opt.param_groups: pg['lr'] = lr
 
-    def _check_cbs(self):
+    def _check_cbs(self, train=True):
+        need = ('predict', 'get_loss') + (('backward', 'step', 'zero_grad') if train else ())
+        missing = [nm for nm in need if getattr(type(self), nm, None) is None and not self._methods(nm)]
+        if missing:
+            raise ValueError(f"a plain `Learner` takes its training steps from a callback, and no callback of this fit has "
+                             f"{', '.join(missing)}: add TrainCB() to the callbacks (or use TrainLearner)")
         takers = [type(cb).__name__ for cb in self._sorted_cbs if getattr(cb, 'replaces_backward', False)]
         if len(takers) > 1:
             raise ValueError(f"callbacks {', '.join(takers)} each replace the backward pass (`replaces_backward`); a fit can have only one")

@@ -45,3 +45,9 @@ def test_flags_are_the_same_whatever_fastcore(capsys):
     with pytest.raises(SystemExit, match='mtlearn-train: `device`'): main(['--device', 'gpu'])
     with pytest.raises(SystemExit): main(['--aggregator', 'foo'])
     assert "invalid choice: 'foo'" in capsys.readouterr().err
+
+def test_multi_task_flags_without_tasks_are_refused(capsys):
+    "Issue 27: `--aggregator upgrad` without `--tasks` was ignored, and the single-task run overwrote ./out."
+    from mtlearn.cli import main
+    with pytest.raises(SystemExit) as e: main(['--aggregator', 'upgrad', '--epochs', '1'])
+    assert e.value.code == 2 and '--aggregator applies only to a multi-task run: add --tasks multi-fashion' in capsys.readouterr().err

@@ -246,3 +246,11 @@ ml.TrainLearner(nn.Linear(3, 2), dls, F.cross_entropy, cbs=[ml.MetricsCB(), prog
     assert prog.nb and len(prog.losses) == 4 and len(prog.val_losses) == 2 and all(type(v) is float for v in prog.losses)
     html = ' '.join(str(o.get('data', {}).get('text/html', '')) for o in outs)
     assert '<progress' in html and '<table' in html
+
+def test_a_plain_learner_without_training_steps_says_what_is_missing():
+    "Issue 27: `Learner(...).fit()` without TrainCB failed with `AttributeError: loss`."
+    learn = Learner(nn.Linear(3, 2), toy_dls(), F.cross_entropy)
+    with pytest.raises(ValueError, match=r"no callback of this fit has predict, get_loss, backward, step, zero_grad: add TrainCB"):
+        learn.fit(1)
+    with pytest.raises(ValueError, match=r"has predict, get_loss: add TrainCB"): learn.fit(1, train=False)
+    Learner(nn.Linear(3, 2), toy_dls(), F.cross_entropy, cbs=TrainCB()).fit(1)
