@@ -341,7 +341,8 @@ class Learner():
 
     def _check_cbs(self, train=True):
         need = ('predict', 'get_loss') + (('backward', 'step', 'zero_grad') if train else ())
-        missing = [nm for nm in need if getattr(type(self), nm, None) is None and not self._methods(nm)]
+        missing = [nm for nm in need if getattr(type(self), nm, None) is None  # (looked up without filling the cache of
+                   and not any(callable(getattr(cb, nm, None)) for cb in self._sorted_cbs)]  # events: before_fit may change it)
         if missing:
             raise ValueError(f"a plain `Learner` takes its training steps from a callback, and no callback of this fit has "
                              f"{', '.join(missing)}: add TrainCB() to the callbacks (or use TrainLearner)")
