@@ -947,6 +947,7 @@ class GuardCB(Callback):
         self.learn, learn.guard = learn, self
         self.first, self.flag, self.n_skipped, self._undo, self._mods, self.lbad = None, HostScalar(), 0, None, (), None
         self.n_step = 0  # (a resumed fit's count is loaded after this)
+        self.params = [(n, p) for n, p in unwrap(learn.model).named_parameters() if p.requires_grad]
     def cleanup_fit(self, learn):
         if getattr(learn, 'guard', None) is self: learn.guard = None
         self.learn = self._undo = None
@@ -968,7 +969,7 @@ class GuardCB(Callback):
 
     def before_step(self, learn):
         if self.lbad is None: return  # (a learner without `after_loss`: a course notebook's)
-        ps = [(n, p) for n, p in unwrap(learn.model).named_parameters() if p.grad is not None]
+        ps = [(n, p) for n, p in self.params if p.grad is not None]
         self.names = [n for n, _ in ps]
         if not ps or learn.scaler is not None:  # (a gradient scaler skips the steps of non-finite gradients itself)
             gbad = torch.zeros(0, dtype=torch.bool, device=self.losses.device)

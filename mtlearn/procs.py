@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 # %% auto #0
-__all__ = ['DEFAULT_TIMEOUT', 'world', 'rank', 'is_main', 'main_print', 'write_atomic', 'all_mean', 'all_sum', 'any_rank',
+__all__ = ['DEFAULT_TIMEOUT', 'world', 'rank', 'is_main', 'main_print', 'write_atomic', 'all_sum', 'all_mean', 'any_rank',
            'gather', 'agree', 'init_distributed', 'explain_timeout', 'unwrap']
 
 # %% ../nbs/08_procs.ipynb #p0000006
@@ -50,19 +50,16 @@ def _comm(t):
     "`t` where the process group's backend can reduce it (NCCL: the GPU)."
     return t.cuda() if dist.get_backend() == 'nccl' and t.device.type != 'cuda' else t
 
-def all_mean(t):
-    "The mean of tensor `t` over the processes (`t` itself with one process); a collective: every process must call it."
-    if world() == 1: return t
-    r = _comm(t.detach().clone())
-    dist.all_reduce(r)
-    return (r / world()).to(t.device)
-
 def all_sum(t):
-    "The sum of tensor `t` over the processes (`t` itself with one process); a collective."
+    "The sum of tensor `t` over the processes (`t` itself with one process); a collective: every process must call it."
     if world() == 1: return t
     r = _comm(t.detach().clone())
     dist.all_reduce(r)
     return r.to(t.device)
+
+def all_mean(t):
+    "The mean of tensor `t` over the processes (`t` itself with one process); a collective."
+    return t if world() == 1 else all_sum(t) / world()
 
 def any_rank(flag):
     """Whether `flag` (a bool, or a bool tensor) is true on any process, as a tensor on every process; the collective
