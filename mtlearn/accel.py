@@ -36,7 +36,8 @@ class MixedPrecision(TrainCB):
                 or any(cb is not self and callable(getattr(cb, 'predict', None)) for cb in learn.cbs))
 
     def before_fit(self, learn):
-        if self._steps_elsewhere(learn):  # then only autocast: these instance attributes hide TrainCB's steps for this fit
+        # then only autocast: these instance attributes hide TrainCB's steps for this fit
+        if self._steps_elsewhere(learn):
             for s in Learner._steps: setattr(self, s, None)
         else: super().before_fit(learn)
         p = next(iter(learn.model.parameters()), None)
@@ -117,7 +118,8 @@ class AccelerateCB(TrainCB):
         if kwargs.get('gradient_accumulation_steps', 1) != 1:
             raise ValueError(f"AccelerateCB: `gradient_accumulation_steps` should be 1 (every batch makes a step); found {kwargs['gradient_accumulation_steps']!r}")
         self.opt, self.scaler = None, None  # set while a fit is prepared
-        if int(os.environ.get('WORLD_SIZE', '1')) > 1 and not cuda: kwargs.setdefault('cpu', True)  # else each process trains alone on all the data
+        # (without it, each process trains alone on all the data)
+        if int(os.environ.get('WORLD_SIZE', '1')) > 1 and not cuda: kwargs.setdefault('cpu', True)
         try: self.acc = Accelerator(mixed_precision=mixed_precision, **kwargs)
         except ValueError as e:
             raise ValueError(f"AccelerateCB: Accelerate keeps one precision per process and could not switch to "
@@ -127,7 +129,8 @@ class AccelerateCB(TrainCB):
         super().before_fit(learn)
         self.opt, self.dls = learn.opt, (learn.dls.train, learn.dls.valid)
         learn.model, learn.opt, learn.dls.train, learn.dls.valid = self.acc.prepare(learn.model, learn.opt, *self.dls)
-        if isinstance(learn.dls.train, TensorDataLoader):  # Accelerate passes these through: shard them as DistributedCB does
+        # Accelerate passes these through: shard them as DistributedCB does
+        if isinstance(learn.dls.train, TensorDataLoader):
             learn.dls.train, learn.dls.valid = shard_loader(learn.dls.train, True), shard_loader(learn.dls.valid, False)
         self.scaler = _AccelerateScaler(self.acc) if self.acc.scaler is not None else None
         _publish_scaler(learn, self.scaler, 'AccelerateCB')
@@ -155,7 +158,8 @@ class DistributedCB(Callback):
         if dist.get_backend() == 'nccl' and (p is None or p.device.type != 'cuda'):
             raise ValueError(f"DistributedCB: the NCCL backend needs the model on a GPU; it is on {p.device if p is not None else 'no device'}: add DeviceCB() before it")
         dls = (learn.dls.train, learn.dls.valid)
-        shards = (shard_loader(dls[0], True, self.seed), shard_loader(dls[1], False, self.seed))  # every process fails here alike, or none does
+        # every process fails here alike, or none does
+        shards = (shard_loader(dls[0], True, self.seed), shard_loader(dls[1], False, self.seed))
         n = len(shards[0]) if hasattr(shards[0], '__len__') else -1
         agree(n, "the number of training batches (uneven shards: e.g. `shard(pad=False)`)")  # on every process alike
         self.kept = (learn.model, dls)

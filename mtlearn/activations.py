@@ -77,7 +77,8 @@ def append_stats(hook, mod, inp, outp, max_records=10_000, stat_items=64):
     if stat_items is not None: acts = acts[:stat_items]  # a slice: no copy
     acts = acts.float()
     mean = acts.mean()
-    std = torch.linalg.vector_norm(acts - mean) / max(acts.numel() - 1, 0) ** 0.5  # two passes: exact, and faster than std_mean on the CPU
+    # two passes: exact, and faster than std_mean on the CPU
+    std = torch.linalg.vector_norm(acts - mean) / max(acts.numel() - 1, 0) ** 0.5
     hook.stats[0].append(mean)
     hook.stats[1].append(std)
     hook.stats[2].append(acts.abs().histc(HIST_BINS, 0, HIST_MAX))

@@ -105,7 +105,8 @@ class Weighting(_ResizableState, nn.Module):
         self.sync_free = sync_free
     def __setattr__(self, name, value):
         check = type(self)._settings.get(name)
-        super().__setattr__(name, value if check is None else check(value))  # checked when written, not only when constructed
+        # checked when written, not only when constructed
+        super().__setattr__(name, value if check is None else check(value))
     def _sync_free(self, M): return _accel(M) if self.sync_free is None else self.sync_free
     arg = 'G'  # the input's name in error messages
     needs_losses = False  # True when `set_losses` must be called before each use
@@ -149,7 +150,8 @@ class _Composition(_Wrapping):
         super().__init__()
         self.weighting, self.fn = weighting, fn
     def forward(self, x): return self.weighting(self.fn(x))
-    def weights(self, M, sync_free): return self.weighting.weights(self.fn(M), sync_free)  # (inside an Aggregator: `fn` applies to the Gramian)
+    # (inside an Aggregator: `fn` applies to the Gramian)
+    def weights(self, M, sync_free): return self.weighting.weights(self.fn(M), sync_free)
     def _sync_free(self, M): return self.weighting._sync_free(M)
     def __repr__(self): return f'{self.weighting!r} << {getattr(self.fn, "__name__", self.fn)!r}'
 
@@ -175,9 +177,11 @@ class Aggregator(_ResizableState, nn.Module):
             self.last_weights = J.new_zeros(0)
             return J.new_zeros(J.shape[1])
         wt = self.weighting
-        if not wt.reads_matrix: w = wt.weights(J, wt._sync_free(J))  # Mean, Sum, Constant, Random: no Gramian (they read m, dtype, device)
+        # Mean, Sum, Constant, Random: no Gramian (they read m, dtype, device)
+        if not wt.reads_matrix: w = wt.weights(J, wt._sync_free(J))
         else: w = self._weigh(J.detach(), J.detach(), 'J', 'entries (and a finite Gramian J Jᵀ)')
-        object.__setattr__(self, 'last_weights', w)  # (a plain attribute: Module.__setattr__'s checks cost more than the rest here)
+        # (a plain attribute: Module.__setattr__'s checks cost more than the rest here)
+        object.__setattr__(self, 'last_weights', w)
         return w @ J  # (Mean, Sum, Constant, Random: NaN in, NaN out, as any sum; the solvers refuse it above)
     def _weigh(self, A, B, name, what):
         """The weighting applied to A Bᵀ (A and B detached: the weights are constants, no autograd graph through a
@@ -193,10 +197,12 @@ class Aggregator(_ResizableState, nn.Module):
         except AttributeError:
             if name == 'weighting': raise
             return getattr(self.weighting, name)  # hyperparameters and state are the weighting's
-    _settings = {}  # settings of the aggregator itself (those without a weighting); the weighting's are written through to it
+    # settings of the aggregator itself (those without a weighting); the weighting's are written through to it
+    _settings = {}
     def __setattr__(self, name, value):
         w = self.__dict__.get('_modules', {}).get('weighting')
-        if w is not None and name in type(w)._settings: return setattr(w, name, value)  # written (and checked) where it is used
+        # written (and checked) where it is used
+        if w is not None and name in type(w)._settings: return setattr(w, name, value)
         check = type(self)._settings.get(name)
         super().__setattr__(name, value if check is None else check(value))
     def __repr__(self): return f'{type(self).__name__}({self.weighting._repr_args()})'
@@ -403,7 +409,8 @@ def _faces(m, device, dtype):
         S = (torch.arange(1, 2 ** m, device=device)[:, None] >> torch.arange(m, device=device)) & 1 == 1
         Se = torch.cat([S, torch.zeros(len(S), 1, dtype=torch.bool, device=device)], 1)
         base = torch.diag_embed((~Se).to(dtype))  # 1 on the diagonal off the face (its weights 0), 0 at λ's:
-        base[:, m, m] = 0  # (a 1 there solved another system, whose weights sum to 1 only after rescaling, and flip sign)
+        # (a 1 there solved another system, whose weights sum to 1 only after rescaling, and flip sign)
+        base[:, m, m] = 0
         base[:, :m, m], base[:, m, :m] = S, S
         rhs = (torch.arange(m + 1, device=device) == m).to(dtype).expand(len(S), m + 1)
         _FACES[key] = Se[:, :, None] & Se[:, None, :], base, rhs
@@ -583,7 +590,8 @@ class UPGradWeighting(Weighting):
         """The weights of the projections of the rows of UᵀJ: by `dual_cone_qp` on the normalised, regularised Gramian
         in float64 (float32 rounding would show as a dependence on the tasks' order), or by `projector(U, G)`."""
         H = _hi(G)
-        if self.projector is not None: return self.projector(U.to(H), H).to(G)  # (it normalises and regularises as it sees fit: norm_eps, reg_eps and max_iters are dual_cone_qp's)
+        # (it normalises and regularises as it sees fit: norm_eps, reg_eps and max_iters are dual_cone_qp's)
+        if self.projector is not None: return self.projector(U.to(H), H).to(G)
         return dual_cone_qp(U.to(H), _normalize_reg(H, self.norm_eps, self.reg_eps), self.max_iters, sync_free).to(G.dtype)
     def weights(self, G, sync_free): return self._project(torch.diag(_pref_weights(self.pref_vector, G)), G, sync_free).sum(0)
 
@@ -602,7 +610,8 @@ class PCGradWeighting(Weighting):
     def weights(self, G, sync_free):
         m = len(G)
         perms = torch.stack([torch.randperm(m) for _ in range(m)])  # as torchjd draws them, on the CPU
-        if not sync_free and m < 32: return self._weights_host(G, perms)  # (from 32 tasks on, m steps of m × m beat m³ floats)
+        # (from 32 tasks on, m steps of m × m beat m³ floats)
+        if not sync_free and m < 32: return self._weights_host(G, perms)
         perms = perms.to(G.device, non_blocking=True)  # (a blocking copy to the GPU would wait for it)
         rows = torch.arange(m, device=G.device)
         W = torch.eye(m, dtype=G.dtype, device=G.device)
@@ -629,7 +638,8 @@ class PCGradWeighting(Weighting):
 
 class IMTLGWeighting(Weighting):
     "IMTL-G: w ∝ G⁺ diag(G)^½, summing to 1. Uses a pseudo-inverse (one host sync on CUDA)."
-    def weights(self, G, sync_free):  # in float64, with the cut-off of G's own precision (its rounding noise is not inverted)
+    # in float64, with the cut-off of G's own precision (its rounding noise is not inverted)
+    def weights(self, G, sync_free):
         H = _hi(G)
         v = (torch.linalg.pinv(H, rtol=10 * len(G) * torch.finfo(G.dtype).eps, hermitian=True) @ H.diagonal().clamp_min(0).sqrt()).to(G.dtype)
         tot = v.sum()
@@ -692,7 +702,8 @@ class CAGradWeighting(Weighting):
 
     def weights(self, G, sync_free):
         m, eps, dt = len(G), self.norm_eps, G.dtype
-        if not sync_free:  # (eigh reads its status on the host) the directions below the Gramian's rounding are noise: drop them
+        # (eigh reads its status on the host) the directions below the Gramian's rounding are noise: drop them
+        if not sync_free:
             lam, V = torch.linalg.eigh(_hi(G))
             lam = torch.where(lam > lam.max() * 10 * m * torch.finfo(dt).eps, lam, 0.)
             G = (V * lam) @ V.T
@@ -837,7 +848,8 @@ class KrumWeighting(Weighting):
             raise ValueError(f"Krum needs at least max(n_byzantine + 3, n_selected) = {max(self.n_byzantine + 3, self.n_selected)} tasks; found {m}")
         d = G.diagonal()
         dist = (d[None] + d[:, None] - 2 * G).clamp_min(0).sqrt()
-        score = dist.topk(m - self.n_byzantine - 1, largest=False).values[:, 1:].sum(1)  # (the nearest is the row itself)
+        # (the nearest is the row itself)
+        score = dist.topk(m - self.n_byzantine - 1, largest=False).values[:, 1:].sum(1)
         chosen = score.topk(self.n_selected, largest=False).indices
         return (chosen[:, None] == torch.arange(m, device=G.device)).any(0).to(G.dtype) / self.n_selected
 
@@ -1105,7 +1117,8 @@ class GradDrop(Aggregator):
 class DBMTL(Aggregator):
     """DB-MTL (Lin et al., 2023, Dual-Balancing): the gradients of log Lᵢ, averaged over steps (EMA `beta`), each
     scaled to the largest one's norm and summed."""
-    from_gramian, needs_losses, deterministic = False, True, True  # it keeps the rows themselves, and the losses turn ∇Lᵢ into ∇log Lᵢ = ∇Lᵢ/Lᵢ
+    # it keeps the rows themselves, and the losses turn ∇Lᵢ into ∇log Lᵢ = ∇Lᵢ/Lᵢ
+    from_gramian, needs_losses, deterministic = False, True, True
     head_grads = 'log'  # the log reaches the heads too, as in LibMTL (whose first author wrote DB-MTL): ∇Lᵢ/Lᵢ
     _settings = {'beta': _number('beta', lambda v: 0 <= v < 1, 'in [0, 1)')}
     def __init__(self, beta=0.9):
@@ -1183,7 +1196,8 @@ class PCDWeighting(Weighting):
             top = Gs.diagonal().amax().clamp_min(torch.finfo(H.dtype).tiny)
             ridge = max(1e-9, 10 * torch.finfo(G.dtype).eps) * top
             mu = nonneg_qp(Gs + ridge * torch.eye(m - 1, dtype=H.dtype, device=H.device), -b[None], self.max_iters, sync_free)[0]
-            feasible = (Gs @ mu - b).amin() >= -ridge.sqrt() * top.sqrt()  # (infeasible: μ grows as 1/ridge and a constraint stays violated by O(1))
+            # (infeasible: μ grows as 1/ridge and a constraint stays violated by O(1))
+            feasible = (Gs @ mu - b).amin() >= -ridge.sqrt() * top.sqrt()
             w = torch.where(feasible, torch.cat([first[:1], mu]), first)
         d2 = w @ Gn @ w  # ‖d̃‖²
         rounding = 10 * torch.finfo(G.dtype).eps * (w.abs() @ Gn.diagonal().clamp_min(0).sqrt()) ** 2

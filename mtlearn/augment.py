@@ -32,7 +32,8 @@ def summary(self:Learner):
     def _f(hook, mod, inp, outp):
         nparms = sum(o.numel() for o in mod.parameters())
         h, wd = (outp.shape[-2], outp.shape[-1]) if outp.dim() >= 3 else (1, 1)
-        flops = sum(_flops(o, h, wd) for o in mod.parameters())/1e6  # as the course: every weight applied at each output position
+        # as the course: every weight applied at each output position
+        flops = sum(_flops(o, h, wd) for o in mod.parameters())/1e6
         tot[0] += nparms; tot[1] += flops
         rows.append(f'|{type(mod).__name__}|{tuple(inp[0].shape)}|{tuple(outp.shape)}|{nparms}|{flops:.1f}|')
     with Hooks(list(self.model.children()) or [self.model], _f): self.fit(1, train=False, cbs=SingleBatchCB())

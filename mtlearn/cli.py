@@ -41,7 +41,8 @@ def simple_cnn(nfs=(8, 16, 32, 64), n_out=10):
 
 # %% ../nbs/90_cli.ipynb #33b09a69
 def _save(out, name):
-    write_atomic(out/name, lambda tmp: plt.savefig(tmp, format='png', dpi=100, bbox_inches='tight'))  # the first process
+    # the first process
+    write_atomic(out/name, lambda tmp: plt.savefig(tmp, format='png', dpi=100, bbox_inches='tight'))
     plt.close('all')
     return out/name
 
@@ -135,7 +136,8 @@ def main(argv=None):
         else: train_multitask(a.epochs, a.bs, 1e-3 if a.lr is None else a.lr, a.data, a.out, a.device, a.seed, a.aggregator, a.n_train, max(a.n_train // 6, 1))
     except (ValueError, FileNotFoundError) as e: raise SystemExit(f'mtlearn-train: {e}') from None
     finally:
-        if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()  # gloo's threads ended before the interpreter exits
+        # gloo's threads ended before the interpreter exits
+        if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
 
 # %% ../nbs/90_cli.ipynb #c0de0401
 #| eval: false

@@ -53,7 +53,8 @@ def write_idx(fname, a):
     "Write a uint8 array as a gzipped IDX file."
     a = np.ascontiguousarray(a, dtype=np.uint8)
     hdr = bytes([0, 0, 0x08, a.ndim]) + b''.join(int(d).to_bytes(4, 'big') for d in a.shape)
-    with open(fname, 'wb') as raw, gzip.GzipFile(fileobj=raw, mode='wb', mtime=0) as f: f.write(hdr + a.tobytes())  # mtime=0: same bytes every time
+    # mtime=0: same bytes every time
+    with open(fname, 'wb') as raw, gzip.GzipFile(fileobj=raw, mode='wb', mtime=0) as f: f.write(hdr + a.tobytes())
 
 # %% ../nbs/05_datasets.ipynb #e8b9f3e5
 FASHION_CLASSES = ['T - shirt / top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot']
@@ -217,7 +218,8 @@ class ByteNorm:
     def __init__(self, mean=0., std=1., flat=False, dtype=torch.float32):
         if not std > 0: raise ValueError(f"`std` should be positive; found std = {std}")
         fc.store_attr()
-        self._shift = torch.tensor(-mean/std, dtype=dtype)  # a 0-dim tensor: `add` then yields `dtype` from uint8 in one pass
+        # a 0-dim tensor: `add` then yields `dtype` from uint8 in one pass
+        self._shift = torch.tensor(-mean/std, dtype=dtype)
     def __call__(self, x):
         x = torch.add(self._shift, x, alpha=1/(255*self.std))
         return x.flatten(1) if self.flat else x
@@ -247,7 +249,8 @@ class TensorDataLoader:
             raise ValueError(f"`rank` should be in [0, `world`); found rank = {rank!r}, world = {world!r}")
         o = copy(self)
         o.rank, o.world, o.pad = rank, world, pad
-        if self.shuffle and self.generator is None: o.generator = torch.Generator().manual_seed(seed)  # `seed` must be the same everywhere
+        # `seed` must be the same everywhere
+        if self.shuffle and self.generator is None: o.generator = torch.Generator().manual_seed(seed)
         return o
 
     def _n(self):

@@ -277,7 +277,8 @@ class Learner():
     def _fit(self, train, valid):
         r = self._resume or {}
         r['state'] = self._pending.pop('state', None)
-        if not (0 < r.get('iter', 0) and not r['train_done']):  # else restored inside that epoch, after its before_epoch
+        # (a fit resumed inside an epoch is restored there instead, after its before_epoch)
+        if not (0 < r.get('iter', 0) and not r['train_done']):
             self._restore(r)
             if 'rng' in r: _set_rng(r['rng'], getattr(self.dls, 'train', None))
             self._resume = None
@@ -302,7 +303,8 @@ class Learner():
             self.load(resume)
             pos = self._pending.pop('pos', None)
             if pos is None: raise ValueError(f"`resume`: checkpoint {str(resume)!r} was saved outside a fit, so it has no place to resume from; load it with `learn.load`")
-            pos['opt'], lr = self._pending.get('opt'), None  # the saved learning rates and momenta are the run's, whatever `lr` says
+            # the saved learning rates and momenta are the run's, whatever `lr` says
+            pos['opt'], lr = self._pending.get('opt'), None
             pos['rng'], pos['rng_epoch'] = _mine(pos['rng'], resume), _mine(pos['rng_epoch'], resume)
         else:  # a plain `load` carries the state over, not the run's position
             self._pending.pop('pos', None)
@@ -341,8 +343,9 @@ class Learner():
 
     def _check_cbs(self, train=True):
         need = ('predict', 'get_loss') + (('backward', 'step', 'zero_grad') if train else ())
-        missing = [nm for nm in need if getattr(type(self), nm, None) is None  # (looked up without filling the cache of
-                   and not any(callable(getattr(cb, nm, None)) for cb in self._sorted_cbs)]  # events: before_fit may change it)
+        # (looked up without filling the cache of events: before_fit may still change a callback's steps)
+        missing = [nm for nm in need if getattr(type(self), nm, None) is None
+                   and not any(callable(getattr(cb, nm, None)) for cb in self._sorted_cbs)]
         if missing:
             raise ValueError(f"a plain `Learner` takes its training steps from a callback, and no callback of this fit has "
                              f"{', '.join(missing)}: add TrainCB() to the callbacks (or use TrainLearner)")
@@ -462,7 +465,8 @@ class MetricsCB(Callback):
 
     def before_fit(self, learn):
         learn.metrics = self
-        self.printing = not any(getattr(cb, 'shows_metrics', False) for cb in learn.cbs)  # else a progress callback shows the table
+        # (with a progress callback, it shows the table)
+        self.printing = not any(getattr(cb, 'shows_metrics', False) for cb in learn.cbs)
     def before_epoch(self, learn): [o.reset() for o in self.all_metrics.values()]
 
     def after_epoch(self, learn):
@@ -636,7 +640,8 @@ class _ConsoleBar:
     def _draw(self, i, n, elapsed):
         i = max(i, 1)
         cols = shutil.get_terminal_size((100, 20)).columns - 1
-        if n is None: text, bw = f'{self.prefix}{i} [{format_time(elapsed)}] {self.comment}', 0  # a loader of unknown length
+        # a loader of unknown length
+        if n is None: text, bw = f'{self.prefix}{i} [{format_time(elapsed)}] {self.comment}', 0
         else:
             text = f'{self.prefix}{i}/{n} [{format_time(elapsed)}<{format_time(elapsed/i*(n-i))}] {self.comment}'
             bw = max(min(30, cols-len(text)-3), 0)
@@ -731,7 +736,8 @@ class ProgressCB(Callback):
 # %% ../nbs/09_learner.ipynb #08f63f95
 class DeviceCB(Callback):
     "Put the model on `device` (default: cuda, then mps, then cpu) before fitting, and each batch as it comes."
-    order = -20  # set-up first: the process callbacks (-15, -10) shard the loaders before any callback of order ≥ 0 reads them
+    # set-up first: the process callbacks (-15, -10) shard the loaders before any callback of order ≥ 0 reads them
+    order = -20
     def __init__(self, device=None): self.device = get_device(device)
     def before_fit(self, learn):
         if hasattr(learn.model, 'to'): learn.model.to(self.device)
@@ -771,7 +777,8 @@ class LRFinderCB(Callback):
     def after_batch(self, learn):
         pgs = getattr(learn.opt, 'param_groups', None)
         self.lrs.append(pgs[0]['lr'] if pgs else learn.opt.lr)
-        loss = to_cpu(all_mean(learn.loss.detach())).item()  # the decision to stop needs the value (of every process): one sync per batch, in a diagnostic run only
+        # the decision to stop needs the value (of every process): one sync per batch, in a diagnostic run only
+        loss = to_cpu(all_mean(learn.loss.detach())).item()
         self.losses.append(loss)
         if not math.isfinite(loss) or loss > self.min*self.max_mult:
             self.stopped = True
@@ -806,7 +813,8 @@ def lr_find(self:Learner, gamma=1.3, max_mult=3, start_lr=1e-5, max_epochs=10, p
     run."""
     kept = deepcopy(self.model.state_dict()), self.opt, self._pending, self.history, self._done, self.model.training, self.logging
     cb = LRFinderCB(gamma=gamma, max_mult=max_mult)
-    self._pending, self.logging = {}, False  # a fresh optimiser from `start_lr`; what `load` left waits for the next fit; no metric rows
+    # a fresh optimiser from `start_lr`; what `load` left waits for the next fit; no metric rows
+    self._pending, self.logging = {}, False
     try: self.fit(max_epochs, lr=start_lr, valid=False, cbs=[cb, *cb_list(cbs)])
     finally:
         state, self.opt, self._pending, self.history, self._done, training, self.logging = kept

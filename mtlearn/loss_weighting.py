@@ -17,10 +17,13 @@ class LossWeighting(_ResizableState, nn.Module):
     """Per-task loss weights wᵢ = ∂T/∂Lᵢ of a method's total T; a learnt one also gives `objective(losses)`, T with the
     losses fixed, for its parameters."""
     learnable = False
-    update_first = False  # True: the parameters take their step on this batch's objective before its weights are computed (FAMO)
-    reevaluate = False  # True: after the model's step, the batch's losses again, for `objective_after` (FAMO's same_batch)
+    # True: the parameters take their step on this batch's objective before its weights are computed (FAMO)
+    update_first = False
+    # True: after the model's step, the batch's losses again, for `objective_after` (FAMO's same_batch)
+    reevaluate = False
     opt_defaults = {}  # the optimiser's settings the method's paper uses, when `LossWeightingCB` is given none
-    needs_grad_norms = False  # True: `LossWeightingCB` sets `grad_norms`, each task loss's gradient norm on the last shared layer
+    # True: `LossWeightingCB` sets `grad_norms`, each task loss's gradient norm on the last shared layer
+    needs_grad_norms = False
     def after_update(self): "Called after the parameters' step (GradNorm renormalises its weights there)."
     def weights(self, losses): raise NotImplementedError
     def objective(self, losses): return None
@@ -194,7 +197,8 @@ class LossWeightingCB(Callback):
             wt.grad_norms = torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(L[i], self._W, retain_graph=True)]).norm() for i in range(len(L))])
         if wt.learnable and wt.update_first: self._objective(Ld, step=True)
         w = wt.weights(Ld)
-        if wt.learnable and not wt.update_first: self._objective(Ld, step=False)  # stepped in after_step, with the model
+        # stepped in after_step, with the model
+        if wt.learnable and not wt.update_first: self._objective(Ld, step=False)
         learn.losses = w * L
         learn.loss = learn.losses.sum()
     def _objective(self, Ld, step):
@@ -206,7 +210,8 @@ class LossWeightingCB(Callback):
     def after_step(self, learn):
         if self.opt is None or self.weighting.update_first: return
         if self.lr is None and not self.weighting.opt_defaults:
-            for g in self.opt.param_groups: g['lr'] = learn.opt.param_groups[0]['lr']  # the learner's schedule, followed
+            # the learner's schedule, followed
+            for g in self.opt.param_groups: g['lr'] = learn.opt.param_groups[0]['lr']
         if self.weighting.reevaluate:  # the same batch through the stepped model: one more forward pass (no graph)
             with torch.no_grad(): L = learn.loss_func(learn.model(*learn.xb), *learn.yb)
             _check_losses(L)

@@ -29,7 +29,8 @@ class LossHessian:
     hvp: callable
     sqrt: callable
     scale: callable  # (out, reduction) -> the factor `mean` puts on a summed loss
-    reduction: str | None = None  # how the loss reduces a batch, 'mean' or 'sum'; None: read it from the loss (default 'mean')
+    # how the loss reduces a batch, 'mean' or 'sum'; None: read it from the loss (default 'mean')
+    reduction: str | None = None
 
 def _mse_hvp(out, y, v, s): return 2 * s * v
 def _mse_sqrt(out, y, s):
@@ -216,7 +217,8 @@ def cg_solve(matvec, b, x0=None, rtol=1e-6, atol=0., max_iter=None, patience=20,
         res = math.sqrt(rr)
         if not math.isfinite(res): raise ValueError(f"non-finite residual {res} after {it} iterations: `b` or `matvec` gives non-finite values")
         if res <= tol: reason = 'converged'; break
-        if reason is not None or res > 0.5 * last_true:  # max_iter or stalled in the run, or a restart that did not help
+        # max_iter or stalled in the run, or a restart that did not help
+        if reason is not None or res > 0.5 * last_true:
             reason = reason or f'stalled: restarting from the true residual did not reduce it ({b.dtype} rounding floor)'
             break
         last_true, best, since = res, res, 0

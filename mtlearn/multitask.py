@@ -225,10 +225,12 @@ def mtl_backward(losses, features, aggregator, shared=None, heads=None, mode='pa
     Fz, head_rows = _feature_grads(rows, fs, heads, scale)
     agg = aggregator
     if getattr(agg, 'needs_losses', False): agg.set_losses(losses.detach() if losses.ndim == 1 else losses.detach().mean(0))
-    if mode == 'features':  # MGDA-UB: weights from the Gramian of the feature gradients, one ordinary backward of Σ wᵢ ∂Lᵢ/∂z
+    # MGDA-UB: weights from the Gramian of the feature gradients, one ordinary backward of Σ wᵢ ∂Lᵢ/∂z
+    if mode == 'features':
         Ff = torch.cat([g.flatten(1) for g in Fz], 1)
         G = Ff @ Ff.T
-        if spread: G = all_mean(G) / world()  # Σ_r G_r / W²: the Gramian of the gradients of the losses averaged over the processes
+        # Σ_r G_r / W²: the Gramian of the gradients of the losses averaged over the processes
+        if spread: G = all_mean(G) / world()
         w = agg.weighting(G if scale is None else G / (scale * scale))
         if spread and not agg.deterministic: w = _bcast(w)
         agg.last_weights = w.detach()
@@ -237,7 +239,8 @@ def mtl_backward(losses, features, aggregator, shared=None, heads=None, mode='pa
     else:
         J = _through_encoder(fs, shared, Fz, True)
         if scale is not None: J = J / scale  # the aggregator sees the true gradients
-        if spread and reduce == 'gramian':  # an estimate: the weights from the mean of the processes' Gramians, each process's own J
+        # an estimate: the weights from the mean of the processes' Gramians, each process's own J
+        if spread and reduce == 'gramian':
             w = agg.weighting(all_mean(J @ J.T))
             if not agg.deterministic: w = _bcast(w)
             agg.last_weights = w.detach()
@@ -321,7 +324,8 @@ class MultiTaskGradCB(Callback):
         raise ValueError(f"`shared` should be None, a submodule's name or the submodule; found a {type(s).__name__}")
 
     def before_fit(self, learn):
-        model = unwrap(learn.model)  # under DistributedDataParallel: the model inside; this callback averages over the processes itself
+        # under DistributedDataParallel: the model inside; this callback averages over the processes itself
+        model = unwrap(learn.model)
         self._ddp = learn.model if model is not learn.model else None
         if self._ddp is not None: self._ddp.require_backward_grad_sync = False
         mod = self._shared_module(model)
@@ -332,7 +336,8 @@ class MultiTaskGradCB(Callback):
         self._hook = mod.register_forward_hook(self._keep)
         self.losses.reset(); self.weights.reset()  # a loaded state is applied after this
         own = self.guard is not False and not any(isinstance(cb, GuardCB) for cb in learn.cbs)
-        self._guard = GuardCB('raise', undo=True if self.guard else None) if own else None  # the one guard, run from here
+        # the one guard, run from here
+        self._guard = GuardCB('raise', undo=True if self.guard else None) if own else None
         if self._guard is not None: self._guard.before_fit(learn)
         self._pending, self.z = [], None
         self.task_names = getattr(learn.loss_func, 'tasks', None)
@@ -356,7 +361,8 @@ class MultiTaskGradCB(Callback):
         if self.z is None: raise RuntimeError("MultiTaskGradCB saw no output of the shared module in this forward pass: is `shared` the module the heads read?")
         self.losses.append(all_mean(losses.detach()))  # with several processes: their mean, so that all record alike
         g = getattr(learn, 'guard', None)
-        if g is not None and g._undoing(losses): g.keep_modules(self.agg)  # a step undone puts the aggregator's state back too
+        # a step undone puts the aggregator's state back too
+        if g is not None and g._undoing(losses): g.keep_modules(self.agg)
         scaled = learn.scaler is not None or learn.grad_factor != 1
         scale = learn.scaled(losses.new_ones(())) if scaled else None  # a device tensor: no read
         z, self.z = self.z, None

@@ -62,7 +62,8 @@ class RMSProp(SGD):
         super().__init__(params, lr=lr, wd=wd)
         self.sqr_mom, self.eps = sqr_mom, eps
     def opt_step(self, p):
-        sqr = self._state(p, sqr_avg=lambda p: p.grad**2)['sqr_avg']  # starts from the first squared gradient, not from zero
+        # starts from the first squared gradient, not from zero
+        sqr = self._state(p, sqr_avg=lambda p: p.grad**2)['sqr_avg']
         sqr.mul_(self.sqr_mom).addcmul_(p.grad, p.grad, value=1-self.sqr_mom)
         p -= self.lr*p.grad/(sqr.sqrt() + self.eps)
 
@@ -180,7 +181,8 @@ def fit_one_cycle(self:Learner, n_epochs, lr_max=None, pct_start=0.25, cbs=None,
 # %% ../nbs/12_sgd.ipynb #c2421751
 class GradientClip(Callback):
     "Clip the gradients' total `norm_type` norm to `max_norm` before each optimiser step."
-    order = 95  # before_step: after the callbacks that cancel the step (MultiTaskGradCB's SDMGrad waiting for its third batch)
+    # before_step: after the callbacks that cancel the step (MultiTaskGradCB's SDMGrad waiting for its third batch)
+    order = 95
     def __init__(self, max_norm=1., norm_type=2.):
         if not (isinstance(max_norm, (int, float)) and max_norm > 0): raise ValueError(f"`max_norm` should be a number > 0; found {max_norm!r}")
         self.max_norm, self.norm_type = max_norm, norm_type

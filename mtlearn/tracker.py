@@ -43,7 +43,8 @@ class TrackerCB(Callback):
             raise ValueError(f"{type(self).__name__}: `monitor` = {self.monitor!r} is not in the epoch's history; it has {sorted(row)} "
                              "(add a MetricsCB, or name one of these)")
         v = row[self.monitor]
-        if self.best is None or self.comp(v + self.min_delta if self.comp(0, 1) else v - self.min_delta, self.best):  # better by more than min_delta
+        # better by more than min_delta
+        if self.best is None or self.comp(v + self.min_delta if self.comp(0, 1) else v - self.min_delta, self.best):
             self.best, self.best_epoch, self.new_best = v, learn.epoch, True
         self.epoch_done(learn)
     def epoch_done(self, learn): "What a subclass does once the epoch's value is judged."
