@@ -17,7 +17,7 @@ import argparse, statistics, time
 import torch
 import torch.nn.functional as F
 from torch import nn
-from mtlearn.learner import TrainLearner, Callback, CancelBackwardException, DeviceCB
+from mtlearn.learner import TrainLearner, Callback, DeviceCB
 from mtlearn.datasets import DataLoaders
 from mtlearn.aggregators import Mean, MGDA
 from mtlearn.multitask import MultiTaskModel, MultiTaskLoss, MultiTaskGradCB, lenet_encoder, mtl_backward
@@ -34,13 +34,13 @@ class TorchJDCB(Callback):
         self.h = learn.model.encoder.register_forward_hook(lambda mod, i, o: setattr(self, 'z', o))
         self.shared = list(learn.model.encoder.parameters())
     def after_fit(self, learn): self.h.remove()
-    def before_backward(self, learn):
+    replaces = ('backward',)  # the fit's backward pass is this one
+    def backward(self, learn):
         from torchjd.autojac import mtl_backward, jac_to_grad
         lf = learn.loss_func  # torchjd wants separate scalar losses, not the entries of one stacked vector
         losses = [f(p, y) for f, p, y in zip(lf.loss_funcs, lf.split_preds(learn.preds), lf.split_targets(learn.yb))]
         mtl_backward(losses, features=self.z)
         jac_to_grad(self.shared, self.agg)
-        raise CancelBackwardException()
 
 class HandLoop:
     "(f): the training loop written out, with the functional core for the backward pass; `fit` as the Learner's, for the timer."

@@ -30,16 +30,8 @@ class MixedPrecision(TrainCB):
         super().__init__(n_inp)
         self.dtype, self.device_type = dtype, device_type
 
-    def _steps_elsewhere(self, learn):
-        "Whether the learner (a `TrainLearner`) or another callback of the fit does the training steps."
-        return (any(getattr(type(learn), s, None) is not None for s in Learner._steps)
-                or any(cb is not self and callable(getattr(cb, 'predict', None)) for cb in learn.cbs))
-
     def before_fit(self, learn):
-        # then only autocast: these instance attributes hide TrainCB's steps for this fit
-        if self._steps_elsewhere(learn):
-            for s in Learner._steps: setattr(self, s, None)
-        else: super().before_fit(learn)
+        super().before_fit(learn)  # its training steps are used only where nothing else does them (`learn.step_owner`)
         p = next(iter(learn.model.parameters()), None)
         self.dev = self.device_type or (p.device.type if p is not None else 'cpu')
         self.dt = self.dtype or (torch.float16 if self.dev == 'cuda' else torch.bfloat16)
@@ -56,7 +48,6 @@ class MixedPrecision(TrainCB):
         if sd.get('scaler') and getattr(self, 'scaler', None) is not None: self.scaler.load_state_dict(sd['scaler'])
     def cleanup_fit(self, learn):
         if learn.scaler is getattr(self, 'scaler', None): learn.scaler = None
-        for s in Learner._steps: self.__dict__.pop(s, None)
 
     def before_batch(self, learn):
         self.ac = torch.autocast(self.dev, dtype=self.dt)

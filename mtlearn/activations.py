@@ -5,7 +5,6 @@
 # %% ../nbs/10_activations.ipynb #015b7243
 from __future__ import annotations
 import random
-from collections import deque
 from functools import partial
 import fastcore.all as fc
 import matplotlib.pyplot as plt
@@ -70,9 +69,9 @@ class HooksCallback(Callback):
 HIST_BINS, HIST_MAX = 40, 10.  # the |activation| histogram: 40 bins over [0, 10], as in the course
 
 def append_stats(hook, mod, inp, outp, max_records=10_000, stat_items=64):
-    """Keep mean, std and |activation| histogram of `outp`'s first `stat_items` items on `hook.stats`, on the device;
-    at most `max_records`."""
-    if not hasattr(hook, 'stats'): hook.stats = tuple(deque(maxlen=max_records) for _ in range(3))
+    """Record mean, std and |activation| histogram of `outp`'s first `stat_items` items in `hook.stats`, three
+    `DeviceSeries` of at most `max_records` (on the device until read)."""
+    if not hasattr(hook, 'stats'): hook.stats = tuple(DeviceSeries(max_records) for _ in range(3))
     acts = outp.detach()
     if stat_items is not None: acts = acts[:stat_items]  # a slice: no copy
     acts = acts.float()
@@ -84,14 +83,18 @@ def append_stats(hook, mod, inp, outp, max_records=10_000, stat_items=64):
     hook.stats[2].append(acts.abs().histc(HIST_BINS, 0, HIST_MAX))
 
 # %% ../nbs/10_activations.ipynb #a6a6ab62
+def _rows(s):
+    "A record's rows as one tensor: a `DeviceSeries`, or a list of tensors (the course's own `append_stats`)."
+    return s.values() if isinstance(s, DeviceSeries) else torch.stack(list(s)).cpu()
+
 def get_hist(h):
     "The hook's histograms, one column per record, as log(1 + count) on the CPU."
-    return torch.stack(list(h.stats[2])).t().float().log1p().cpu()
+    return _rows(h.stats[2]).t().float().log1p()
 
 def get_min(h):
     "Per record, the fraction of activations in the lowest histogram bin (near zero)."
-    h1 = torch.stack(list(h.stats[2])).t().float()
-    return (h1[0]/h1.sum(0)).cpu()
+    h1 = _rows(h.stats[2]).t().float()
+    return h1[0]/h1.sum(0)
 
 # %% ../nbs/10_activations.ipynb #260dc7e2
 class ActivationStats(HooksCallback):
@@ -107,6 +110,9 @@ class ActivationStats(HooksCallback):
     def _hookfunc(self, learn, *args, **kwargs):
         if learn.training and learn.iter % self.every: return
         super()._hookfunc(learn, *args, **kwargs)
+    def after_epoch(self, learn):
+        for h in self.hooks:  # the one host read of the epoch's records
+            for s in getattr(h, 'stats', ()): s.flush()
 
     def color_dim(self, figsize=(11, 5)):
         "Histograms of each layer over time: brighter means more activations at that magnitude."
@@ -131,8 +137,8 @@ class ActivationStats(HooksCallback):
         "Mean and standard deviation of each layer's activations over time."
         fig, axs = plt.subplots(1, 2, figsize=figsize)
         for i, h in enumerate(self):
-            for j in (0, 1): axs[j].plot(torch.stack(list(h.stats[j])).cpu(), label=str(i))
+            for j, what in enumerate(('mean', 'std')): plot_series(_rows(h.stats[j]), [i], axs[j], 'record', f'activation {what}')
         axs[0].set_title('Means'); axs[1].set_title('Stdevs')
-        for ax, what in zip(axs, ('mean', 'std')): ax.set_xlabel('record'); ax.set_ylabel(f'activation {what}'); ax.legend(title='layer', fontsize='small')
+        for ax in axs: ax.legend(title='layer', fontsize='small')
         fig.tight_layout()
         return axs

@@ -189,24 +189,44 @@ class Learner():
 
     @with_cbs('batch')
     def _one_batch(self):
-        self.predict()
+        self._do('predict')
         self.callback('after_predict')
-        self.get_loss()
+        self._do('get_loss')
         self._check_loss()
         self.callback('after_loss')
         if self.training:
             self._unscaled = self._stepped = False
             self._backward()
             self._step()
-            if self._stepped: self.zero_grad()  # a cancelled step keeps its gradients (gradient accumulation)
+            if self._stepped: self._do('zero_grad')  # a cancelled step keeps its gradients (gradient accumulation)
             self._done = (self.epoch, self.iter + 1, False)
 
     @with_cbs('backward')
-    def _backward(self): self.backward()
+    def _backward(self): self._do('backward')
     @with_cbs('step')
     def _step(self):
-        self.step()
+        self._do('step')
         self._stepped = True
+
+    def step_owner(self, step):
+        """Who does training step `step` (one of `Learner._steps`) in this fit: the callback that lists it in its
+        `replaces`, else the learner (if its class has the method), else the first callback, in order, that has it;
+        None if nobody does."""
+        return self._owner(step)[0]
+    def _owner(self, step):
+        "`step`'s owner and the function that runs it; looked up once per fit."
+        got = self._events.get(('owner', step)) if self._events is not None else None
+        if got is not None: return got
+        cbs = sorted(self.cbs, key=attrgetter('order'))
+        who = next((cb for cb in cbs if step in getattr(cb, 'replaces', ())), None)
+        if who is None and getattr(type(self), step, None) is not None: who = self
+        who = who or next((cb for cb in cbs if callable(getattr(cb, step, None))), None)
+        if who is self: fn = getattr(self, step)
+        elif who is None: fn = None
+        else: fn = (lambda cb=who, m=getattr(who, step): _call_cb(cb, step, m, self))
+        if self._events is not None: self._events[('owner', step)] = (who, fn)
+        return who, fn
+    def _do(self, step): self._owner(step)[1]()
 
     @property
     def xb(self):
@@ -342,16 +362,23 @@ class Learner():
                 for pg in self.opt.param_groups: pg['lr'] = lr
 
     def _check_cbs(self, train=True):
+        for cb in self._sorted_cbs:
+            rep = getattr(cb, 'replaces', ())
+            if isinstance(rep, str) or any(s not in self._steps for s in rep):
+                raise ValueError(f"{type(cb).__name__}.replaces should be a tuple of training steps among "
+                                 f"{', '.join(self._steps)}; found {rep!r}")
+            if (no := [s for s in rep if not callable(getattr(cb, s, None))]):
+                raise ValueError(f"{type(cb).__name__} replaces {', '.join(no)} (`replaces`) but has no such method")
+        for s in self._steps:
+            takers = [type(cb).__name__ for cb in self._sorted_cbs if s in getattr(cb, 'replaces', ())]
+            if len(takers) > 1:
+                raise ValueError(f"callbacks {', '.join(takers)} each replace the training step `{s}` (`replaces`); "
+                                 "a fit can have only one")
         need = ('predict', 'get_loss') + (('backward', 'step', 'zero_grad') if train else ())
-        # (looked up without filling the cache of events: before_fit may still change a callback's steps)
-        missing = [nm for nm in need if getattr(type(self), nm, None) is None
-                   and not any(callable(getattr(cb, nm, None)) for cb in self._sorted_cbs)]
+        missing = [nm for nm in need if self.step_owner(nm) is None]
         if missing:
             raise ValueError(f"a plain `Learner` takes its training steps from a callback, and no callback of this fit has "
                              f"{', '.join(missing)}: add TrainCB() to the callbacks (or use TrainLearner)")
-        takers = [type(cb).__name__ for cb in self._sorted_cbs if getattr(cb, 'replaces_backward', False)]
-        if len(takers) > 1:
-            raise ValueError(f"callbacks {', '.join(takers)} each replace the backward pass (`replaces_backward`); a fit can have only one")
         state_keys(self._sorted_cbs)  # two callbacks whose states would share a key are refused before anything runs
         for cb in self._sorted_cbs:
             for nm in dir(cb):
@@ -368,7 +395,8 @@ class Learner():
         return ms
 
     def __getattr__(self, name):
-        if name in self._steps: return lambda: self.callback(name)
+        # a plain Learner's training steps are its callbacks'
+        if name in type(self)._steps and (fn := self._owner(name)[1]) is not None: return fn
         raise AttributeError(name)
 
     def callback(self, method_nm):
@@ -386,7 +414,9 @@ class Learner():
 class TrainCB(Callback):
     "The basic training steps, as a callback: model on the first `n_inp` batch items, loss on the rest."
     def __init__(self, n_inp=1): self.n_inp = n_inp
-    def before_fit(self, learn): learn.n_inp = self.n_inp
+    def before_fit(self, learn):
+        # (the owner of the steps splits the batch: another TrainCB, or the learner's own steps, may)
+        if getattr(learn, 'step_owner', lambda s: self)('predict') is self: learn.n_inp = self.n_inp
     # split with this callback's `n_inp`, and `scaled`/`opt_step` only where the learner has them: the course's
     # notebooks use these steps with learners they write themselves, which have none of mtlearn's additions
     def predict(self, learn): learn.preds = learn.model(*split_batch(learn.batch, self.n_inp)[0])
@@ -595,6 +625,13 @@ class DeviceSeries:
         "Every kept row, on the host (rows × width)."
         return self.flush()
     def __len__(self): return len(self.host) + sum(map(len, self.full)) + self.n
+    # read as a sequence, as the course reads its lists (`h.stats[0][i]`, `plt.plot(rec)`): each read flushes
+    def __getitem__(self, i): return self.values()[i]
+    def __iter__(self): return iter(self.values())
+    def __array__(self, dtype=None, copy=None):
+        a = self.values().numpy()
+        return a if dtype is None else a.astype(dtype)
+    def tolist(self): return self.values().tolist()
     def state_dict(self): return {'values': self.values().clone()}
     def load_state_dict(self, sd):
         self.reset()
@@ -773,13 +810,14 @@ class SingleBatchCB(Callback):
 class LRFinderCB(Callback):
     "Grow the learning rate by `gamma` each batch; stop when the loss passes `max_mult` × its minimum or is not finite."
     def __init__(self, gamma=1.3, max_mult=3): fc.store_attr()
-    def before_fit(self, learn): self.lrs, self.losses, self.min, self.stopped = [], [], math.inf, False
+    def before_fit(self, learn): self.rec, self.min, self.stopped = DeviceSeries(100_000), math.inf, False
+    lrs = property(lambda self: self.rec.values()[:, 0].tolist(), doc="The learning rates tried, one per batch.")
+    losses = property(lambda self: self.rec.values()[:, 1].tolist(), doc="The loss at each of them.")
     def after_batch(self, learn):
         pgs = getattr(learn.opt, 'param_groups', None)
-        self.lrs.append(pgs[0]['lr'] if pgs else learn.opt.lr)
         # the decision to stop needs the value (of every process): one sync per batch, in a diagnostic run only
         loss = to_cpu(all_mean(learn.loss.detach())).item()
-        self.losses.append(loss)
+        self.rec.append(torch.tensor([pgs[0]['lr'] if pgs else learn.opt.lr, loss], dtype=torch.float64))
         if not math.isfinite(loss) or loss > self.min*self.max_mult:
             self.stopped = True
             raise CancelFitException()

@@ -166,7 +166,11 @@ class LossWeightingCB(Callback):
     order = 5  # after_loss early, so that every later callback sees the weighted losses
     def __init__(self, weighting, lr=None, opt_func=optim.Adam, shared=None):
         if not isinstance(weighting, LossWeighting): raise ValueError(f"`weighting` should be a LossWeighting such as UW(n_tasks) or DWA(); found a {type(weighting).__name__}")
-        self.weighting, self.lr, self.opt_func, self.opt, self._pending_opt, self.shared = weighting, lr, opt_func, None, None, shared
+        self.weighting, self.lr, self.opt_func, self.shared = weighting, lr, opt_func, shared
+        self.opt = None
+        if weighting.learnable:  # made here, so that a loaded state goes straight into it
+            kw = dict(weighting.opt_defaults) if lr is None and weighting.opt_defaults else {'lr': 1e-3 if lr is None else lr}
+            self.opt = opt_func(list(weighting.parameters()), **kw)
         self.sum, self.n = None, 0
     def _last_shared(self, model):
         "The parameters of the last layer of the shared module (`shared`: a module, a name, or the model's `encoder`)."
@@ -179,10 +183,11 @@ class LossWeightingCB(Callback):
         if self.weighting.needs_grad_norms: self._W = self._last_shared(getattr(learn.model, 'module', learn.model))
         p = next(iter(learn.model.parameters()), None)
         if p is not None: self.weighting.to(p.device)
-        if self.weighting.learnable and self.opt is None:
-            kw = dict(self.weighting.opt_defaults) if self.lr is None and self.weighting.opt_defaults else {'lr': self._lr(learn)}
-            self.opt = self.opt_func(list(self.weighting.parameters()), **kw)
-            if self._pending_opt is not None: self.opt.load_state_dict(self._pending_opt); self._pending_opt = None
+        if self.opt is not None:
+            # (loading the state into itself moves a loaded state to the weights' device)
+            self.opt.load_state_dict(self.opt.state_dict())
+            if self.lr is None and not self.weighting.opt_defaults:  # the learner's rate
+                for g in self.opt.param_groups: g['lr'] = self._lr(learn)
     def _lr(self, learn): return self.lr if self.lr is not None else learn.opt.param_groups[0]['lr']
     def before_epoch(self, learn):
         if learn.model.training: self.sum, self.n = None, 0
@@ -228,9 +233,7 @@ class LossWeightingCB(Callback):
                 'sum': self.sum, 'n': self.n}
     def load_state_dict(self, sd):
         self.weighting.load_state_dict(sd['weighting'])
-        if sd['opt'] is not None:
-            if self.opt is None: self._pending_opt = sd['opt']  # made at the next before_fit
-            else: self.opt.load_state_dict(sd['opt'])
+        if sd['opt'] is not None and self.opt is not None: self.opt.load_state_dict(sd['opt'])
         self.sum, self.n = sd['sum'], sd['n']
 
 # %% ../nbs/22_loss_weighting.ipynb #c0de2205

@@ -289,7 +289,7 @@ class MultiTaskGradCB(Callback):
     """Take over the backward pass of a multi-task model: the shared parameters get `aggregator`'s combination of the
     tasks' gradients."""
     order = 90  # before_step before GradientClip (95), which clips what this writes
-    replaces_backward = True
+    replaces = ('backward',)  # its `backward` is the fit's (`Learner.step_owner`)
     def __init__(self, aggregator, mode='params', shared=None, guard=None, sdm_batches='split', max_records=10_000,
                  reduce='jacobian', head_grads=None):
         check_mode(aggregator, mode)
@@ -355,7 +355,7 @@ class MultiTaskGradCB(Callback):
     def after_loss(self, learn):
         if self._guard is not None: self._guard.after_loss(learn)
 
-    def before_backward(self, learn):
+    def backward(self, learn):
         losses = learn.losses
         if losses is None: raise ValueError("MultiTaskGradCB needs the per-task losses: use a loss function that returns one loss per task, such as MultiTaskLoss")
         if self.z is None: raise RuntimeError("MultiTaskGradCB saw no output of the shared module in this forward pass: is `shared` the module the heads read?")
@@ -368,13 +368,12 @@ class MultiTaskGradCB(Callback):
         z, self.z = self.z, None
         if self.sdm_batches == 'consecutive' and len(self._pending) < self.parts - 1:  # J₁, J₂ wait for the third batch
             self._pending.append(task_jacobian(losses, z, self.shared_params, scale, self.reduce))
-            raise CancelBackwardException()
+            return
         rows = losses if self._pending or self.parts == 1 else self._split_losses(learn, len(z))
         w = mtl_backward(rows, z, self.agg, self.shared_params, self.head_params, self.mode, tuple(self._pending), scale,
                          self.reduce, self.head_grads)
         self._pending = []
         if w is not None: self.weights.append(w)
-        raise CancelBackwardException()
 
     def _split_losses(self, learn, n):
         """The task losses of the batch's parts (ξ, ξ′, ζ for SDMGrad), rows of a (parts, m) tensor, from the one

@@ -3,6 +3,7 @@ import sys, threading
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parents[1] / 'bench'))
 from peers import Terminal
+import pytest
 
 def test_the_terminal_is_a_tty_drained_by_its_writer():
     "Progress bars see a terminal; what they write is read back by the writer, so even a write far larger than the pseudo-terminal's buffer returns, with no thread draining it."
@@ -18,6 +19,7 @@ def test_the_terminal_is_a_tty_drained_by_its_writer():
     assert done.wait(10), 'the write blocked: the terminal is not drained'
     assert sys.stdout is not term.file  # restored on exit
 
+@pytest.mark.slow  # a benchmark in a subprocess: run by the test command (`--runslow`)
 def test_the_batch_profile_runs_and_lists_mtlearns_functions():
     "bench/profile_batch.py (quoted in the README) still runs, and what it lists is mtlearn's code."
     import subprocess
@@ -29,6 +31,7 @@ def test_the_batch_profile_runs_and_lists_mtlearns_functions():
     listed = [l for l in lines if 'µs/batch  ' in l]  # (the listing's lines: time, two spaces, file:line function)
     assert len(listed) == 3 and all('.py:' in l for l in listed), out.stdout
 
+@pytest.mark.slow  # a benchmark in a subprocess: run by the test command (`--runslow`)
 def test_the_interleaving_cost_runs_at_both_thread_counts():
     "bench/interleave_cost.py (quoted in the README) still runs, and times the hook alone and interleaved at 2 threads and at 1."
     import subprocess

@@ -6,6 +6,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 pytest.importorskip('mkdocs', reason='the docs extra is not installed: pip install -e ".[docs]"')
 pytest.importorskip('mkdocs_jupyter', reason='the docs extra is not installed: pip install -e ".[docs]"')
+pytestmark = pytest.mark.slow  # the site's build and a browser: run by the test command (`--runslow`), skipped in quick runs
 BROWSER = next((b for b in ('chromium', 'chromium-browser', 'google-chrome') if shutil.which(b)), None)
 
 @pytest.fixture(scope='module')

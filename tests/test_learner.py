@@ -99,6 +99,50 @@ def test_train_cb_with_several_inputs_and_metrics():
     assert 0 <= m.all_metrics['accuracy'].compute() <= 1
     assert m.all_metrics['loss'].weights == len(y)
 
+def test_each_training_step_has_one_owner():
+    "`replaces` wins over the learner's own method; then the learner's; then the first callback, in order, with it."
+    from mtlearn.accel import MixedPrecision
+    class Two(nn.Module):
+        def __init__(self): super().__init__(); self.l = nn.Linear(6, 2)
+        def forward(self, a, b): return self.l(torch.cat([a, b], 1))
+    class MyBackward(Callback):
+        replaces = ('backward',)
+        def __init__(self): self.n = 0
+        def backward(self, learn):
+            self.n += 1
+            learn.loss.backward()
+    class CountTrainCB(TrainCB):
+        def backward(self, learn):
+            self.n = getattr(self, 'n', 0) + 1
+            super().backward(learn)
+    mine, tcb = MyBackward(), CountTrainCB(n_inp=2)
+    learn = Learner(Two(), toy_dls(n_inp=2), F.cross_entropy, cbs=[tcb, mine, MixedPrecision()])
+    learn.fit(1, valid=False)
+    assert mine.n == 2 and getattr(tcb, 'n', 0) == 0  # the replacing backward only, once per batch
+    # TrainCB (order 0) before MixedPrecision (100): its steps, and its `n_inp`, are the fit's
+    assert learn.step_owner('predict') is tcb and learn.n_inp == 2
+    mp = MixedPrecision()
+    learn = Learner(nn.Linear(3, 2), toy_dls(), F.cross_entropy, cbs=[mp])
+    learn.fit(1)
+    assert learn.step_owner('step') is mp
+    learn = learner(cbs=[mine])
+    learn.fit(1, valid=False)
+    assert learn.step_owner('backward') is mine and learn.step_owner('step') is learn and mine.n == 4
+
+def test_replacing_a_step_twice_or_a_misspelt_step_is_refused():
+    class A(Callback):
+        replaces = ('backward',)
+        def backward(self, learn): learn.loss.backward()
+    class B(A): pass
+    with pytest.raises(ValueError, match='callbacks A, B each replace the training step `backward`'): learner(cbs=[A(), B()]).fit(1)
+    class C(Callback): replaces = ('bakward',)
+    with pytest.raises(ValueError, match=r"C.replaces should be a tuple of training steps.*found \('bakward',\)"):
+        learner(cbs=[C()]).fit(1)
+    class D(Callback): replaces = 'backward'
+    with pytest.raises(ValueError, match="D.replaces should be a tuple"): learner(cbs=[D()]).fit(1)
+    class E(Callback): replaces = ('step',)
+    with pytest.raises(ValueError, match=r"E replaces step \(`replaces`\) but has no such method"): learner(cbs=[E()]).fit(1)
+
 def test_metrics_match_direct_computation():
     dls = toy_dls(n=10, bs=3)
     learn = learner([m := MetricsCB(accuracy=MulticlassAccuracy())], dls)

@@ -165,7 +165,7 @@ def test_records_are_bounded():
 
 def test_two_callbacks_that_replace_the_backward_are_refused():
     learn = TrainLearner(tiny_mtl_model(2), synthetic_tasks(2), MultiTaskLoss(F.mse_loss, F.mse_loss), cbs=[MultiTaskGradCB(Mean()), MultiTaskGradCB(MGDA())])
-    with pytest.raises(ValueError, match='callbacks MultiTaskGradCB, MultiTaskGradCB each replace the backward pass'): learn.fit(1)
+    with pytest.raises(ValueError, match='callbacks MultiTaskGradCB, MultiTaskGradCB each replace the training step .backward.'): learn.fit(1)
 
 # ---- combinations: each gives the update computed by hand ----
 def hand_step(model, x, ys, agg, lr, autocast=False, clip=None):
