@@ -25,10 +25,10 @@ from .procs import *
 # %% auto #0
 __all__ = ['CancelException', 'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'CancelBackwardException',
            'CancelStepException', 'Callback', 'state_key', 'state_keys', 'run_cbs', 'with_cbs', 'cb_list',
-           'split_batch', 'Learner', 'TrainCB', 'to_cpu', 'RunningMean', 'MetricsCB', 'HostScalar', 'CountSyncs',
-           'DeviceSeries', 'plot_series', 'ProgressCB', 'DeviceCB', 'TrainLearner', 'MomentumLearner', 'SingleBatchCB',
-           'LRFinderCB', 'valley', 'GuardCB', 'TerminateOnNaNCB', 'world', 'rank', 'is_main', 'main_print',
-           'write_atomic', 'all_mean', 'any_rank', 'unwrap']
+           'split_batch', 'RunState', 'Learner', 'TrainCB', 'to_cpu', 'RunningMean', 'MetricsCB', 'HostScalar',
+           'CountSyncs', 'DeviceSeries', 'plot_series', 'ProgressCB', 'DeviceCB', 'TrainLearner', 'MomentumLearner',
+           'SingleBatchCB', 'LRFinderCB', 'valley', 'GuardCB', 'TerminateOnNaNCB', 'world', 'rank', 'is_main',
+           'main_print', 'write_atomic', 'all_mean', 'any_rank', 'unwrap']
 
 # %% ../nbs/09_learner.ipynb #fb5bddc5
 class CancelException(Exception):
@@ -169,6 +169,87 @@ def _mine(states, path=None):
                       "uninterrupted one would have")
     return states[min(rank(), len(states) - 1)]
 
+class RunState:
+    """Where a fit stands and what it resumes from, in one place: the position (epoch, batches done, phase), the random
+    states, and what `Learner.load` read for the next fit. The learner's loop tells it each step; `save` asks it."""
+    def __init__(self):
+        self.loaded = {}  # from `load`, for the next fit: 'pos', 'state' (the callbacks'), 'opt'
+        self.resume = None  # the position this fit resumes from, until the loop reaches it
+        self.done = None  # (epoch, batches done, training phase done): what a checkpoint records
+        self.rng_epoch, self._at, self._trained = None, None, None
+
+    def read(self, ckpt, with_opt=True):
+        "Keep what checkpoint `ckpt` (a dict, as `Learner.save` wrote it) holds for the next fit."
+        self.loaded = {k: ckpt[k] for k in ('pos',) if k in ckpt}
+        if 'state' in ckpt or 'cbs' in ckpt: self.loaded['state'] = ckpt.get('state', ckpt.get('cbs'))
+        if with_opt and 'opt' in ckpt: self.loaded['opt'] = ckpt['opt']
+    def start(self, path=None):
+        """The position a fit resumes from: that of the checkpoint loaded from `path`, or None without `path` (a plain
+        `load` carries the state over, not the run's position)."""
+        pos = self.loaded.pop('pos', None)
+        if path is None: pos = None
+        elif pos is None:
+            raise ValueError(f"`resume`: checkpoint {str(path)!r} was saved outside a fit, so it has no place to resume "
+                             "from; load it with `learn.load`")
+        else:  # the saved learning rates and momenta are the run's; this process's random states
+            pos['opt'] = self.loaded.get('opt')
+            pos['rng'], pos['rng_epoch'] = _mine(pos['rng'], path), _mine(pos['rng_epoch'], path)
+        self.resume = pos
+        return pos
+
+    def begin_fit(self, learn):
+        """Give the callbacks their saved states; restore the random states now, unless the fit resumes inside an
+        epoch (`begin_epoch` does it there, after the epoch's set-up)."""
+        r = self.resume or {}
+        r['state'] = self.loaded.pop('state', None)
+        self._trained = r['epoch'] if r.get('train_done') else None
+        if not (0 < r.get('iter', 0) and not r['train_done']):
+            self._restore(learn, r)
+            if 'rng' in r: _set_rng(r['rng'], getattr(learn.dls, 'train', None))
+            self.resume = None
+    def trained(self, epoch):
+        "Whether `epoch`'s training phase was done before the checkpoint this fit resumes from."
+        return epoch == self._trained
+    def begin_epoch(self, learn):
+        "At the epoch a fit resumes inside: the same data order, then the states; remember the order for `save`."
+        r, self.resume = (self.resume, None) if learn.training else (None, self.resume)
+        if r is not None:
+            _set_rng(r['rng_epoch'], learn.dls.train)
+            self._restore(learn, r)
+        if learn.training: self.rng_epoch = _get_rng(learn.dls.train)
+        self._at = r
+    def skip(self, learn):
+        "Whether batch `learn.iter` was done before the checkpoint; at the first one that was not, the random states."
+        r = self._at
+        if r is None: return False
+        if learn.iter < r['iter']: return True
+        _set_rng(r['rng'], learn.dls.train)
+        self._at = None
+        return False
+    def batch_done(self, learn): self.done = (learn.epoch, learn.iter + 1, False)
+    def end_epoch(self, learn):
+        if self._at is not None: _set_rng(self._at['rng'], learn.dls.train)  # saved after the epoch's last batch
+        self._at = None
+        if learn.training and learn._valid: self.done = (learn.epoch, self.done[1], True)
+        else: self.done = (learn.epoch + 1, 0, False)
+    def end_fit(self): self.resume, self._at = None, None
+
+    def _restore(self, learn, r):
+        """Give the callbacks their saved state, and the optimiser's param groups their saved hyperparameters (which
+        the callbacks' set-up may have changed)."""
+        if r.get('state') is not None: learn._load_states(r['state'], resuming='epoch' in r)
+        if r.get('opt') is not None:  # in place: schedulers and recorders hold these dicts
+            for g, s in zip(learn.opt.param_groups, r['opt']['param_groups']):
+                g.update({k: v for k, v in s.items() if k != 'params'})
+    def position(self, dl=None):
+        """What a checkpoint records of the run (None outside a fit): the position, every process's random states (a
+        collective), and inside an epoch the states its data order came from."""
+        if self.done is None: return None
+        e, i, train_done = self.done
+        mid = 0 < i and not train_done
+        return {'epoch': e, 'iter': i, 'train_done': train_done, 'rng': gather(_get_rng(dl)),
+                'rng_epoch': gather(self.rng_epoch) if mid else None}
+
 # %% ../nbs/09_learner.ipynb #c0de0103
 _all_ = ['world', 'rank', 'is_main', 'main_print', 'write_atomic', 'all_mean', 'any_rank', 'unwrap']  # from `procs`
 
@@ -185,7 +266,7 @@ class Learner():
         cbs = cb_list(cbs)
         fc.store_attr()
         self.opt, self._events, self.scaler, self._unscaled, self.grad_factor = None, None, None, False, 1.
-        self._pending, self._resume, self._done, self._valid, self.history, self.logging = {}, None, None, True, [], True
+        self.run, self._valid, self.history, self.logging = RunState(), True, [], True
 
     @with_cbs('batch')
     def _one_batch(self):
@@ -199,7 +280,7 @@ class Learner():
             self._backward()
             self._step()
             if self._stepped: self._do('zero_grad')  # a cancelled step keeps its gradients (gradient accumulation)
-            self._done = (self.epoch, self.iter + 1, False)
+            self.run.batch_done(self)
 
     @with_cbs('backward')
     def _backward(self): self._do('backward')
@@ -208,24 +289,6 @@ class Learner():
         self._do('step')
         self._stepped = True
 
-    def step_owner(self, step):
-        """Who does training step `step` (one of `Learner._steps`) in this fit: the callback that lists it in its
-        `replaces`, else the learner (if its class has the method), else the first callback, in order, that has it;
-        None if nobody does."""
-        return self._owner(step)[0]
-    def _owner(self, step):
-        "`step`'s owner and the function that runs it; looked up once per fit."
-        got = self._events.get(('owner', step)) if self._events is not None else None
-        if got is not None: return got
-        cbs = sorted(self.cbs, key=attrgetter('order'))
-        who = next((cb for cb in cbs if step in getattr(cb, 'replaces', ())), None)
-        if who is None and getattr(type(self), step, None) is not None: who = self
-        who = who or next((cb for cb in cbs if callable(getattr(cb, step, None))), None)
-        if who is self: fn = getattr(self, step)
-        elif who is None: fn = None
-        else: fn = (lambda cb=who, m=getattr(who, step): _call_cb(cb, step, m, self))
-        if self._events is not None: self._events[('owner', step)] = (who, fn)
-        return who, fn
     def _do(self, step): self._owner(step)[1]()
 
     @property
@@ -237,24 +300,6 @@ class Learner():
         "The batch's targets, a tuple (the items after the inputs)."
         return split_batch(self.batch, self.n_inp)[1]
 
-    def scaled(self, t):
-        """What to back-propagate for `t`: `t` times `grad_factor` and the gradient scaler's scale (`learn.scaler`), if
-        any."""
-        if self.grad_factor != 1: t = t * self.grad_factor
-        return t if self.scaler is None else self.scaler.scale(t)
-    def unscale_(self):
-        """Turn the scaled `.grad`s into true gradients before they are read (once per step; nothing to do without a
-        scaler)."""
-        if self.scaler is not None and not self._unscaled:
-            self.scaler.unscale_(self.opt)
-            self._unscaled = True
-    def opt_step(self):
-        """Step the optimiser, through `learn.scaler` if there is one (which skips a step whose gradients are not
-        finite)."""
-        if self.scaler is None: return self.opt.step()
-        self.scaler.step(self.opt)
-        self.scaler.update()
-
     def _check_loss(self):
         l = self.loss
         if not isinstance(l, torch.Tensor) or l.ndim > 1:
@@ -265,20 +310,10 @@ class Learner():
 
     @with_cbs('epoch')
     def _one_epoch(self):
-        r, self._resume = (self._resume, None) if self.training else (None, self._resume)
-        if r is not None:  # the epoch a resumed fit starts inside: the same data order, the batches done skipped
-            _set_rng(r['rng_epoch'], self.dls.train)
-            self._restore(r)
-        if self.training: self._rng_epoch = _get_rng(self.dls.train)
+        self.run.begin_epoch(self)
         for self.iter, self.batch in enumerate(self.dl):
-            if r is not None:
-                if self.iter < r['iter']: continue
-                _set_rng(r['rng'], self.dls.train)
-                r = None
-            self._one_batch()
-        if r is not None: _set_rng(r['rng'], self.dls.train)  # saved after the epoch's last batch
-        if self.training: self._done = (self.epoch, self._done[1], True) if self._valid else (self.epoch + 1, 0, False)
-        else: self._done = (self.epoch + 1, 0, False)
+            if not self.run.skip(self): self._one_batch()
+        self.run.end_epoch(self)
 
     def one_epoch(self, training):
         "One pass over the training (or validation) data."
@@ -286,25 +321,11 @@ class Learner():
         self.dl = self.dls.train if training else self.dls.valid
         self._one_epoch()
 
-    def _restore(self, r):
-        """Give the callbacks their saved state, and the optimiser's param groups their saved hyperparameters (which
-        the callbacks' set-up may have changed)."""
-        if r.get('state') is not None: self._load_states(r['state'], resuming='epoch' in r)
-        if r.get('opt') is not None:  # in place: schedulers and recorders hold these dicts
-            for g, s in zip(self.opt.param_groups, r['opt']['param_groups']): g.update({k: v for k, v in s.items() if k != 'params'})
-
     @with_cbs('fit')
     def _fit(self, train, valid):
-        r = self._resume or {}
-        r['state'] = self._pending.pop('state', None)
-        # (a fit resumed inside an epoch is restored there instead, after its before_epoch)
-        if not (0 < r.get('iter', 0) and not r['train_done']):
-            self._restore(r)
-            if 'rng' in r: _set_rng(r['rng'], getattr(self.dls, 'train', None))
-            self._resume = None
-        r = r if 'epoch' in r else None
+        self.run.begin_fit(self)
         for self.epoch in self.epochs:
-            if train and not (r is not None and self.epoch == r['epoch'] and r['train_done']): self.one_epoch(True)
+            if train and not self.run.trained(self.epoch): self.one_epoch(True)
             if valid:
                 with torch.no_grad(): self.one_epoch(False)
 
@@ -321,36 +342,31 @@ class Learner():
         self._check_fit(n_epochs, train, valid)
         if resume is not None:
             self.load(resume)
-            pos = self._pending.pop('pos', None)
-            if pos is None: raise ValueError(f"`resume`: checkpoint {str(resume)!r} was saved outside a fit, so it has no place to resume from; load it with `learn.load`")
-            # the saved learning rates and momenta are the run's, whatever `lr` says
-            pos['opt'], lr = self._pending.get('opt'), None
-            pos['rng'], pos['rng_epoch'] = _mine(pos['rng'], resume), _mine(pos['rng_epoch'], resume)
-        else:  # a plain `load` carries the state over, not the run's position
-            self._pending.pop('pos', None)
-            pos = None
+            lr = None  # the saved learning rates and momenta are the run's, whatever `lr` says
+        pos = self.run.start(resume)
         cbs = cb_list(cbs)
         for cb in cbs: self.cbs.append(cb)
         try:
-            self.n_epochs, self.epochs, self._valid, self._resume = n_epochs, range(pos['epoch'] if pos else 0, n_epochs), valid, pos
+            self.n_epochs, self.epochs, self._valid = n_epochs, range(pos['epoch'] if pos else 0, n_epochs), valid
             if pos is None: self.history = []
-            self._done = (self.epochs.start, 0, False)
+            self.run.done = (self.epochs.start, 0, False)
             self._new_opt(lr)
             self._events = {}
             self._sorted_cbs = sorted(self.cbs, key=attrgetter('order'))
-            self._check_cbs(train)
+            _check_cbs(self, train)
             self._fit(train, valid)
         except BaseException as e:
             explain_timeout(e)  # a collective that timed out: which process never came
             raise
         finally:
-            self._events, self._resume = None, None
+            self._events = None
+            self.run.end_fit()
             for cb in cbs: self.cbs.remove(cb)
 
     def _new_opt(self, lr):
         """A fresh optimiser at `lr` (default `self.lr`) that takes over any state `load` left pending; an explicit
         `lr` wins over the loaded one."""
-        explicit, state = lr is not None, self._pending.pop('opt', None)
+        explicit, state = lr is not None, self.run.loaded.pop('opt', None)
         if self.opt_func is None: raise ValueError("`opt_func` should be a function (params, lr) -> optimiser, such as optim.SGD; found None")
         lr = self.lr if lr is None else lr
         if not isinstance(lr, (int, float)) or isinstance(lr, bool):
@@ -360,32 +376,6 @@ class Learner():
             self.opt.load_state_dict(state)
             if explicit:
                 for pg in self.opt.param_groups: pg['lr'] = lr
-
-    def _check_cbs(self, train=True):
-        for cb in self._sorted_cbs:
-            rep = getattr(cb, 'replaces', ())
-            if isinstance(rep, str) or any(s not in self._steps for s in rep):
-                raise ValueError(f"{type(cb).__name__}.replaces should be a tuple of training steps among "
-                                 f"{', '.join(self._steps)}; found {rep!r}")
-            if (no := [s for s in rep if not callable(getattr(cb, s, None))]):
-                raise ValueError(f"{type(cb).__name__} replaces {', '.join(no)} (`replaces`) but has no such method")
-        for s in self._steps:
-            takers = [type(cb).__name__ for cb in self._sorted_cbs if s in getattr(cb, 'replaces', ())]
-            if len(takers) > 1:
-                raise ValueError(f"callbacks {', '.join(takers)} each replace the training step `{s}` (`replaces`); "
-                                 "a fit can have only one")
-        need = ('predict', 'get_loss') + (('backward', 'step', 'zero_grad') if train else ())
-        missing = [nm for nm in need if self.step_owner(nm) is None]
-        if missing:
-            raise ValueError(f"a plain `Learner` takes its training steps from a callback, and no callback of this fit has "
-                             f"{', '.join(missing)}: add TrainCB() to the callbacks (or use TrainLearner)")
-        state_keys(self._sorted_cbs)  # two callbacks whose states would share a key are refused before anything runs
-        for cb in self._sorted_cbs:
-            for nm in dir(cb):
-                if re.match(r'(before|after|cleanup)_', nm) and nm not in self.events and callable(getattr(cb, nm, None)):
-                    close = difflib.get_close_matches(nm, self.events, 1, 0.5)
-                    raise ValueError(f"{type(cb).__name__}.{nm} is not an event of the Learner, so it would never run"
-                                     + (f": did you mean `{close[0]}`?" if close else f"; the events are {', '.join(_EVENTS)}"))
 
     def _methods(self, method_nm):
         "The (callback, method) pairs for event `method_nm`, in `order`; looked up once per fit."
@@ -409,6 +399,78 @@ class Learner():
     def last_phase(self):
         "Whether the phase now running ends the epoch: validation, or training in a fit without validation."
         return not self.training or not self._valid
+
+# %% ../nbs/09_learner.ipynb #chk00001
+def _check_cbs(learn, train=True):
+    """Refuse, before anything runs, a fit whose callbacks cannot work together: a step replaced twice or by a
+    callback without it, a step nobody does, two states under one key, a misspelt event."""
+    for cb in learn._sorted_cbs:
+        rep = getattr(cb, 'replaces', ())
+        if isinstance(rep, str) or any(s not in learn._steps for s in rep):
+            raise ValueError(f"{type(cb).__name__}.replaces should be a tuple of training steps among "
+                             f"{', '.join(learn._steps)}; found {rep!r}")
+        if (no := [s for s in rep if not callable(getattr(cb, s, None))]):
+            raise ValueError(f"{type(cb).__name__} replaces {', '.join(no)} (`replaces`) but has no such method")
+    for s in learn._steps:
+        takers = [type(cb).__name__ for cb in learn._sorted_cbs if s in getattr(cb, 'replaces', ())]
+        if len(takers) > 1:
+            raise ValueError(f"callbacks {', '.join(takers)} each replace the training step `{s}` (`replaces`); "
+                             "a fit can have only one")
+    need = ('predict', 'get_loss') + (('backward', 'step', 'zero_grad') if train else ())
+    missing = [nm for nm in need if learn.step_owner(nm) is None]
+    if missing:
+        raise ValueError(f"a plain `Learner` takes its training steps from a callback, and no callback of this fit has "
+                         f"{', '.join(missing)}: add TrainCB() to the callbacks (or use TrainLearner)")
+    state_keys(learn._sorted_cbs)  # two callbacks whose states would share a key are refused before anything runs
+    for cb in learn._sorted_cbs:
+        for nm in dir(cb):
+            if re.match(r'(before|after|cleanup)_', nm) and nm not in learn.events and callable(getattr(cb, nm, None)):
+                close = difflib.get_close_matches(nm, learn.events, 1, 0.5)
+                raise ValueError(f"{type(cb).__name__}.{nm} is not an event of the Learner, so it would never run"
+                                 + (f": did you mean `{close[0]}`?" if close else f"; the events are {', '.join(_EVENTS)}"))
+
+# %% ../nbs/09_learner.ipynb #stp00001
+@patch
+def step_owner(self:Learner, step):
+    """Who does training step `step` (one of `Learner._steps`) in this fit: the callback that lists it in its
+    `replaces`, else the learner (if its class has the method), else the first callback, in order, that has it;
+    None if nobody does."""
+    return self._owner(step)[0]
+@patch
+def _owner(self:Learner, step):
+    "`step`'s owner and the function that runs it; looked up once per fit."
+    got = self._events.get(('owner', step)) if self._events is not None else None
+    if got is not None: return got
+    cbs = sorted(self.cbs, key=attrgetter('order'))
+    who = next((cb for cb in cbs if step in getattr(cb, 'replaces', ())), None)
+    if who is None and getattr(type(self), step, None) is not None: who = self
+    who = who or next((cb for cb in cbs if callable(getattr(cb, step, None))), None)
+    if who is self: fn = getattr(self, step)
+    elif who is None: fn = None
+    else: fn = (lambda cb=who, m=getattr(who, step): _call_cb(cb, step, m, self))
+    if self._events is not None: self._events[('owner', step)] = (who, fn)
+    return who, fn
+
+@patch
+def scaled(self:Learner, t):
+    """What to back-propagate for `t`: `t` times `grad_factor` and the gradient scaler's scale (`learn.scaler`), if
+    any."""
+    if self.grad_factor != 1: t = t * self.grad_factor
+    return t if self.scaler is None else self.scaler.scale(t)
+@patch
+def unscale_(self:Learner):
+    """Turn the scaled `.grad`s into true gradients before they are read (once per step; nothing to do without a
+    scaler)."""
+    if self.scaler is not None and not self._unscaled:
+        self.scaler.unscale_(self.opt)
+        self._unscaled = True
+@patch
+def opt_step(self:Learner):
+    """Step the optimiser, through `learn.scaler` if there is one (which skips a step whose gradients are not
+    finite)."""
+    if self.scaler is None: return self.opt.step()
+    self.scaler.step(self.opt)
+    self.scaler.update()
 
 # %% ../nbs/09_learner.ipynb #e719cd03
 class TrainCB(Callback):
@@ -849,13 +911,13 @@ def lr_find(self:Learner, gamma=1.3, max_mult=3, start_lr=1e-5, max_epochs=10, p
     """Run an LR range test from `start_lr`, plot loss against lr, and return the suggested learning rate (None, with a
     warning, if the loss never fell); weights, optimiser and mode are restored; `cbs` (a `ProgressCB`, say) join its
     run."""
-    kept = deepcopy(self.model.state_dict()), self.opt, self._pending, self.history, self._done, self.model.training, self.logging
+    kept = deepcopy(self.model.state_dict()), self.opt, self.run, self.history, self.model.training, self.logging
     cb = LRFinderCB(gamma=gamma, max_mult=max_mult)
     # a fresh optimiser from `start_lr`; what `load` left waits for the next fit; no metric rows
-    self._pending, self.logging = {}, False
+    self.run, self.logging = RunState(), False
     try: self.fit(max_epochs, lr=start_lr, valid=False, cbs=[cb, *cb_list(cbs)])
     finally:
-        state, self.opt, self._pending, self.history, self._done, training, self.logging = kept
+        state, self.opt, self.run, self.history, training, self.logging = kept
         self.model.load_state_dict(state)
         self.model.train(training)
     self.lr_finder = cb  # its lrs and losses, to look at even when no suggestion comes
@@ -923,12 +985,8 @@ def save(self:Learner, path, with_opt=True):
              'state': {k: {'kind': type(cb).__name__, 'state': cb.state_dict()}
                        for k, cb in state_keys(self.cbs).items()}}
     if with_opt and hasattr(self.opt, 'state_dict'): state['opt'] = self.opt.state_dict()
-    if self._done is not None:
-        e, i, train_done = self._done
-        mid = 0 < i and not train_done
-        state['pos'] = {'epoch': e, 'iter': i, 'train_done': train_done,
-                        'rng': gather(_get_rng(getattr(self.dls, 'train', None))),
-                        'rng_epoch': gather(getattr(self, '_rng_epoch', None)) if mid else None}
+    pos = self.run.position(getattr(self.dls, 'train', None))
+    if pos is not None: state['pos'] = pos
     state = {k: (v if k == 'model' else _plain(v, k)) for k, v in state.items()}
     write_atomic(path, lambda tmp: torch.save(state, tmp))  # the old checkpoint stays whole until the new one is
     if world() > 1: dist.barrier()  # the others wait until the file is whole
@@ -955,9 +1013,7 @@ def load(self:Learner, path, with_opt=True):
             raise ValueError(f"Checkpoint {str(path)!r} does not fit the model: parameter `{k}` has shape "
                              f"{tuple(new[k].shape)} there, {tuple(v.shape)} in the model")
     unwrap(self.model).load_state_dict(new)
-    self._pending = {k: state[k] for k in ('pos',) if k in state}
-    if 'state' in state or 'cbs' in state: self._pending['state'] = state.get('state', state.get('cbs'))
-    if with_opt and 'opt' in state: self._pending['opt'] = state['opt']
+    self.run.read(state, with_opt)
     self.history = state.get('history', [])
 
 # %% ../nbs/09_learner.ipynb #b59da94c

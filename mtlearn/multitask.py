@@ -307,7 +307,7 @@ class MultiTaskGradCB(Callback):
             raise ValueError(f"`sdm_batches`='consecutive' is for aggregators that need independent batches, such as SDMGrad; the aggregator is a {type(aggregator).__name__}")
         self.agg, self.mode, self.shared, self.guard, self.sdm_batches, self.reduce = aggregator, mode, shared, guard, sdm_batches, reduce
         self.losses, self.weights, self._guard = DeviceSeries(max_records), DeviceSeries(max_records), None
-        self._pending, self.z = [], None
+        self._waiting, self.z = [], None
 
     def _shared_module(self, model):
         s = self.shared
@@ -339,12 +339,12 @@ class MultiTaskGradCB(Callback):
         # the one guard, run from here
         self._guard = GuardCB('raise', undo=True if self.guard else None) if own else None
         if self._guard is not None: self._guard.before_fit(learn)
-        self._pending, self.z = [], None
+        self._waiting, self.z = [], None
         self.task_names = getattr(learn.loss_func, 'tasks', None)
     def cleanup_fit(self, learn):
         if getattr(self, '_hook', None) is not None: self._hook.remove()
         if getattr(self, '_ddp', None) is not None: self._ddp.require_backward_grad_sync = True
-        self.z, self._pending = None, []  # a triple of batches left incomplete at the end is dropped
+        self.z, self._waiting = None, []  # a triple of batches left incomplete at the end is dropped
         self.losses.flush(); self.weights.flush()
         if self._guard is not None: self._guard.cleanup_fit(learn)
     def after_epoch(self, learn):
@@ -366,13 +366,13 @@ class MultiTaskGradCB(Callback):
         scaled = learn.scaler is not None or learn.grad_factor != 1
         scale = learn.scaled(losses.new_ones(())) if scaled else None  # a device tensor: no read
         z, self.z = self.z, None
-        if self.sdm_batches == 'consecutive' and len(self._pending) < self.parts - 1:  # J₁, J₂ wait for the third batch
-            self._pending.append(task_jacobian(losses, z, self.shared_params, scale, self.reduce))
+        if self.sdm_batches == 'consecutive' and len(self._waiting) < self.parts - 1:  # J₁, J₂ wait for the third batch
+            self._waiting.append(task_jacobian(losses, z, self.shared_params, scale, self.reduce))
             return
-        rows = losses if self._pending or self.parts == 1 else self._split_losses(learn, len(z))
-        w = mtl_backward(rows, z, self.agg, self.shared_params, self.head_params, self.mode, tuple(self._pending), scale,
+        rows = losses if self._waiting or self.parts == 1 else self._split_losses(learn, len(z))
+        w = mtl_backward(rows, z, self.agg, self.shared_params, self.head_params, self.mode, tuple(self._waiting), scale,
                          self.reduce, self.head_grads)
-        self._pending = []
+        self._waiting = []
         if w is not None: self.weights.append(w)
 
     def _split_losses(self, learn, n):
@@ -385,23 +385,23 @@ class MultiTaskGradCB(Callback):
         return torch.stack([learn.loss_func(cut(learn.preds, i), *cut(ys, i)) for i in torch.arange(n, device=learn.losses.device).tensor_split(k)])
 
     def before_step(self, learn):
-        if self._pending: raise CancelStepException()  # SDMGrad waits for the third batch
+        if self._waiting: raise CancelStepException()  # SDMGrad waits for the third batch
         if self._guard is not None: self._guard.before_step(learn)
     def cleanup_step(self, learn):
-        if self._guard is not None and not self._pending: self._guard.cleanup_step(learn)
+        if self._guard is not None and not self._waiting: self._guard.cleanup_step(learn)
     def _tasks(self, m): return self.task_names or list(range(m))
 
     def state_dict(self):
         """The aggregator's buffers and counters, the Jacobians waiting for their third batch, the recorded losses and
         weights, and the guard's step count: what a resumed run needs."""
-        sd = {'losses': self.losses.state_dict(), 'weights': self.weights.state_dict(), 'pending': list(self._pending)}
+        sd = {'losses': self.losses.state_dict(), 'weights': self.weights.state_dict(), 'pending': list(self._waiting)}
         if self._guard is not None: sd['guard'] = self._guard.state_dict()
         if isinstance(self.agg, nn.Module): sd['aggregator'] = self.agg.state_dict()
         return sd
     def load_state_dict(self, sd):
         if isinstance(self.agg, nn.Module) and 'aggregator' in sd: self.agg.load_state_dict(sd['aggregator'])
         self.losses.load_state_dict(sd['losses']); self.weights.load_state_dict(sd['weights'])
-        self._pending = list(sd.get('pending', ()))
+        self._waiting = list(sd.get('pending', ()))
         if self._guard is not None and 'guard' in sd: self._guard.load_state_dict(sd['guard'])
 
     def plot_losses(self, ax=None, names=None):
