@@ -1,5 +1,5 @@
 "Aggregators: differential tests against torchjd 0.18.0, property tests, and the sync-free path."
-import pytest, torch
+import re, pytest, torch
 from hypothesis import given, settings, strategies as st, HealthCheck
 from mtlearn.learner import CountSyncs
 from mtlearn.aggregators import *
@@ -329,7 +329,7 @@ def test_nash_mtl_with_a_task_without_gradient():
     nash = NashMTL()
     for _ in range(8):
         d = nash(Jz)
-        assert torch.isfinite(nash.alpha).all() and nash.last_weights[1] == 0
+        assert torch.isfinite(nash.weighting.alpha).all() and nash.last_weights[1] == 0  # (α is the weighting's state)
         torch.testing.assert_close(d, NashMTL()(J[[0, 2]]), rtol=1e-9, atol=1e-12)
     J2 = rand_J(3, 10, 41)
     torch.testing.assert_close(nash(J2), NashMTL()(J2), rtol=1e-9, atol=1e-12)
@@ -426,6 +426,80 @@ def test_str_is_the_short_name_and_preferences_are_copies():
     assert agg.pref_vector is not p and torch.equal(agg.pref_vector, p)
     p[0] = 5.; assert agg.pref_vector[0] == 1.  # a copy: later changes to p do not reach it
     assert 'copy' in UPGradWeighting.__doc__ and 'copy' in PCDWeighting.__doc__
+
+# ---- the aggregators' API: explicit classes, their weighting's settings as properties, nothing forwarded
+import inspect
+import mtlearn.aggregators as _A
+from mtlearn.aggregators import _Setting
+
+# the required arguments
+ARGS = {'Constant': (torch.tensor([1., 2.]),), 'CAGrad': (0.5,), 'Krum': (1,), 'FairGrad': (1.,),
+        'CRMOGM': (MGDAWeighting(),), 'TrimmedMean': (1,)}
+PUBLIC = [c for n in _A.__all__ if isinstance(c := getattr(_A, n), type) and issubclass(c, Aggregator)
+          and c not in (Aggregator, WeightedAggregator)]
+WEIGHTED = [c for c in PUBLIC if c not in (TrimmedMean, GradDrop, DBMTL)]  # (those three have no weighting)
+make = lambda cls: cls(*ARGS.get(cls.__name__, ()))
+settings_of = lambda cls: {k: v for k, v in vars(cls).items() if isinstance(v, _Setting)}
+
+def test_no_forwarding_and_no_class_factory():
+    assert '__getattr__' not in vars(Aggregator) and Aggregator.__getattr__ is torch.nn.Module.__getattr__
+    assert not hasattr(_A, '_aggregator') and len(PUBLIC) == 24
+
+@pytest.mark.parametrize('cls', PUBLIC, ids=lambda c: c.__name__)
+def test_every_aggregator_is_an_explicit_class(cls):
+    "Its own constructor, with its own signature (no patched `__signature__`), and a docstring."
+    assert '__init__' in vars(cls) and '__signature__' not in vars(cls.__init__), cls
+    assert cls.__doc__ and cls.__module__ == 'mtlearn.aggregators' and cls.__qualname__ == cls.__name__
+
+@pytest.mark.parametrize('cls', WEIGHTED, ids=lambda c: c.__name__)
+def test_signature_and_settings_are_the_weightings(cls):
+    agg = make(cls)
+    wsig = inspect.signature(type(agg.weighting))
+    assert inspect.signature(cls) == wsig  # the same parameters, defaults and order
+    # every constructor argument but CR-MOGM's inner weighting (`agg.weighting.weighting`) is listed in the class body
+    assert set(settings_of(cls)) == set(wsig.parameters) - {'weighting'}
+
+@pytest.mark.parametrize('cls', WEIGHTED, ids=lambda c: c.__name__)
+def test_settings_are_properties_that_round_trip_and_check_on_write(cls):
+    agg = make(cls)
+    for name, s in settings_of(cls).items():
+        v = getattr(agg, name)
+        assert v is getattr(agg.weighting, s.attr), name  # read from the weighting
+        setattr(agg, name, v)  # written back: a tensor is stored as a copy, anything else as it is
+        w = getattr(agg, name)
+        assert (torch.equal(w, v) if isinstance(v, torch.Tensor) else w == v), name
+        assert name not in agg.__dict__ and w is getattr(agg.weighting, s.attr), name  # nothing kept on the aggregator
+        with pytest.raises(ValueError, match=f'`{name}`'): setattr(agg, name, object())  # checked on write
+        assert getattr(agg, name) is w, name  # a refused value leaves the old one
+
+def test_a_written_setting_reaches_the_weighting_and_is_checked():
+    agg = MGDA()
+    agg.epsilon = 0.25
+    assert agg.weighting.epsilon == 0.25 and repr(agg).startswith("MGDA(norm_type='none', epsilon=0.25,")
+    with pytest.raises(ValueError, match=re.escape('`epsilon` should be a number > 0; found epsilon = -1')):
+        agg.epsilon = -1
+    c = Constant(torch.tensor([1., 2.]))
+    w = torch.tensor([3., 4.])
+    c.weights = w
+    assert torch.equal(c.weighting.const, w) and c.weights is not w  # a copy, in the weighting's buffer
+    assert list(c.state_dict()) == ['weighting.const']
+    torch.testing.assert_close(c(torch.eye(2)), w)
+    with pytest.raises(ValueError, match='`weights` should be a 1-D tensor'): c.weights = torch.ones(2, 2)
+    cr = CRMOGM(MGDA(), initial_weights=torch.tensor([0.5, 0.5]))
+    bad = '`initial_weights` should be a 1-D tensor'
+    with pytest.raises(ValueError, match=bad): cr.initial_weights = torch.ones(2, 2)
+    with pytest.raises(ValueError, match=bad): CRMOGM(MGDA(), initial_weights=[1, 2])
+    cr.initial_weights = None
+    assert cr.weighting.initial_weights is None and 'weighting.initial_weights' not in cr.state_dict()
+
+def test_an_unknown_attribute_is_an_attribute_error():
+    nash, agg = NashMTL(), MGDA()
+    for a, name in [(agg, 'alpha'), (agg, 'no_such_thing'), (nash, 'alpha'), (nash, 'step'), (SDMGrad(), 'w')]:
+        with pytest.raises(AttributeError): getattr(a, name)  # the weighting's state is read on `agg.weighting`
+    assert nash.weighting.alpha.numel() == 0 and nash.weighting.step == 0
+    agg.no_such_thing = 1  # a plain attribute of the aggregator, as on any module: the weighting is untouched
+    assert agg.no_such_thing == 1 and not hasattr(agg.weighting, 'no_such_thing')
+    assert getattr(Mean(), 'head_grads', 'own') == 'own' and NashMTL.head_grads == ExcessMTL.head_grads == 'weighted'
 
 def test_weighted_aggregator_as_torchjd():
     "torchjd's WeightedAggregator applies its weighting to J itself; a weighting of the Gramian composed with J ↦ JJᵀ."
