@@ -56,7 +56,9 @@ class HooksCallback(Callback):
         self.hooks = None
     def before_fit(self, learn):
         mods = self.mods if self.mods else fc.filter_ex(learn.model.modules(), self.mod_filter)
-        if not mods: raise ValueError(f"`mod_filter` matched no module of the model ({type(learn.model).__name__}); nothing would be recorded")
+        if not mods:
+            raise ValueError(f"`mod_filter` matched no module of the model ({type(learn.model).__name__}); nothing "
+                             "would be recorded")
         self.hooks = Hooks(mods, partial(self._hookfunc, learn))
     def _hookfunc(self, learn, *args, **kwargs):
         if (self.on_train and learn.training) or (self.on_valid and not learn.training): self.hookfunc(*args, **kwargs)
@@ -101,8 +103,10 @@ class ActivationStats(HooksCallback):
     """Record `append_stats` for the modules `mod_filter` picks, every `every` training batches, keeping at most
     `max_records`, each from `stat_items` items."""
     def __init__(self, mod_filter=fc.noop, every=1, max_records=10_000, stat_items=64, **kwargs):
-        if not (isinstance(every, int) and every >= 1): raise ValueError(f"`every` should be a positive int; found every = {every!r}")
-        if not (isinstance(max_records, int) and max_records >= 1): raise ValueError(f"`max_records` should be a positive int; found max_records = {max_records!r}")
+        if not (isinstance(every, int) and every >= 1):
+            raise ValueError(f"`every` should be a positive int; found every = {every!r}")
+        if not (isinstance(max_records, int) and max_records >= 1):
+            raise ValueError(f"`max_records` should be a positive int; found max_records = {max_records!r}")
         if not (stat_items is None or (isinstance(stat_items, int) and stat_items >= 1)):
             raise ValueError(f"`stat_items` should be a positive int or None; found stat_items = {stat_items!r}")
         super().__init__(partial(append_stats, max_records=max_records, stat_items=stat_items), mod_filter, **kwargs)
@@ -137,7 +141,8 @@ class ActivationStats(HooksCallback):
         "Mean and standard deviation of each layer's activations over time."
         fig, axs = plt.subplots(1, 2, figsize=figsize)
         for i, h in enumerate(self):
-            for j, what in enumerate(('mean', 'std')): plot_series(_rows(h.stats[j]), [i], axs[j], 'record', f'activation {what}')
+            for j, what in enumerate(('mean', 'std')):
+                plot_series(_rows(h.stats[j]), [i], axs[j], 'record', f'activation {what}')
         axs[0].set_title('Means'); axs[1].set_title('Stdevs')
         for ax in axs: ax.legend(title='layer', fontsize='small')
         fig.tight_layout()

@@ -20,4 +20,20 @@ from .tracker import *
 import sys as _sys
 
 # nbdev writes an empty `__all__` for a module that defines nothing; this one re-exports every module's names
-__all__ = [n for m in ('datasets', 'conv', 'procs', 'learner', 'activations', 'init', 'sgd', 'resnet', 'augment', 'accel', 'tracker') for n in _sys.modules[f'mtlearn.{m}'].__all__]
+__all__ = [
+    n
+    for m in (
+        'datasets',
+        'conv',
+        'procs',
+        'learner',
+        'activations',
+        'init',
+        'sgd',
+        'resnet',
+        'augment',
+        'accel',
+        'tracker',
+    )
+    for n in _sys.modules[f'mtlearn.{m}'].__all__
+]

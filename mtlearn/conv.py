@@ -26,12 +26,14 @@ def get_device(device=None):
     if device is None: return torch.device(def_device)
     try: dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise ValueError(f"`device` should be a device name such as 'cpu', 'cuda', 'cuda:1' or 'mps'; found device = {device!r}") from None
+        raise ValueError("`device` should be a device name such as 'cpu', 'cuda', 'cuda:1' or 'mps'; found device = "
+                         f"{device!r}") from None
     avail = {'cpu': lambda i: True,
              'cuda': lambda i: torch.cuda.is_available() and (i is None or i < torch.cuda.device_count()),
              'mps': lambda i: getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available()}
     check = avail.get(dev.type)
-    if check is not None and not check(dev.index): raise ValueError(f"`device` {str(dev)!r} is not available on this machine")
+    if check is not None and not check(dev.index):
+        raise ValueError(f"`device` {str(dev)!r} is not available on this machine")
     return dev
 
 # %% ../nbs/07_conv.ipynb #d3598c79

@@ -37,7 +37,7 @@ class CancelFitException(CancelException): "Stop the fit: skip to `cleanup_fit`.
 class CancelEpochException(CancelException): "Stop this epoch: skip to `cleanup_epoch`."
 class CancelBatchException(CancelException): "Stop this batch: skip to `cleanup_batch`."
 class CancelBackwardException(CancelException): "Skip the default backward pass (a callback did its own)."
-class CancelStepException(CancelException): "Skip the default optimiser step (a callback did its own, or none is wanted)."
+class CancelStepException(CancelException): "Skip the optimiser step this batch (gradient accumulation, say)."
 
 # %% ../nbs/09_learner.ipynb #1a6587f9
 class Callback():
@@ -59,7 +59,8 @@ def state_keys(cbs):
         if not callable(getattr(cb, 'state_dict', None)): continue
         k = state_key(cb)
         if k in out:
-            raise ValueError(f"two callbacks, a {type(out[k]).__name__} and a {type(cb).__name__}, would both keep their "
+            raise ValueError(f"two callbacks, a {type(out[k]).__name__} and a {type(cb).__name__}, would both keep "
+                             "their "
                              f"state under the key {k!r} in a checkpoint: give one of them its own `name` "
                              f"(e.g. cb.name = '{k}_2')")
         out[k] = cb
@@ -128,10 +129,13 @@ def split_batch(batch, n_inp=1):
     """A batch as `(inputs, targets)`, two tuples: its first `n_inp` items and the rest (a target may be a dict of per-
     task targets)."""
     if isinstance(batch, dict):
-        raise ValueError(f"a batch should be a tuple (inputs, then targets); found a dict with keys {list(batch)}, which has no order "
+        raise ValueError(f"a batch should be a tuple (inputs, then targets); found a dict with keys {list(batch)}, "
+                         "which has no order "
                          "to split: make the loader yield tuples, e.g. (x, y) or (x, {task: y})")
-    if not isinstance(batch, (tuple, list)): raise ValueError(f"a batch should be a tuple (inputs, then targets); found a {type(batch).__name__}")
-    if not 0 < n_inp <= len(batch): raise ValueError(f"`n_inp` should be between 1 and the batch's {len(batch)} items; found n_inp = {n_inp!r}")
+    if not isinstance(batch, (tuple, list)):
+        raise ValueError(f"a batch should be a tuple (inputs, then targets); found a {type(batch).__name__}")
+    if not 0 < n_inp <= len(batch):
+        raise ValueError(f"`n_inp` should be between 1 and the batch's {len(batch)} items; found n_inp = {n_inp!r}")
     return tuple(batch[:n_inp]), tuple(batch[n_inp:])
 
 # %% ../nbs/09_learner.ipynb #c0de0102
@@ -189,7 +193,8 @@ class RunState:
         pos = self.loaded.pop('pos', None)
         if path is None: pos = None
         elif pos is None:
-            raise ValueError(f"`resume`: checkpoint {str(path)!r} was saved outside a fit, so it has no place to resume "
+            raise ValueError(f"`resume`: checkpoint {str(path)!r} was saved outside a fit, so it has no place to "
+                             "resume "
                              "from; load it with `learn.load`")
         else:  # the saved learning rates and momenta are the run's; this process's random states
             pos['opt'] = self.loaded.get('opt')
@@ -254,7 +259,9 @@ class RunState:
 _all_ = ['world', 'rank', 'is_main', 'main_print', 'write_atomic', 'all_mean', 'any_rank', 'unwrap']  # from `procs`
 
 # %% ../nbs/09_learner.ipynb #70388bb4
-_EVENTS = tuple(f'{w}_{nm}' for nm in ('fit', 'epoch', 'batch', 'backward', 'step') for w in ('before', 'after', 'cleanup')) + ('after_predict', 'after_loss')
+_EVENTS = tuple(
+    f'{w}_{nm}' for nm in ('fit', 'epoch', 'batch', 'backward', 'step') for w in ('before', 'after', 'cleanup')
+) + ('after_predict', 'after_loss')
 
 class Learner():
     """Trains `model` on `dls` with `loss_func` and an optimiser from `opt_func(params, lr)`; callbacks `cbs` do the
@@ -304,7 +311,8 @@ class Learner():
         l = self.loss
         if not isinstance(l, torch.Tensor) or l.ndim > 1:
             what = f'a tensor of shape {tuple(l.shape)}' if isinstance(l, torch.Tensor) else f'a {type(l).__name__}'
-            raise ValueError(f"`loss_func` should return a scalar tensor or a 1-D tensor of per-task losses; it returned {what}")
+            raise ValueError("`loss_func` should return a scalar tensor or a 1-D tensor of per-task losses; it "
+                             f"returned {what}")
         if l.ndim == 1: self.losses, self.loss = l, l.sum()
         else: self.losses = None
 
@@ -334,7 +342,8 @@ class Learner():
             raise ValueError(f"`n_epochs` should be a non-negative int; found n_epochs = {n_epochs!r}")
         for nm, wanted in (('train', train), ('valid', valid)):
             if wanted and not hasattr(self.dls, nm):
-                raise ValueError(f"`dls` should have a `.{nm}` data loader (a `DataLoaders`, say); found a {type(self.dls).__name__} without one")
+                raise ValueError(f"`dls` should have a `.{nm}` data loader (a `DataLoaders`, say); found a "
+                                 f"{type(self.dls).__name__} without one")
 
     def fit(self, n_epochs=1, train=True, valid=True, cbs=None, lr=None, resume=None):
         """Train for `n_epochs` with a fresh optimiser at `lr` (default `self.lr`); `cbs` are added for this fit only;
@@ -367,7 +376,8 @@ class Learner():
         """A fresh optimiser at `lr` (default `self.lr`) that takes over any state `load` left pending; an explicit
         `lr` wins over the loaded one."""
         explicit, state = lr is not None, self.run.loaded.pop('opt', None)
-        if self.opt_func is None: raise ValueError("`opt_func` should be a function (params, lr) -> optimiser, such as optim.SGD; found None")
+        if self.opt_func is None:
+            raise ValueError("`opt_func` should be a function (params, lr) -> optimiser, such as optim.SGD; found None")
         lr = self.lr if lr is None else lr
         if not isinstance(lr, (int, float)) or isinstance(lr, bool):
             raise ValueError(f"`lr` should be a number: give it to the learner or to `fit(lr=...)`; found lr = {lr!r}")
@@ -379,9 +389,17 @@ class Learner():
 
     def _methods(self, method_nm):
         "The (callback, method) pairs for event `method_nm`, in `order`; looked up once per fit."
-        if self._events is None: return [(cb, m) for cb in sorted(self.cbs, key=attrgetter('order')) if (m := getattr(cb, method_nm, None)) is not None]
+        if self._events is None:
+            return [
+                (cb, m)
+                for cb in sorted(self.cbs, key=attrgetter('order'))
+                if (m := getattr(cb, method_nm, None)) is not None
+            ]
         ms = self._events.get(method_nm)
-        if ms is None: ms = self._events[method_nm] = [(cb, m) for cb in self._sorted_cbs if (m := getattr(cb, method_nm, None)) is not None]
+        if ms is None:
+            ms = self._events[method_nm] = [
+                (cb, m) for cb in self._sorted_cbs if (m := getattr(cb, method_nm, None)) is not None
+            ]
         return ms
 
     def __getattr__(self, name):
@@ -427,7 +445,8 @@ def _check_cbs(learn, train=True):
             if re.match(r'(before|after|cleanup)_', nm) and nm not in learn.events and callable(getattr(cb, nm, None)):
                 close = difflib.get_close_matches(nm, learn.events, 1, 0.5)
                 raise ValueError(f"{type(cb).__name__}.{nm} is not an event of the Learner, so it would never run"
-                                 + (f": did you mean `{close[0]}`?" if close else f"; the events are {', '.join(_EVENTS)}"))
+                                 + (f": did you mean `{close[0]}`?" if close else "; the events are "
+                                                                                  f"{', '.join(_EVENTS)}"))
 
 # %% ../nbs/09_learner.ipynb #stp00001
 @patch
@@ -523,7 +542,8 @@ class RunningMean:
     def load_state_dict(self, sd): self.total, self.weights = sd['total'].to(self.total), sd['weights']
 
 # %% ../nbs/09_learner.ipynb #5d59b4af
-def _is_metric(m): return not isinstance(m, type) and all(callable(getattr(m, a, None)) for a in ('update', 'compute', 'reset'))
+def _is_metric(m):
+    return not isinstance(m, type) and all(callable(getattr(m, a, None)) for a in ('update', 'compute', 'reset'))
 
 def _floats(xs):
     "List `xs` with its scalar tensors replaced by floats, moved to the host in one transfer (other values unchanged)."
@@ -543,13 +563,15 @@ class MetricsCB(Callback):
     `learn.history`, and printed; with `train_metrics=False` (fastai's default) the metrics are left out of training
     epochs, which keep only the loss."""
     def __init__(self, *ms, train_metrics=True, **metrics):
-        if not isinstance(train_metrics, bool): raise ValueError(f"`train_metrics` should be True or False; found {train_metrics!r}")
+        if not isinstance(train_metrics, bool):
+            raise ValueError(f"`train_metrics` should be True or False; found {train_metrics!r}")
         self.train_metrics = train_metrics
         for o in ms: metrics[type(o).__name__] = o
         for k, m in metrics.items():
             if not _is_metric(m):
                 what = f'the class {m.__name__}' if isinstance(m, type) else f'a {type(m).__name__}'
-                raise ValueError(f"metric `{k}` should be a metric object with update, compute and reset, such as MulticlassAccuracy(); found {what}")
+                raise ValueError(f"metric `{k}` should be a metric object with update, compute and reset, such as "
+                                 f"MulticlassAccuracy(); found {what}")
         self.metrics = metrics
         self.all_metrics = copy(metrics)
         self.all_metrics['loss'] = self.loss = RunningMean()
@@ -563,10 +585,15 @@ class MetricsCB(Callback):
 
     def after_epoch(self, learn):
         phase = 'train' if learn.model.training else 'valid'
-        if not self.loss.weights: warnings.warn(f"the {phase} data loader yielded no batch in epoch {learn.epoch}: its metrics are NaN")
+        if not self.loss.weights:
+            warnings.warn(f"the {phase} data loader yielded no batch in epoch {learn.epoch}: its metrics are NaN")
         used = self._used(learn)
         vals = dict(zip(used, _floats([_compute(self.all_metrics[k]) for k in used])))
-        self.log = {**{k: vals.get(k, '') for k in self.all_metrics}, 'epoch': learn.epoch, 'train': 'train' if learn.model.training else 'eval'}  # (a metric left out shows blank)
+        self.log = {
+            **{k: vals.get(k, '') for k in self.all_metrics},
+            'epoch': learn.epoch,
+            'train': 'train' if learn.model.training else 'eval',
+        }  # (a metric left out shows blank)
         hist = getattr(learn, 'history', None)  # (a learner written in a course notebook has none)
         if hist is not None:
             row = hist[-1] if hist and hist[-1]['epoch'] == learn.epoch else None
@@ -630,7 +657,8 @@ class HostScalar:
             return self.val
         if self._ev is not None and self._ev.query(): self.val, self._ev = self._buf.item(), None
         if self._ev is None:
-            if self._buf is None or self._buf.dtype != t.dtype: self._buf = torch.empty((), dtype=t.dtype, pin_memory=True)
+            if self._buf is None or self._buf.dtype != t.dtype:
+                self._buf = torch.empty((), dtype=t.dtype, pin_memory=True)
             self._buf.copy_(t, non_blocking=True)
             self._ev = torch.cuda.Event()
             self._ev.record()
@@ -792,7 +820,9 @@ class ProgressCB(Callback):
         sized = hasattr(learn.dl, '__len__')
         if self.nb:
             if sized: learn.dl = progress_bar(learn.dl, leave=False, parent=self.mbar)
-        else: learn.dl = self.bar = _ConsoleBar(learn.dl, f'Epoch {learn.epoch+1}/{getattr(learn, "n_epochs", "?")} {"train" if learn.model.training else "valid"} ', self.out)
+        else:
+            learn.dl = self.bar = _ConsoleBar(learn.dl, f'Epoch {learn.epoch+1}/{getattr(learn, "n_epochs", "?")} '
+                                                        f'{"train" if learn.model.training else "valid"} ', self.out)
         if not self.nb or sized: learn.dl.comment = self.loss
 
     def after_batch(self, learn):
@@ -828,7 +858,9 @@ class ProgressCB(Callback):
         ax.plot(losses, label='train')
         if self.val_losses:
             nb = len(losses)//len(self.val_losses)
-            ax.plot([(i+1)*nb for i in range(len(self.val_losses))], self.val_losses, 'o-', label='valid (end of epoch)')
+            ax.plot(
+                [(i + 1) * nb for i in range(len(self.val_losses))], self.val_losses, 'o-', label='valid (end of epoch)'
+            )
         ax.set_xlabel('batch'); ax.set_ylabel('loss'); ax.legend()
         return ax
 
@@ -892,7 +924,10 @@ class LRFinderCB(Callback):
 def valley(lrs, losses, beta=0.98):
     "Suggested learning rate: a point past the middle of the longest run of falling (smoothed, finite) losses."
     pts = [(lr, l) for lr, l in zip(lrs, losses) if math.isfinite(l)]
-    if len(pts) < 2: raise ValueError(f"`losses` should hold at least two finite values to suggest a learning rate; found {len(pts)}")
+    if len(pts) < 2:
+        raise ValueError(
+            f"`losses` should hold at least two finite values to suggest a learning rate; found {len(pts)}"
+        )
     avg, sm = 0., []
     for i, (_, l) in enumerate(pts):
         avg = beta*avg + (1-beta)*l
@@ -923,14 +958,18 @@ def lr_find(self:Learner, gamma=1.3, max_mult=3, start_lr=1e-5, max_epochs=10, p
     self.lr_finder = cb  # its lrs and losses, to look at even when no suggestion comes
     fin = [(lr, l) for lr, l in zip(cb.lrs, cb.losses) if math.isfinite(l)]
     if len(fin) < 2:
-        raise ValueError(f"lr_find: the loss was finite for {len(fin)} batch(es) only; try a smaller `start_lr` (found start_lr = {start_lr})")
+        raise ValueError(f"lr_find: the loss was finite for {len(fin)} batch(es) only; try a smaller `start_lr` (found "
+                         f"start_lr = {start_lr})")
     if not cb.stopped:
-        warnings.warn(f"lr_find: the loss did not diverge within `max_epochs` = {max_epochs} epochs ({len(cb.losses)} batches, up to lr {cb.lrs[-1]:.2e}); "
+        warnings.warn(f"lr_find: the loss did not diverge within `max_epochs` = {max_epochs} epochs ({len(cb.losses)} "
+                      f"batches, up to lr {cb.lrs[-1]:.2e}); "
                       "the suggestion may be too low: raise `max_epochs` or `gamma`")
     sugg = valley(cb.lrs, cb.losses)
     if sugg == fin[0][0]:
-        warnings.warn(f"lr_find: the loss did not fall from its first value ({fin[0][1]:.4g}) at any learning rate tried, so there is no suggestion "
-                      f"(None); with more batches, or a smaller `start_lr` (found start_lr = {start_lr}), there may be one")
+        warnings.warn(f"lr_find: the loss did not fall from its first value ({fin[0][1]:.4g}) at any learning rate "
+                      "tried, so there is no suggestion "
+                      f"(None); with more batches, or a smaller `start_lr` (found start_lr = {start_lr}), there may be "
+                      "one")
         sugg = None
     if plot:
         _, ax = plt.subplots()
@@ -1042,7 +1081,8 @@ class GuardCB(Callback):
     def __init__(self, on='raise', undo=None):
         if on not in ('raise', 'stop', 'skip'):
             raise ValueError(f"`on` should be 'raise', 'stop' or 'skip'; found on = {on!r}")
-        if undo not in (None, True): raise ValueError(f"`undo` should be None (on accelerators) or True; found {undo!r}")
+        if undo not in (None, True):
+            raise ValueError(f"`undo` should be None (on accelerators) or True; found {undo!r}")
         self.on, self.undo = on, undo
 
     def before_fit(self, learn):
