@@ -241,11 +241,26 @@ def task_jacobian(losses, features, shared=None, scale=None, reduce='jacobian'):
     return J if scale is None else J / scale
 
 def mtl_backward(losses, features, aggregator, shared=None, heads=None, mode='params', jacobians=(), scale=None,
-                 reduce='jacobian',
-                 head_grads=None):
+                 reduce='jacobian', head_grads=None):
     """Fill `.grad`: the `shared` parameters get `aggregator`'s combination of the task gradients, each head its own
     task's gradient (`head_grads`: 'own', 'weighted' by the task's weight, or 'log', divided by its loss; default:
     the aggregator's `head_grads`, else 'own'); return the weights."""
+    head_grads = _check_backward(aggregator, mode, reduce, head_grads)
+    spread = world() > 1 and reduce is not None  # several processes, each with its share of the batch
+    fs = _features(features)
+    rows, m, own = _task_rows(losses, aggregator, jacobians)
+    shared, heads = _split_params(rows, fs, shared, heads)
+    Fz, head_rows = _feature_grads(rows, fs, heads, scale)  # every task's gradient at the features and the heads
+    if getattr(aggregator, 'needs_losses', False): aggregator.set_losses(_mean_losses(losses))
+    direction = _features_direction if mode == 'features' else _params_direction
+    d = direction(aggregator, fs, shared, Fz, scale, spread, reduce, jacobians)
+    hw = _head_weights(head_grads, aggregator, losses, m, spread)
+    for p, g in zip(shared, d.split([p.numel() for p in shared])): _accumulate(p, g.view_as(p))
+    for p, g in _head_grads(heads, head_rows, own, hw, spread): _accumulate(p, g)
+    return getattr(aggregator, 'last_weights', None)
+
+def _check_backward(aggregator, mode, reduce, head_grads):
+    "`mtl_backward`'s settings checked together; returns the head gradients' rule."
     check_mode(aggregator, mode)
     head_grads = head_grads or getattr(aggregator, 'head_grads', 'own')
     if head_grads not in _HEAD_GRADS:
@@ -259,54 +274,59 @@ def mtl_backward(losses, features, aggregator, shared=None, heads=None, mode='pa
         raise ValueError("`reduce`='gramian' (the processes' Gramians averaged) is for mode='params' with an "
                          "aggregator whose weights come from the Gramian; "
                          f"found mode = {mode!r} and a {type(aggregator).__name__}")
-    spread = world() > 1 and reduce is not None  # several processes, each with its share of the batch
-    fs = _features(features)
-    rows, m, own = _task_rows(losses, aggregator, jacobians)
+    return head_grads
+
+def _mean_losses(losses): return losses.detach() if losses.ndim == 1 else losses.detach().mean(0)
+
+def _split_params(rows, fs, shared, heads):
+    "The shared parameters (default: those the features come from) and the heads' (default: the rest the losses use)."
     shared = _graph_params(fs) if shared is None else _params(shared, 'shared')
     if not shared: raise ValueError("`shared` should hold at least one parameter that requires grad; found none")
     ids = {id(p) for p in shared}
     if heads is None: heads = [p for p in _graph_params([rows], stop=[f.grad_fn for f in fs]) if id(p) not in ids]
     else: heads = _params(heads, 'heads')
-    Fz, head_rows = _feature_grads(rows, fs, heads, scale)
-    agg = aggregator
-    if getattr(agg, 'needs_losses', False):
-        agg.set_losses(losses.detach() if losses.ndim == 1 else losses.detach().mean(0))
-    # MGDA-UB: weights from the Gramian of the feature gradients, one ordinary backward of Σ wᵢ ∂Lᵢ/∂z
-    if mode == 'features':
-        Ff = torch.cat([g.flatten(1) for g in Fz], 1)
-        G = Ff @ Ff.T
-        # Σ_r G_r / W²: the Gramian of the gradients of the losses averaged over the processes
-        if spread: G = all_mean(G) / world()
-        w = agg.weighting(G if scale is None else G / (scale * scale))
-        if spread and not agg.deterministic: w = _bcast(w)
+    return shared, heads
+
+def _features_direction(agg, fs, shared, Fz, scale, spread, reduce, jacobians):
+    """MGDA-UB: weights from the Gramian of the feature gradients, then one ordinary backward of Σ wᵢ ∂Lᵢ/∂z through
+    the encoder."""
+    Ff = torch.cat([g.flatten(1) for g in Fz], 1)
+    G = Ff @ Ff.T
+    # Σ_r G_r / W²: the Gramian of the gradients of the losses averaged over the processes
+    if spread: G = all_mean(G) / world()
+    w = agg.weighting(G if scale is None else G / (scale * scale))
+    if spread and not agg.deterministic: w = _bcast(w)
+    agg.last_weights = w.detach()
+    d = _through_encoder(fs, shared, [(w.to(g.dtype) @ g.flatten(1)).view_as(f) for f, g in zip(fs, Fz)], False)
+    return all_mean(d) if spread else d
+
+def _params_direction(agg, fs, shared, Fz, scale, spread, reduce, jacobians):
+    """The exact mode: the Jacobian of the shared parameters (averaged over the processes), aggregated; or, with
+    `reduce`='gramian', weights from the mean of the processes' Gramians applied to each one's own J."""
+    J = _through_encoder(fs, shared, Fz, True)
+    if scale is not None: J = J / scale  # the aggregator sees the true gradients
+    if spread and reduce == 'gramian':
+        w = agg.weighting(all_mean(J @ J.T))
+        if not agg.deterministic: w = _bcast(w)
         agg.last_weights = w.detach()
-        d = _through_encoder(fs, shared, [(w.to(g.dtype) @ g.flatten(1)).view_as(f) for f, g in zip(fs, Fz)], False)
-        if spread: d = all_mean(d)
+        d = all_mean(w.to(J.dtype) @ J)
     else:
-        J = _through_encoder(fs, shared, Fz, True)
-        if scale is not None: J = J / scale  # the aggregator sees the true gradients
-        # an estimate: the weights from the mean of the processes' Gramians, each process's own J
-        if spread and reduce == 'gramian':
-            w = agg.weighting(all_mean(J @ J.T))
-            if not agg.deterministic: w = _bcast(w)
-            agg.last_weights = w.detach()
-            d = all_mean(w.to(J.dtype) @ J)
-        else:
-            if spread: J = all_mean(J)  # exact: the Jacobian of the losses averaged over the processes
-            parts = getattr(agg, 'parts', 1)
-            if parts > 1: d = agg(*jacobians, J) if jacobians else agg(*J.chunk(parts))
-            else: d = agg(J)
-            if spread and not getattr(agg, 'deterministic', False): d = _bcast(d)
-        if scale is not None: d = d * scale
-    hw = _head_weights(head_grads, agg, losses, m, spread)
+        if spread: J = all_mean(J)
+        parts = getattr(agg, 'parts', 1)
+        if parts > 1: d = agg(*jacobians, J) if jacobians else agg(*J.chunk(parts))
+        else: d = agg(J)
+        if spread and not getattr(agg, 'deterministic', False): d = _bcast(d)
+    return d if scale is None else d * scale
+
+def _head_grads(heads, head_rows, own, hw, spread):
+    """Each head's gradient: its own tasks' rows summed (or weighted by `hw`); averaged over the processes in one
+    collective."""
     hg = [(p, g[own].sum(0) if hw is None else torch.tensordot(hw.to(g.dtype), g[own], 1))
           for p, g in zip(heads, head_rows) if g is not None]
-    if spread and hg:  # the heads' gradients averaged over the processes, in one collective
+    if spread and hg:
         flat = all_mean(torch.cat([g.flatten() for _, g in hg]))
         hg = [(p, g.view_as(p)) for (p, _), g in zip(hg, flat.split([g.numel() for _, g in hg]))]
-    for p, g in zip(shared, d.split([p.numel() for p in shared])): _accumulate(p, g.view_as(p))
-    for p, g in hg: _accumulate(p, g)
-    return getattr(agg, 'last_weights', None)
+    return hg
 
 _HEAD_GRADS = ('own', 'weighted', 'log')
 
@@ -320,7 +340,7 @@ def _head_weights(how, agg, losses, m, spread):
             raise ValueError(f"`head_grads`='weighted' needs the aggregator's {m} task weights (`last_weights`); the "
                              f"{type(agg).__name__} gave {None if w is None else tuple(w.shape)}")
         return w.detach()
-    l = losses.detach() if losses.ndim == 1 else losses.detach().mean(0)
+    l = _mean_losses(losses)
     return 1 / (all_mean(l) if spread else l)
 
 def _accumulate(p, g):
