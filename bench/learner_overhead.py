@@ -17,7 +17,6 @@ from torcheval.metrics import MulticlassAccuracy
 from mtlearn.datasets import load_fashion_mnist, DataLoaders
 from mtlearn.learner import TrainLearner, DeviceCB, MetricsCB, ProgressCB
 from mtlearn.sgd import BatchSchedCB
-from mtlearn.cli import simple_cnn
 
 def steady_malloc():
     "Keep glibc's malloc from handing large blocks back to the OS between batches (one arena, fixed thresholds)."
@@ -102,6 +101,14 @@ def in_turn(a, b, make, dls, seed=0, first=0):
         (a, b)[i](copy.deepcopy(m), dls)
         secs[i] = time.perf_counter() - t
     return tuple(secs)
+
+def simple_cnn(nfs=(8, 16, 32, 64), n_out=10):
+    "The timed CNN: stride-2 conv + BatchNorm + ReLU layers with `nfs` channels, then a conv to `n_out` logits."
+    layers, ni = [], 1
+    for nf in nfs:
+        layers += [nn.Conv2d(ni, nf, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(nf), nn.ReLU()]
+        ni = nf
+    return nn.Sequential(*layers, nn.Conv2d(ni, n_out, 3, stride=2, padding=1), nn.Flatten())
 
 def mlp(): return nn.Sequential(nn.Linear(784, 50), nn.ReLU(), nn.Linear(50, 10))
 

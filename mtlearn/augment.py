@@ -6,43 +6,15 @@
 from __future__ import annotations
 import random
 import fastcore.all as fc
-from fastcore.basics import patch
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .datasets import show_images
 from .learner import *
-from .conv import apply_tensors
-from .activations import Hooks
-from fastprogress.fastprogress import IN_NOTEBOOK
 
 # %% auto #0
-__all__ = ['rand_flip', 'rand_crop', 'RandFlip', 'RandCrop', 'rand_erase', 'rand_copy', 'RandErase', 'RandCopy', 'CapturePreds']
-
-# %% ../nbs/14_augment.ipynb #5f708f6c
-def _flops(w, h, wd):
-    "Multiply-adds of weight `w` used at each position of an h×wd output (vectors and matrices: once)."
-    return w.numel() if w.dim() < 3 else w.numel()*h*wd
-
-@patch
-def summary(self:Learner):
-    "A table of each top-level module's input and output shapes, parameters and MFLOPS, from one validation batch."
-    rows, tot = [], [0, 0.]
-    def _f(hook, mod, inp, outp):
-        nparms = sum(o.numel() for o in mod.parameters())
-        h, wd = (outp.shape[-2], outp.shape[-1]) if outp.dim() >= 3 else (1, 1)
-        # as the course: every weight applied at each output position
-        flops = sum(_flops(o, h, wd) for o in mod.parameters())/1e6
-        tot[0] += nparms; tot[1] += flops
-        rows.append(f'|{type(mod).__name__}|{tuple(inp[0].shape)}|{tuple(outp.shape)}|{nparms}|{flops:.1f}|')
-    with Hooks(list(self.model.children()) or [self.model], _f): self.fit(1, train=False, cbs=SingleBatchCB())
-    res = '\n'.join(['|Module|Input|Output|Num params|MFLOPS|', '|--|--|--|--|--|', *rows])
-    print(f'Tot params: {tot[0]}; MFLOPS: {tot[1]:.1f}')
-    if IN_NOTEBOOK:
-        from IPython.display import Markdown
-        return Markdown(res)
-    print(res)
+__all__ = ['rand_flip', 'rand_crop', 'RandFlip', 'RandCrop', 'rand_erase', 'rand_copy', 'RandErase', 'RandCopy']
 
 # %% ../nbs/14_augment.ipynb #dbdb80de
 def rand_flip(x, p=0.5):
@@ -113,51 +85,3 @@ class RandCopy(nn.Module):
     "Module form of `rand_copy`."
     def __init__(self, pct=0.2, max_num=4): super().__init__(); self.pct, self.max_num = pct, max_num
     def forward(self, x): return rand_copy(x, self.pct, self.max_num)
-
-# %% ../nbs/14_augment.ipynb #0eeb3065
-class _PeekCB(Callback):
-    "Keep the batch as the model would receive it, then stop the fit before anything is trained."
-    order = 1000
-    def before_batch(self, learn):
-        self.batch = learn.batch
-        raise CancelFitException()
-
-@patch
-@fc.delegates(show_images)
-def show_image_batch(self:Learner, max_n=9, cbs=None, **kwargs):
-    "Show up to `max_n` images of the first training batch, after the batch callbacks (and `cbs`)."
-    peek = _PeekCB()
-    self.fit(1, valid=False, cbs=[peek]+list(cb_list(cbs)))
-    show_images(peek.batch[0][:max_n].float(), **kwargs)
-
-# %% ../nbs/14_augment.ipynb #2a0ac532
-def _cat_tree(xs):
-    """Concatenate a list of batches' tensors, or of tuples or dicts of them (one per task), along the first dimension,
-    on the CPU."""
-    x = xs[0]
-    if isinstance(x, dict): return {k: _cat_tree([o[k] for o in xs]) for k in x}
-    if isinstance(x, (tuple, list)): return tuple(_cat_tree([o[i] for o in xs]) for i in range(len(x)))
-    return to_cpu(torch.cat(xs))
-
-class CapturePreds(Callback):
-    """Collect predictions and targets (and inputs) of every batch; concatenated on the CPU after the fit (tuples and
-    dicts of tensors too)."""
-    def __init__(self, inps=False): self.inps = inps
-    def before_fit(self, learn): self.all_inps, self.all_preds, self.all_targs = [], [], []
-    def after_batch(self, learn):
-        xs, ys = split_batch(learn.batch, learn.n_inp)
-        detach = lambda o: apply_tensors(torch.Tensor.detach, o)
-        if self.inps: self.all_inps.append(detach(xs[0] if len(xs) == 1 else xs))
-        self.all_preds.append(detach(learn.preds))
-        self.all_targs.append(detach(ys[0] if len(ys) == 1 else ys))
-    def after_fit(self, learn):
-        cat = lambda xs: _cat_tree(xs) if xs else None
-        self.all_preds, self.all_targs, self.all_inps = cat(self.all_preds), cat(self.all_targs), cat(self.all_inps)
-
-@patch
-def capture_preds(self:Learner, cbs=None, inps=False):
-    "Predictions and targets (and inputs, if `inps`) over the validation set."
-    cp = CapturePreds(inps)
-    self.fit(1, train=False, cbs=[cp]+list(cb_list(cbs)))
-    res = cp.all_preds, cp.all_targs
-    return res + (cp.all_inps,) if inps else res

@@ -4,7 +4,7 @@
 
 # %% ../nbs/90_cli.ipynb #414d05ad
 from __future__ import annotations
-import argparse, os, time
+import argparse, ast, inspect, os, time
 from functools import partial
 from pathlib import Path
 import matplotlib
@@ -30,24 +30,15 @@ from mtlearn.learner import (
     main_print,
 )
 from .accel import DistributedCB, init_distributed
-from .sgd import fit_one_cycle
 from .activations import ActivationStats, set_seed
 from .init import GeneralRelu, get_model, init_weights
 from .resnet import act_gr
-from .aggregators import Mean, MGDA, SDMGrad, UPGrad
+from . import aggregators, loss_weighting
+from .loss_weighting import LossWeightingCB
 from .multitask import MultiTaskGradCB, MF_LABELS, load_multi_fashion, mf_learner
 
 # %% auto #0
-__all__ = ['simple_cnn', 'train', 'train_multitask', 'main']
-
-# %% ../nbs/90_cli.ipynb #9d04f9a4
-def simple_cnn(nfs=(8, 16, 32, 64), n_out=10):
-    "Stride-2 conv + BatchNorm + ReLU layers with `nfs` channels, then a conv to `n_out` logits."
-    layers, ni = [], 1
-    for nf in nfs:
-        layers += [nn.Conv2d(ni, nf, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(nf), nn.ReLU()]
-        ni = nf
-    return nn.Sequential(*layers, nn.Conv2d(ni, n_out, 3, stride=2, padding=1), nn.Flatten())
+__all__ = ['AGGREGATORS', 'LOSS_WEIGHTINGS', 'train', 'make_method', 'train_multitask', 'main']
 
 # %% ../nbs/90_cli.ipynb #33b09a69
 def _save(out, name):
@@ -98,109 +89,126 @@ def train(epochs=3, bs=256, lr=1e-2, data=None, out='out', device=None, seed=42,
     return learn
 
 # %% ../nbs/90_cli.ipynb #f8d5f7be
-_AGGREGATORS = {
-    'mean': lambda: Mean(),
-    'mgda': lambda: MGDA(),
-    'sdmgrad': lambda: SDMGrad(),
-    'upgrad': lambda: UPGrad(),
-}
+def _registry(module, base):
+    "The public classes of `module` that are `base`s and can be built, by lower-case name."
+    return {n.lower(): c for n in module.__all__ if isinstance(c := getattr(module, n), type) and issubclass(c, base)
+            and c not in (base, aggregators.WeightedAggregator)}
+
+AGGREGATORS = _registry(aggregators, aggregators.Aggregator)
+LOSS_WEIGHTINGS = _registry(loss_weighting, loss_weighting.LossWeighting)
+
+def _settings(args, what):
+    "`key=value, ...` read as Python keyword arguments: literals (numbers, tuples, None...), or a bare word as text."
+    try: call = ast.parse(f'f({args})', mode='eval').body
+    except SyntaxError: call = None
+    if call is None or call.args:
+        raise ValueError(f"`{what}` settings should be key=value pairs after a colon, such as cagrad:c=0.4; "
+                         f"found {args!r}")
+    word = lambda v: v.id if isinstance(v, ast.Name) else ast.literal_eval(v)
+    try: return {k.arg: word(k.value) for k in call.keywords}
+    except ValueError as e: raise ValueError(f"`{what}` settings: {args!r} holds a value that is not a literal") from e
+
+def make_method(spec, registry, what, n_tasks=2):
+    """The aggregator or loss weighting `spec` names: 'name' or 'name:key=value,...' (e.g. 'cagrad:c=0.4',
+    'constant:weights=(0.7,0.3)': a tuple of numbers is a tensor; a `weighting` is an aggregator's name); `n_tasks`
+    goes to those that need it."""
+    name, _, args = spec.partition(':')
+    name = name.strip().lower()
+    cls = registry.get(name)
+    if cls is None: raise ValueError(f"`{what}` should be one of {', '.join(registry)}; found {name!r}")
+    kw = _settings(args, what) if args.strip() else {}
+    params = inspect.signature(cls).parameters
+    if 'n_tasks' in params and 'n_tasks' not in kw: kw['n_tasks'] = n_tasks
+    unknown = [k for k in kw if k not in params]
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no setting {', '.join(unknown)}; its settings are {', '.join(params)}")
+    needed = [k for k, p in params.items()
+              if p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD and k not in kw]
+    if needed: raise ValueError(f"{cls.__name__} needs {', '.join(needed)}: give {name}:{needed[0]}=...")
+    for k, v in kw.items():
+        if isinstance(v, (tuple, list)) and v and all(isinstance(x, (int, float)) for x in v): kw[k] = torch.tensor(v)
+    if isinstance(kw.get('weighting'), str):  # CR-MOGM smooths another method's weights
+        kw['weighting'] = make_method(kw['weighting'], AGGREGATORS, what, n_tasks).weighting
+    return cls(**kw)
 
 def train_multitask(epochs=3, bs=256, lr=1e-3, data=None, out='out', device=None, seed=42, aggregator='mgda',
-                    n_train=120_000, n_test=20_000):
-    """Train the two-head LeNet-style model on Multi-Fashion with `MultiTaskGradCB(aggregator)`; write the task losses
-    and weights to `out`; return the learner."""
+                    n_train=120_000, n_test=20_000, loss_weighting=None):
+    """Train the two-head LeNet-style model on Multi-Fashion with `MultiTaskGradCB(aggregator)` and/or
+    `LossWeightingCB(loss_weighting)` (each a name, with settings, as `make_method` reads them; None: not used); write
+    the task losses and weights to `out`; return the learner."""
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"`epochs` should be a positive int; found epochs = {epochs!r}")
-    if aggregator not in _AGGREGATORS:
-        raise ValueError(f"`aggregator` should be one of {', '.join(_AGGREGATORS)}; found {aggregator!r}")
+    agg = None if aggregator is None else make_method(aggregator, AGGREGATORS, 'aggregator')
+    lw = None if loss_weighting is None else make_method(loss_weighting, LOSS_WEIGHTINGS, 'loss_weighting')
     init_distributed()
     dev = get_device(device)
     set_seed(seed)
-    dls = DataLoaders.from_dd_tensors(
-        load_multi_fashion(n_train, n_test, seed=seed, path=data),
-        bs // world(),
-        y=MF_LABELS,
-        mean=0.275,
-        std=0.363,
-        device=dev,
-    )
-    learn = mf_learner(
-        dls, _AGGREGATORS[aggregator](), lr=lr, cbs=[ProgressCB(), DistributedCB()], seed=seed, device=dev
-    )
-    mtl = next(cb for cb in learn.cbs if isinstance(cb, MultiTaskGradCB))
+    dls = DataLoaders.from_dd_tensors(load_multi_fashion(n_train, n_test, seed=seed, path=data), bs // world(),
+                                      y=MF_LABELS, mean=0.275, std=0.363, device=dev)
+    cbs = [ProgressCB(), DistributedCB()] + ([LossWeightingCB(lw)] if lw is not None else [])
+    learn = mf_learner(dls, agg, lr=lr, cbs=cbs, seed=seed, device=dev)
     t = time.perf_counter()
     learn.fit(epochs)
-    _say(
-        f'{epochs} epochs in {time.perf_counter()-t:.1f}s on {dev}' + (f', {world()} processes' if world() > 1 else '')
-    )
+    took = f'{epochs} epochs in {time.perf_counter()-t:.1f}s on {dev}'
+    _say(took + (f', {world()} processes' if world() > 1 else ''))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    mtl.plot_losses(names=['left', 'right']); written = [_save(out, 'task_losses.png')]
-    mtl.plot_weights(names=['left', 'right']); written.append(_save(out, 'task_weights.png'))
-    _say('plots written: ' + ', '.join(map(str, written)))
+    written = []
+    mtl = next((cb for cb in learn.cbs if isinstance(cb, MultiTaskGradCB)), None)
+    if mtl is not None:
+        mtl.plot_losses(names=['left', 'right']); written.append(_save(out, 'task_losses.png'))
+        mtl.plot_weights(names=['left', 'right']); written.append(_save(out, 'task_weights.png'))
+    _say('plots written: ' + (', '.join(map(str, written)) or 'none (no aggregator)'))
     return learn
 
 # %% ../nbs/90_cli.ipynb #fab9a981
 def _parser():
     "The job's flags, spelt the same whatever fastcore is installed: `--n_train` and `--n-train` alike."
     p = argparse.ArgumentParser(prog='mtlearn-train', description="Train the course's CNN on Fashion-MNIST with a "
-                                                                  "one-cycle schedule "
-                                "(or, with --tasks, a two-task model); print the metrics and save the plots to --out.")
+                                "one-cycle schedule (or, with --tasks, a two-task model); print the metrics and save "
+                                "the plots to --out.")
     def arg(name, **kw):
         p.add_argument(f'--{name}', *([f"--{name.replace('_', '-')}"] if '_' in name else []), dest=name, **kw)
     arg('epochs', type=int, default=3, help='number of epochs (default 3)')
     arg('bs', type=int, default=256, help='batch size, the global one: under torchrun each process takes its share '
-                                          '(default 256)')
-    arg('lr', type=float, default=None, help='learning rate: the one-cycle peak (default 1e-2), or with --tasks '
-                                             'Adam\'s (default 1e-3)')
+        '(default 256)')
+    arg('lr', type=float, default=None, help="learning rate: the one-cycle peak (default 1e-2), or with --tasks "
+        "Adam's (default 1e-3)")
     arg('data', default=None, help='folder with the Fashion-MNIST IDX files (default: see load_fashion_mnist)')
     arg('out', default='out', help='folder for the PNG plots (default out)')
     arg('device', default=None, help='cpu, cuda, mps... (default: the best available)')
     arg('seed', type=int, default=42, help='random seed (default 42)')
     arg('no_lr_find', action='store_true', help='skip the LR range test before training')
     arg('tasks', choices=['multi-fashion'], default=None, help='train two tasks on Multi-Fashion instead')
-    arg('aggregator', choices=list(_AGGREGATORS), default=None, help='with --tasks: how the tasks\' gradients are '
-                                                                     'combined (default mgda)')
+    arg('aggregator', default=None, metavar='NAME[:key=value,...]',
+        help="with --tasks: how the tasks' gradients are combined, with its settings, e.g. cagrad:c=0.4 (default "
+             f"mgda, or none with --loss-weighting): {', '.join(AGGREGATORS)}")
+    arg('loss_weighting', default=None, metavar='NAME[:key=value,...]',
+        help=f"with --tasks: weight the task losses, e.g. dwa:temp=2: {', '.join(LOSS_WEIGHTINGS)}")
     arg('n_train', type=int, default=None, help='with --tasks: Multi-Fashion training images; test: a sixth as many '
-                                                '(default 120000)')
+        '(default 120000)')
     return p
 
 def main(argv=None):
     "The `mtlearn-train` command: bad arguments end with a one-line error, not a traceback."
     p = _parser()
     a = p.parse_args(argv)
-    if a.tasks is None:
-        given = [f'--{n}' for n in ('aggregator', 'n_train') if getattr(a, n) is not None]
-        if given:
-            p.error(f"{' and '.join(given)} {'applies' if len(given) == 1 else 'apply'} only to a multi-task run: add "
-                    "--tasks multi-fashion")
-    a.aggregator, a.n_train = a.aggregator or 'mgda', a.n_train or 120_000
+    multi = ('aggregator', 'loss_weighting', 'n_train')
+    given = [f"--{n.replace('_', '-')}" for n in multi if getattr(a, n) is not None]
+    if a.tasks is None and given:
+        p.error(f"{' and '.join(given)} {'applies' if len(given) == 1 else 'apply'} only to a multi-task run: add "
+                "--tasks multi-fashion")
+    if a.aggregator is None and a.loss_weighting is None: a.aggregator = 'mgda'
+    a.n_train = a.n_train or 120_000
     if os.environ.get('MPLBACKEND') is None: matplotlib.use('Agg')
     try:
         if a.tasks is None:
-            train(
-                a.epochs,
-                a.bs,
-                1e-2 if a.lr is None else a.lr,
-                a.data,
-                a.out,
-                a.device,
-                a.seed,
-                lr_find=not a.no_lr_find,
-            )
+            lr = 1e-2 if a.lr is None else a.lr
+            train(a.epochs, a.bs, lr, a.data, a.out, a.device, a.seed, lr_find=not a.no_lr_find)
         else:
-            train_multitask(
-                a.epochs,
-                a.bs,
-                1e-3 if a.lr is None else a.lr,
-                a.data,
-                a.out,
-                a.device,
-                a.seed,
-                a.aggregator,
-                a.n_train,
-                max(a.n_train // 6, 1),
-            )
+            lr = 1e-3 if a.lr is None else a.lr
+            train_multitask(a.epochs, a.bs, lr, a.data, a.out, a.device, a.seed, a.aggregator, a.n_train,
+                            max(a.n_train // 6, 1), a.loss_weighting)
     except (ValueError, FileNotFoundError) as e: raise SystemExit(f'mtlearn-train: {e}') from None
     finally:
         # gloo's threads ended before the interpreter exits

@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn import init
 
-from .conv import def_device
+from .conv import def_device, conv
 from .learner import *
 from .activations import *
 
 # %% auto #0
-__all__ = ['clean_ipython_hist', 'clean_tb', 'clean_mem', 'BatchTransformCB', 'GeneralRelu', 'plot_func', 'conv', 'get_model',
-           'init_weights', 'lsuv_init']
+__all__ = ['clean_ipython_hist', 'clean_tb', 'clean_mem', 'BatchTransformCB', 'GeneralRelu', 'plot_func', 'get_model',
+           'init_weights', 'lsuv_init', 'conv']
 
 # %% ../nbs/11_init.ipynb #2e3ebd75
 def clean_ipython_hist():
@@ -82,19 +82,7 @@ def plot_func(f, start=-5., end=5., steps=100, ax=None):
     return ax
 
 # %% ../nbs/11_init.ipynb #1bf6fd53
-def _is_batchnorm(norm): return isinstance(norm, type) and issubclass(norm, nn.modules.batchnorm._BatchNorm)
-
-def conv(ni, nf, ks=3, stride=2, act=nn.ReLU, norm=None, bias=None):
-    """Conv2d (`ks`, `stride`, same padding), then `norm(nf)` and `act()` if given. `bias`: None keeps it, as the
-    course's code does; 'auto' drops it before a batch norm."""
-    if bias is None: bias = True
-    elif bias == 'auto': bias = not _is_batchnorm(norm)
-    elif not isinstance(bias, bool):
-        raise ValueError(f"`bias` should be None, True, False or 'auto'; found bias = {bias!r}")
-    layers = [nn.Conv2d(ni, nf, stride=stride, kernel_size=ks, padding=ks//2, bias=bias)]
-    if norm: layers.append(norm(nf))
-    if act: layers.append(act())
-    return nn.Sequential(*layers)
+_all_ = ['conv']  # the one `conv` (`07_conv`): its `norm` and `bias` are the course's later version
 
 def get_model(act=nn.ReLU, nfs=None, norm=None, bias=None):
     """The course's CNN: `conv` layers through `nfs` channels (default 1, 8, 16, 32, 64), then a conv to 10 logits;

@@ -5,6 +5,7 @@
 # %% ../nbs/09_learner.ipynb #66328e2a
 from __future__ import annotations
 import difflib, math, numbers, re, shutil, sys, time, warnings
+from contextlib import contextmanager
 from copy import copy, deepcopy
 from operator import attrgetter
 from pathlib import Path
@@ -19,6 +20,7 @@ from torch import optim
 from torch.utils._python_dispatch import TorchDispatchMode
 from fastprogress.fastprogress import master_bar, progress_bar, format_time, IN_NOTEBOOK
 
+from .datasets import show_images
 from .conv import get_device, to_device, apply_tensors
 from .procs import *
 
@@ -27,8 +29,8 @@ __all__ = ['CancelException', 'CancelFitException', 'CancelEpochException', 'Can
            'CancelStepException', 'Callback', 'state_key', 'state_keys', 'run_cbs', 'with_cbs', 'cb_list',
            'split_batch', 'RunState', 'Learner', 'TrainCB', 'to_cpu', 'RunningMean', 'MetricsCB', 'HostScalar',
            'CountSyncs', 'DeviceSeries', 'plot_series', 'ProgressCB', 'DeviceCB', 'TrainLearner', 'MomentumLearner',
-           'SingleBatchCB', 'LRFinderCB', 'valley', 'GuardCB', 'TerminateOnNaNCB', 'world', 'rank', 'is_main',
-           'main_print', 'write_atomic', 'all_mean', 'any_rank', 'unwrap']
+           'SingleBatchCB', 'LRFinderCB', 'valley', 'CapturePreds', 'GuardCB', 'TerminateOnNaNCB', 'world', 'rank',
+           'is_main', 'main_print', 'write_atomic', 'all_mean', 'any_rank', 'unwrap']
 
 # %% ../nbs/09_learner.ipynb #fb5bddc5
 class CancelException(Exception):
@@ -277,26 +279,25 @@ class Learner():
 
     @with_cbs('batch')
     def _one_batch(self):
-        self._do('predict')
+        do = self._do  # each step's one function (`step_owner`), looked up at the fit's start
+        do['predict']()
         self.callback('after_predict')
-        self._do('get_loss')
+        do['get_loss']()
         self._check_loss()
         self.callback('after_loss')
         if self.training:
             self._unscaled = self._stepped = False
             self._backward()
             self._step()
-            if self._stepped: self._do('zero_grad')  # a cancelled step keeps its gradients (gradient accumulation)
+            if self._stepped: do['zero_grad']()  # a cancelled step keeps its gradients (gradient accumulation)
             self.run.batch_done(self)
 
     @with_cbs('backward')
-    def _backward(self): self._do('backward')
+    def _backward(self): self._do['backward']()
     @with_cbs('step')
     def _step(self):
-        self._do('step')
+        self._do['step']()
         self._stepped = True
-
-    def _do(self, step): self._owner(step)[1]()
 
     @property
     def xb(self):
@@ -363,6 +364,7 @@ class Learner():
             self._events = {}
             self._sorted_cbs = sorted(self.cbs, key=attrgetter('order'))
             _check_cbs(self, train)
+            self._do = {s: self._owner(s)[1] for s in self._steps}
             self._fit(train, valid)
         except BaseException as e:
             explain_timeout(e)  # a collective that timed out: which process never came
@@ -942,19 +944,29 @@ def valley(lrs, losses, beta=0.98):
 
 # %% ../nbs/09_learner.ipynb #f31a50ce
 @patch
+@contextmanager
+def aside(self:Learner, weights=False, cbs=None):
+    """A run that leaves the learner as it was: its optimiser, run state (what `load` left waits for the next fit),
+    history and mode, with no metric rows logged; `weights`: the model's weights put back too; `cbs`: the callbacks
+    of the run instead of the learner's."""
+    kept = (deepcopy(self.model.state_dict()) if weights else None, self.opt, self.run, self.history,
+            self.model.training, self.logging, self.cbs)
+    self.run, self.logging = RunState(), False
+    if cbs is not None: self.cbs = list(cbs)
+    try: yield self
+    finally:
+        state, self.opt, self.run, self.history, training, self.logging, self.cbs = kept
+        if state is not None: self.model.load_state_dict(state)
+        self.model.train(training)
+
+@patch
 def lr_find(self:Learner, gamma=1.3, max_mult=3, start_lr=1e-5, max_epochs=10, plot=True, cbs=None):
     """Run an LR range test from `start_lr`, plot loss against lr, and return the suggested learning rate (None, with a
     warning, if the loss never fell); weights, optimiser and mode are restored; `cbs` (a `ProgressCB`, say) join its
     run."""
-    kept = deepcopy(self.model.state_dict()), self.opt, self.run, self.history, self.model.training, self.logging
     cb = LRFinderCB(gamma=gamma, max_mult=max_mult)
-    # a fresh optimiser from `start_lr`; what `load` left waits for the next fit; no metric rows
-    self.run, self.logging = RunState(), False
-    try: self.fit(max_epochs, lr=start_lr, valid=False, cbs=[cb, *cb_list(cbs)])
-    finally:
-        state, self.opt, self.run, self.history, training, self.logging = kept
-        self.model.load_state_dict(state)
-        self.model.train(training)
+    # a fresh optimiser from `start_lr`; what `load` left waits for the next fit; no metric rows; weights put back
+    with self.aside(weights=True): self.fit(max_epochs, lr=start_lr, valid=False, cbs=[cb, *cb_list(cbs)])
     self.lr_finder = cb  # its lrs and losses, to look at even when no suggestion comes
     fin = [(lr, l) for lr, l in zip(cb.lrs, cb.losses) if math.isfinite(l)]
     if len(fin) < 2:
@@ -977,6 +989,132 @@ def lr_find(self:Learner, gamma=1.3, max_mult=3, start_lr=1e-5, max_epochs=10, p
         if sugg is not None: ax.axvline(sugg, ls='--', c='r', label=f'valley: {sugg:.2e}'); ax.legend()
         ax.set_xscale('log'); ax.set_xlabel('learning rate'); ax.set_ylabel('loss')
     return sugg
+
+# %% ../nbs/09_learner.ipynb #prd00001
+def _cat_tree(xs):
+    """Concatenate a list of batches' tensors, or of tuples or dicts of them (one per task), along the first dimension;
+    then one move to the CPU."""
+    x = xs[0]
+    if isinstance(x, dict): return {k: _cat_tree([o[k] for o in xs]) for k in x}
+    if isinstance(x, (tuple, list)): return tuple(_cat_tree([o[i] for o in xs]) for i in range(len(x)))
+    return to_cpu(torch.cat(xs))
+
+def _item_losses(learn, preds, ys):
+    "Per-item losses: `loss_func(..., reduction='none')`."
+    try: return learn.loss_func(preds, *ys, reduction='none')
+    except TypeError as e:
+        raise ValueError(f"`with_loss` needs a loss function that takes reduction='none' (such as F.cross_entropy); "
+                         f"the learner's {getattr(learn.loss_func, '__name__', type(learn.loss_func).__name__)} "
+                         f"does not ({e})") from e
+
+class CapturePreds(Callback):
+    """Collect predictions (and targets, inputs, per-item losses, as asked) of every batch on the device; concatenated
+    and moved to the CPU once, after the fit (tuples and dicts of tensors too). The loop's own loss is skipped."""
+    order = 110  # after_predict once autocast (MixedPrecision) has run the forward pass
+    def __init__(self, inps=False, targs=True, losses=False): self.inps, self.targs, self.losses = inps, targs, losses
+    def before_fit(self, learn): self.all_inps, self.all_preds, self.all_targs, self.all_losses = [], [], [], []
+    def after_predict(self, learn):
+        xs, ys = split_batch(learn.batch, learn.n_inp)
+        detach = lambda o: apply_tensors(torch.Tensor.detach, o)
+        if self.inps: self.all_inps.append(detach(xs[0] if len(xs) == 1 else xs))
+        self.all_preds.append(detach(learn.preds))
+        if self.targs: self.all_targs.append(detach(ys[0] if len(ys) == 1 else ys))
+        if self.losses: self.all_losses.append(_item_losses(learn, learn.preds, ys).detach())
+        raise CancelBatchException()  # no loss needed: batches without targets work too
+    def after_fit(self, learn):
+        cat = lambda xs: _cat_tree(xs) if xs else None
+        self.all_preds, self.all_targs = cat(self.all_preds), cat(self.all_targs)
+        self.all_inps, self.all_losses = cat(self.all_inps), cat(self.all_losses)
+
+class _Loaders:
+    "A validation loader on its own, for a run over `dl`."
+    def __init__(self, dls, dl): self.train, self.valid = getattr(dls, 'train', None), dl
+
+@patch
+def get_preds(self:Learner, dl=None, with_targets=True, with_loss=False, with_input=False, cbs=None):
+    """Predictions over loader `dl` (default the validation loader) in eval mode without gradients; then, as asked, the
+    targets, the per-item losses and the inputs (fastai's order). Runs with the set-up callbacks, the `predict` step's
+    owner and `cbs` only; the learner is left as it was."""
+    cp = CapturePreds(inps=with_input, targs=with_targets, losses=with_loss)
+    owner = self.step_owner('predict')
+    keep = [cb for cb in self.cbs if cb.order < 0 or cb is owner]
+    dls = self.dls if dl is None else _Loaders(self.dls, dl)
+    with self.aside(cbs=keep + [cp] + list(cb_list(cbs))):
+        self.dls, kept_dls = dls, self.dls
+        try: self.fit(1, train=False)
+        finally: self.dls = kept_dls
+    res = (cp.all_preds,) + ((cp.all_targs,) if with_targets else ()) + ((cp.all_losses,) if with_loss else ())
+    return res + ((cp.all_inps,) if with_input else ())
+
+@patch
+def capture_preds(self:Learner, cbs=None, inps=False):
+    "The course's name: predictions and targets (and inputs, if `inps`) over the validation set."
+    return self.get_preds(with_input=inps, cbs=cbs)
+
+@patch
+def predict_item(self:Learner, x):
+    "The prediction for one item `x` (its inputs without the batch dimension; a tuple for several inputs)."
+    batch = tuple(apply_tensors(lambda t: t[None], o) for o in (x if isinstance(x, tuple) else (x,)))
+    p, = self.get_preds(dl=[batch], with_targets=False)
+    return apply_tensors(lambda t: t[0], p)
+
+def _flops(w, h, wd):
+    "Multiply-adds of weight `w` used at each position of an h×wd output (vectors and matrices: once)."
+    return w.numel() if w.dim() < 3 else w.numel()*h*wd
+
+@patch
+def summary(self:Learner):
+    "A table of each top-level module's input and output shapes, parameters and MFLOPS, from one validation batch."
+    rows, tot = [], [0, 0.]
+    def _f(mod, inp, outp):
+        nparms = sum(o.numel() for o in mod.parameters())
+        h, wd = (outp.shape[-2], outp.shape[-1]) if outp.dim() >= 3 else (1, 1)
+        # as the course: every weight applied at each output position
+        flops = sum(_flops(o, h, wd) for o in mod.parameters())/1e6
+        tot[0] += nparms; tot[1] += flops
+        rows.append(f'|{type(mod).__name__}|{tuple(inp[0].shape)}|{tuple(outp.shape)}|{nparms}|{flops:.1f}|')
+    hooks = [m.register_forward_hook(_f) for m in (list(self.model.children()) or [self.model])]
+    try: self.get_preds(dl=[next(iter(self.dls.valid))], with_targets=False)
+    finally:
+        for h in hooks: h.remove()
+    res = '\n'.join(['|Module|Input|Output|Num params|MFLOPS|', '|--|--|--|--|--|', *rows])
+    print(f'Tot params: {tot[0]}; MFLOPS: {tot[1]:.1f}')
+    if IN_NOTEBOOK:
+        from IPython.display import Markdown
+        return Markdown(res)
+    print(res)
+
+class _PeekCB(Callback):
+    "Keep the batch as the model would receive it, then stop the fit before anything is trained."
+    order = 1000
+    def before_batch(self, learn):
+        self.batch = learn.batch
+        raise CancelFitException()
+
+@patch
+@fc.delegates(show_images)
+def show_image_batch(self:Learner, max_n=9, cbs=None, **kwargs):
+    "Show up to `max_n` images of the first training batch, after the batch callbacks (and `cbs`)."
+    peek = _PeekCB()
+    with self.aside(): self.fit(1, valid=False, cbs=[peek]+list(cb_list(cbs)))
+    show_images(peek.batch[0][:max_n].float(), **kwargs)
+
+@patch
+def fit_one_cycle(self:Learner, n_epochs, lr_max=None, pct_start=0.25, cbs=None, record=True, resume=None, **kwargs):
+    """Fit `n_epochs` with a one-cycle schedule peaking at `lr_max` (default `self.lr`); lr and momentum go to
+    `self.recorder`; `resume` as `fit`'s."""
+    from torch.optim import lr_scheduler
+    from .sgd import BatchSchedCB, RecorderCB, _mom  # (the schedule's callbacks are taught in `12_sgd`)
+    lr_max = self.lr if lr_max is None else lr_max
+    def sched(opt):  # built in before_fit, once the loaders are sharded: the same length on N processes as on one
+        return lr_scheduler.OneCycleLR(
+            opt, max_lr=lr_max, total_steps=n_epochs * len(self.dls.train), pct_start=pct_start, **kwargs
+        )
+    extra = [BatchSchedCB(sched)]
+    if record:
+        self.recorder = RecorderCB(lr=lambda cb: cb.pg['lr'], mom=lambda cb: _mom(cb.pg))
+        extra.append(self.recorder)
+    self.fit(n_epochs, lr=lr_max, cbs=extra + list(cb_list(cbs)), resume=resume)
 
 # %% ../nbs/09_learner.ipynb #ea2b99f9
 @patch

@@ -6,7 +6,6 @@
 from __future__ import annotations
 from functools import partial
 import fastcore.all as fc
-from fastcore.basics import patch
 import matplotlib.pyplot as plt
 import torch
 from torch.optim import lr_scheduler
@@ -170,21 +169,6 @@ class RecorderCB(HasLearnCB):
 def _mom(pg):
     "The momentum of param group `pg`: `betas[0]` for Adam-style optimisers, else `momentum`."
     return pg['betas'][0] if 'betas' in pg else pg.get('momentum', 0.)
-
-@patch
-def fit_one_cycle(self:Learner, n_epochs, lr_max=None, pct_start=0.25, cbs=None, record=True, resume=None, **kwargs):
-    """Fit `n_epochs` with a one-cycle schedule peaking at `lr_max` (default `self.lr`); lr and momentum go to
-    `self.recorder`; `resume` as `fit`'s."""
-    lr_max = self.lr if lr_max is None else lr_max
-    def sched(opt):  # built in before_fit, once the loaders are sharded: the same length on N processes as on one
-        return lr_scheduler.OneCycleLR(
-            opt, max_lr=lr_max, total_steps=n_epochs * len(self.dls.train), pct_start=pct_start, **kwargs
-        )
-    extra = [BatchSchedCB(sched)]
-    if record:
-        self.recorder = RecorderCB(lr=lambda cb: cb.pg['lr'], mom=lambda cb: _mom(cb.pg))
-        extra.append(self.recorder)
-    self.fit(n_epochs, lr=lr_max, cbs=extra + list(cb_list(cbs)), resume=resume)
 
 # %% ../nbs/12_sgd.ipynb #c2421751
 class GradientClip(Callback):

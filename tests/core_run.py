@@ -12,7 +12,6 @@ from mtlearn.learner import *
 from mtlearn.datasets import DataLoaders, TensorDataLoader
 from mtlearn.accel import DistributedCB, init_distributed
 from mtlearn.tracker import CSVLogger, SaveModelCB
-from mtlearn.sgd import fit_one_cycle  # noqa: F401 (patches Learner)
 from mtlearn.aggregators import SDMGrad
 from mtlearn.multitask import MultiTaskGradCB, MultiTaskLoss, synthetic_tasks, tiny_mtl_model
 

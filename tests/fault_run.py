@@ -31,6 +31,5 @@ if mode == 'save-loop':  # save again and again until killed
         (d/'saved.tmp').write_text(str(i)); os.replace(d/'saved.tmp', d/'saved')  # the count, itself written whole
 else:
     learn = learner(0 if mode == 'fresh' else 1)
-    from mtlearn.sgd import fit_one_cycle  # noqa: F401
     learn.fit_one_cycle(3, 1e-2, cbs=[Slow()], resume=(d/'ck_last.pt') if mode == 'resume' else None)
     torch.save(learn.model.state_dict(), d/'final.pt')

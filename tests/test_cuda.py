@@ -11,7 +11,7 @@ from torcheval.metrics import MulticlassAccuracy
 from mtlearn.learner import *
 from mtlearn.datasets import DataLoaders, TensorDataLoader
 from mtlearn.activations import ActivationStats
-import mtlearn.sgd  # noqa: F401 (it adds fit_one_cycle to the Learner)
+import mtlearn.sgd  # noqa: F401
 from mtlearn.accel import MixedPrecision, AccelerateCB
 from mtlearn.multitask import MultiTaskGradCB, MultiTaskLoss, MultiTaskModel, TaskMetric
 import mtlearn.aggregators as A

@@ -269,17 +269,20 @@ def test_hand_written_optimizer():
     lrs = a.lr_finder.lrs
     assert lrs[0] == pytest.approx(1e-3) and lrs[1] == pytest.approx(2e-3)
 
-def test_progress_notebook_branch():
+def test_progress_notebook_branch(monkeypatch):
     "In an IPython shell with IN_NOTEBOOK set, ProgressCB drives fastprogress's HTML bars, table and live loss plot."
     shell = pytest.importorskip('execnb.shell')
+    import mtlearn.learner as ml
+    from fastprogress.fastprogress import NBMasterBar, NBProgressBar
+    # (set for this test only: the shell runs in this process)
+    for k, v in (('IN_NOTEBOOK', True), ('master_bar', NBMasterBar), ('progress_bar', NBProgressBar)):
+        monkeypatch.setattr(ml, k, v)
     sh = shell.CaptureShell()
     outs = sh.run("""
 import torch, torch.nn.functional as F
 from torch import nn
 import mtlearn.learner as ml
-from fastprogress.fastprogress import NBMasterBar, NBProgressBar
 from mtlearn.datasets import DataLoaders, TensorDataLoader
-ml.IN_NOTEBOOK, ml.master_bar, ml.progress_bar = True, NBMasterBar, NBProgressBar
 x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
 dls = DataLoaders(TensorDataLoader(x, y, batch_size=4), TensorDataLoader(x, y, batch_size=4))
 prog = ml.ProgressCB(plot=True)
@@ -298,3 +301,61 @@ def test_a_plain_learner_without_training_steps_says_what_is_missing():
         learn.fit(1)
     with pytest.raises(ValueError, match=r"has predict, get_loss: add TrainCB"): learn.fit(1, train=False)
     Learner(nn.Linear(3, 2), toy_dls(), F.cross_entropy, cbs=TrainCB()).fit(1)
+
+
+def test_get_preds_any_loader_targets_losses_inputs_and_the_learner_left_as_it_was():
+    "fastai's get_preds: eval mode, no gradients, any loader; nothing of the learner changes (history, optimiser, mode)."
+    learn = learner(cbs=[MetricsCB(), ProgressCB()])
+    learn.fit(1)
+    hist, opt = list(learn.history), learn.opt
+    learn.model.train()
+    x = torch.randn(10, 3)
+    y = torch.randint(0, 2, (10,))
+    dl = TensorDataLoader(x, y, batch_size=4)
+    preds, targs, losses, inps = learn.get_preds(dl, with_loss=True, with_input=True)
+    with torch.no_grad(): want = learn.model.eval()(x)
+    learn.model.train()
+    torch.testing.assert_close(preds, want)
+    assert torch.equal(targs, y) and torch.equal(inps, x) and not preds.requires_grad
+    torch.testing.assert_close(losses, F.cross_entropy(want, y, reduction='none'))
+    assert learn.history == hist and learn.opt is opt and learn.model.training  # left as it was
+    p, = learn.get_preds(dl, with_targets=False)
+    assert p.shape == (10, 2)
+    p0, t0 = learn.get_preds()  # default: the validation loader
+    assert torch.equal(t0, learn.dls.valid.tensors[1])
+    one = learn.predict_item(x[0])
+    torch.testing.assert_close(one, want[0])
+    with pytest.raises(ValueError, match="`with_loss` needs a loss function that takes reduction='none'"):
+        TrainLearner(nn.Linear(3, 2), toy_dls(), lambda p, y: F.cross_entropy(p, y)).get_preds(with_loss=True)
+
+def test_summary_capture_preds_and_fit_one_cycle_need_no_other_import(tmp_path):
+    "Issue 27: `summary` and `capture_preds` failed with a bare AttributeError unless mtlearn.augment was imported."
+    import subprocess, sys
+    code = """
+import sys, torch, torch.nn.functional as F
+from torch import nn
+from mtlearn.learner import TrainLearner
+from mtlearn.datasets import DataLoaders, TensorDataLoader
+x, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+learn = TrainLearner(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), DataLoaders(TensorDataLoader(x, y, batch_size=8),
+                     TensorDataLoader(x, y, batch_size=8)), F.cross_entropy)
+learn.summary()
+p, t = learn.capture_preds()
+learn.fit_one_cycle(1, 0.01)
+assert p.shape == (16, 2)
+print('imported:', sorted(m for m in sys.modules if m.startswith('mtlearn.')))
+"""
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert 'Tot params: 26' in r.stdout and '|Linear|(8, 3)|(8, 4)|16|' in r.stdout
+    assert 'mtlearn.augment' not in r.stdout.split('imported:')[1]
+
+def test_show_image_batch_leaves_the_learner_as_it_was():
+    learn = learner(cbs=[MetricsCB()])
+    learn.fit(1)
+    hist, opt = list(learn.history), learn.opt
+    import matplotlib; matplotlib.use('Agg')
+    x = torch.rand(8, 1, 4, 4)
+    learn.dls = DataLoaders(TensorDataLoader(x, torch.zeros(8, dtype=torch.long), batch_size=4), [])
+    learn.show_image_batch(max_n=2)
+    assert learn.history == hist and learn.opt is opt

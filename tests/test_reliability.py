@@ -7,7 +7,7 @@ from torch import nn, optim
 from torcheval.metrics import MulticlassAccuracy
 from mtlearn.datasets import DataLoaders, TensorDataLoader
 from mtlearn.learner import *
-from mtlearn.sgd import RecorderCB, BatchSchedCB, fit_one_cycle  # noqa: F401
+from mtlearn.sgd import RecorderCB, BatchSchedCB  # noqa: F401
 from mtlearn.activations import ActivationStats
 from mtlearn.tracker import SaveModelCB, EarlyStoppingCB, ReduceLROnPlateau, CSVLogger, GradientAccumulation
 
