@@ -36,9 +36,7 @@ from torch import nn, optim
 from torcheval.metrics import MulticlassAccuracy
 from mtlearn.datasets import DataLoaders, load_fashion_mnist
 from mtlearn.learner import TrainLearner, DeviceCB, MetricsCB, ProgressCB
-import mtlearn.sgd  # noqa: F401 (fit_one_cycle)
-from mtlearn.cli import simple_cnn
-from learner_overhead import steady_malloc, crossover  # bench/ is on sys.path when this script runs
+from learner_overhead import steady_malloc, crossover, simple_cnn  # bench/ is on sys.path when this script runs
 
 def mlp(): return nn.Sequential(nn.Flatten(), nn.Linear(784, 50), nn.ReLU(), nn.Linear(50, 10))
 MODELS = {'cnn': (simple_cnn, 256, 1e-2), 'mlp': (mlp, 1024, 1e-2)}

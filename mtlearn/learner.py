@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_learner.ipynb #66328e2a
 from __future__ import annotations
-import difflib, math, numbers, re, shutil, sys, time, warnings
+import difflib, io, math, numbers, re, shutil, sys, time, warnings
 from contextlib import contextmanager
 from copy import copy, deepcopy
 from operator import attrgetter
@@ -16,11 +16,11 @@ import matplotlib.pyplot as plt
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import optim
+from torch import nn, optim
 from torch.utils._python_dispatch import TorchDispatchMode
 from fastprogress.fastprogress import master_bar, progress_bar, format_time, IN_NOTEBOOK
 
-from .datasets import show_images
+from .datasets import show_images, ByteNorm
 from .conv import get_device, to_device, apply_tensors
 from .procs import *
 
@@ -29,8 +29,8 @@ __all__ = ['CancelException', 'CancelFitException', 'CancelEpochException', 'Can
            'CancelStepException', 'Callback', 'state_key', 'state_keys', 'run_cbs', 'with_cbs', 'cb_list',
            'split_batch', 'RunState', 'Learner', 'TrainCB', 'to_cpu', 'RunningMean', 'MetricsCB', 'HostScalar',
            'CountSyncs', 'DeviceSeries', 'plot_series', 'ProgressCB', 'DeviceCB', 'TrainLearner', 'MomentumLearner',
-           'SingleBatchCB', 'LRFinderCB', 'valley', 'CapturePreds', 'GuardCB', 'TerminateOnNaNCB', 'world', 'rank',
-           'is_main', 'main_print', 'write_atomic', 'all_mean', 'any_rank', 'unwrap']
+           'SingleBatchCB', 'LRFinderCB', 'valley', 'CapturePreds', 'load_exported', 'GuardCB', 'TerminateOnNaNCB',
+           'world', 'rank', 'is_main', 'main_print', 'write_atomic', 'all_mean', 'any_rank', 'unwrap']
 
 # %% ../nbs/09_learner.ipynb #fb5bddc5
 class CancelException(Exception):
@@ -338,18 +338,10 @@ class Learner():
             if valid:
                 with torch.no_grad(): self.one_epoch(False)
 
-    def _check_fit(self, n_epochs, train, valid):
-        if isinstance(n_epochs, bool) or not isinstance(n_epochs, int) or n_epochs < 0:
-            raise ValueError(f"`n_epochs` should be a non-negative int; found n_epochs = {n_epochs!r}")
-        for nm, wanted in (('train', train), ('valid', valid)):
-            if wanted and not hasattr(self.dls, nm):
-                raise ValueError(f"`dls` should have a `.{nm}` data loader (a `DataLoaders`, say); found a "
-                                 f"{type(self.dls).__name__} without one")
-
     def fit(self, n_epochs=1, train=True, valid=True, cbs=None, lr=None, resume=None):
         """Train for `n_epochs` with a fresh optimiser at `lr` (default `self.lr`); `cbs` are added for this fit only;
         `resume`: a checkpoint to continue from."""
-        self._check_fit(n_epochs, train, valid)
+        _check_fit(self, n_epochs, train, valid)
         if resume is not None:
             self.load(resume)
             lr = None  # the saved learning rates and momenta are the run's, whatever `lr` says
@@ -373,21 +365,6 @@ class Learner():
             self._events = None
             self.run.end_fit()
             for cb in cbs: self.cbs.remove(cb)
-
-    def _new_opt(self, lr):
-        """A fresh optimiser at `lr` (default `self.lr`) that takes over any state `load` left pending; an explicit
-        `lr` wins over the loaded one."""
-        explicit, state = lr is not None, self.run.loaded.pop('opt', None)
-        if self.opt_func is None:
-            raise ValueError("`opt_func` should be a function (params, lr) -> optimiser, such as optim.SGD; found None")
-        lr = self.lr if lr is None else lr
-        if not isinstance(lr, (int, float)) or isinstance(lr, bool):
-            raise ValueError(f"`lr` should be a number: give it to the learner or to `fit(lr=...)`; found lr = {lr!r}")
-        self.opt = self.opt_func(self.model.parameters(), lr)
-        if state is not None:
-            self.opt.load_state_dict(state)
-            if explicit:
-                for pg in self.opt.param_groups: pg['lr'] = lr
 
     def _methods(self, method_nm):
         "The (callback, method) pairs for event `method_nm`, in `order`; looked up once per fit."
@@ -446,9 +423,34 @@ def _check_cbs(learn, train=True):
         for nm in dir(cb):
             if re.match(r'(before|after|cleanup)_', nm) and nm not in learn.events and callable(getattr(cb, nm, None)):
                 close = difflib.get_close_matches(nm, learn.events, 1, 0.5)
-                raise ValueError(f"{type(cb).__name__}.{nm} is not an event of the Learner, so it would never run"
-                                 + (f": did you mean `{close[0]}`?" if close else "; the events are "
-                                                                                  f"{', '.join(_EVENTS)}"))
+                hint = f": did you mean `{close[0]}`?" if close else f"; the events are {', '.join(_EVENTS)}"
+                raise ValueError(f"{type(cb).__name__}.{nm} is not an event of the Learner, so it would never "
+                                 f"run{hint}")
+
+def _check_fit(learn, n_epochs, train, valid):
+    "`fit`'s arguments checked before anything changes."
+    if isinstance(n_epochs, bool) or not isinstance(n_epochs, int) or n_epochs < 0:
+        raise ValueError(f"`n_epochs` should be a non-negative int; found n_epochs = {n_epochs!r}")
+    for nm, wanted in (('train', train), ('valid', valid)):
+        if wanted and not hasattr(learn.dls, nm):
+            raise ValueError(f"`dls` should have a `.{nm}` data loader (a `DataLoaders`, say); found a "
+                             f"{type(learn.dls).__name__} without one")
+
+@patch
+def _new_opt(self:Learner, lr):
+    """A fresh optimiser at `lr` (default `self.lr`) that takes over any state `load` left pending; an explicit
+    `lr` wins over the loaded one."""
+    explicit, state = lr is not None, self.run.loaded.pop('opt', None)
+    if self.opt_func is None:
+        raise ValueError("`opt_func` should be a function (params, lr) -> optimiser, such as optim.SGD; found None")
+    lr = self.lr if lr is None else lr
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool):
+        raise ValueError(f"`lr` should be a number: give it to the learner or to `fit(lr=...)`; found lr = {lr!r}")
+    self.opt = self.opt_func(self.model.parameters(), lr)
+    if state is not None:
+        self.opt.load_state_dict(state)
+        if explicit:
+            for pg in self.opt.param_groups: pg['lr'] = lr
 
 # %% ../nbs/09_learner.ipynb #stp00001
 @patch
@@ -1104,7 +1106,7 @@ def fit_one_cycle(self:Learner, n_epochs, lr_max=None, pct_start=0.25, cbs=None,
     """Fit `n_epochs` with a one-cycle schedule peaking at `lr_max` (default `self.lr`); lr and momentum go to
     `self.recorder`; `resume` as `fit`'s."""
     from torch.optim import lr_scheduler
-    from .sgd import BatchSchedCB, RecorderCB, _mom  # (the schedule's callbacks are taught in `12_sgd`)
+    from mtlearn.sgd import BatchSchedCB, RecorderCB, _mom  # (the schedule's callbacks are taught in `12_sgd`)
     lr_max = self.lr if lr_max is None else lr_max
     def sched(opt):  # built in before_fit, once the loaders are sharded: the same length on N processes as on one
         return lr_scheduler.OneCycleLR(
@@ -1115,6 +1117,50 @@ def fit_one_cycle(self:Learner, n_epochs, lr_max=None, pct_start=0.25, cbs=None,
         self.recorder = RecorderCB(lr=lambda cb: cb.pg['lr'], mom=lambda cb: _mom(cb.pg))
         extra.append(self.recorder)
     self.fit(n_epochs, lr=lr_max, cbs=extra + list(cb_list(cbs)), resume=resume)
+
+# %% ../nbs/09_learner.ipynb #exp00001
+class _Exported(nn.Module):
+    "The model behind the training loader's input transform (`ByteNorm`'s arithmetic, as tensor operations)."
+    def __init__(self, model, norm=None):
+        super().__init__()
+        self.model, self.norm = model, norm is not None
+        if norm is not None:
+            self.register_buffer('scale', torch.tensor(1 / (255 * norm.std), dtype=norm.dtype))
+            self.register_buffer('shift', torch.tensor(-norm.mean / norm.std, dtype=norm.dtype))
+            self.flat = norm.flat
+    def forward(self, x):
+        if self.norm:
+            x = x.to(self.scale.dtype) * self.scale + self.shift
+            if self.flat: x = x.flatten(1)
+        return self.model(x)
+
+@patch
+def export(self:Learner, path, example=None):
+    """Write the model, behind the training loader's input transform, as a `torch.export` program at `path`
+    (atomically): it loads with plain PyTorch, `torch.export.load(path).module()`, and predicts from raw inputs.
+    `example`: a raw input batch (default: two validation items as the loader holds them)."""
+    dl = getattr(self.dls, 'valid', None) or getattr(self.dls, 'train', None)
+    tfm = (getattr(dl, 'tfms', None) or [None])[0]
+    if example is None:
+        if not hasattr(dl, 'tensors'):
+            raise ValueError("`example` should be a raw input batch: the learner's loaders are not tensor-backed, so "
+                             "there is none to take from them")
+        example = dl.tensors[0][:2]
+    if not isinstance(example, torch.Tensor) or example.ndim < 1 or len(example) < 2:
+        raise ValueError(f"`example` should be a tensor batch of at least two items; found {example!r:.80}")
+    model = deepcopy(unwrap(self.model)).cpu().eval()
+    wrapped = _Exported(model, tfm if isinstance(tfm, ByteNorm) else None).eval()
+    batch = torch.export.Dim('batch', min=1)
+    with torch.no_grad():
+        ep = torch.export.export(wrapped, (example.cpu(),), dynamic_shapes=({0: batch},))
+    buf = io.BytesIO()
+    torch.export.save(ep, buf)
+    write_atomic(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
+    return Path(path)
+
+def load_exported(path):
+    "The callable that `Learner.export` wrote to `path`: raw inputs in, predictions out (plain PyTorch)."
+    return torch.export.load(path).module().requires_grad_(False)
 
 # %% ../nbs/09_learner.ipynb #ea2b99f9
 @patch

@@ -359,3 +359,31 @@ def test_show_image_batch_leaves_the_learner_as_it_was():
     learn.dls = DataLoaders(TensorDataLoader(x, torch.zeros(8, dtype=torch.long), batch_size=4), [])
     learn.show_image_batch(max_n=2)
     assert learn.history == hist and learn.opt is opt
+
+def test_export_loads_in_a_fresh_process_without_mtlearn_and_predicts_from_raw_inputs(tmp_path):
+    "Issue 26: a safe export (torch.export, no pickle of mtlearn objects); a multi-task model gives one output per task."
+    import subprocess, sys
+    from mtlearn.datasets import ByteNorm
+    from mtlearn.multitask import MultiTaskModel, MultiTaskLoss
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (12, 1, 6, 6), dtype=torch.uint8)
+    ys = torch.randint(0, 3, (12,)), torch.randint(0, 2, (12,))
+    norm = ByteNorm(0.25, 0.5, flat=True)
+    dls = DataLoaders(*(TensorDataLoader(x, *ys, batch_size=4, tfms=[norm]) for _ in range(2)))
+    model = MultiTaskModel(nn.Sequential(nn.Linear(36, 8), nn.ReLU()), [nn.Linear(8, 3), nn.Linear(8, 2)])
+    learn = TrainLearner(model, dls, MultiTaskLoss(F.cross_entropy, F.cross_entropy), lr=0.1)
+    learn.fit(1)
+    path = learn.export(tmp_path/'mt.pt2')
+    (want_a, want_b), = learn.get_preds(with_targets=False)
+    torch.save(x[:7], tmp_path/'x.pt')
+    code = (f"import sys, torch; m = torch.export.load({str(path)!r}).module(); "
+            f"torch.save(m(torch.load({str(tmp_path/'x.pt')!r})), {str(tmp_path/'out.pt')!r}); "
+            "print(any(k.startswith('mtlearn') for k in sys.modules))")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == 'False'
+    a, b = torch.load(tmp_path/'out.pt')
+    torch.testing.assert_close(a, want_a[:7], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(b, want_b[:7], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match='`example` should be a tensor batch of at least two items'):
+        learn.export(tmp_path/'bad.pt2', example=[1, 2])
