@@ -28,9 +28,10 @@ from .procs import *
 __all__ = ['CancelException', 'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'CancelBackwardException',
            'CancelStepException', 'Callback', 'state_key', 'state_keys', 'run_cbs', 'with_cbs', 'cb_list',
            'split_batch', 'RunState', 'Learner', 'TrainCB', 'to_cpu', 'RunningMean', 'MetricsCB', 'HostScalar',
-           'CountSyncs', 'DeviceSeries', 'plot_series', 'ProgressCB', 'DeviceCB', 'TrainLearner', 'MomentumLearner',
-           'SingleBatchCB', 'LRFinderCB', 'valley', 'CapturePreds', 'load_exported', 'GuardCB', 'TerminateOnNaNCB',
-           'world', 'rank', 'is_main', 'main_print', 'write_atomic', 'all_mean', 'any_rank', 'unwrap']
+           'CountSyncs', 'DeviceSeries', 'ema', 'plot_series', 'ProgressCB', 'DeviceCB', 'TrainLearner',
+           'MomentumLearner', 'SingleBatchCB', 'LRFinderCB', 'valley', 'CapturePreds', 'load_exported', 'GuardCB',
+           'TerminateOnNaNCB', 'world', 'rank', 'is_main', 'main_print', 'write_atomic', 'all_mean', 'any_rank',
+           'unwrap']
 
 # %% ../nbs/09_learner.ipynb #fb5bddc5
 class CancelException(Exception):
@@ -731,14 +732,27 @@ class DeviceSeries:
         self.reset()
         self.host = sd['values'].clone()
 
-def plot_series(v, names=None, ax=None, xlabel='training step', ylabel='', title=None):
+def ema(v, beta=0.9):
+    "Exponential moving average down the rows of `v` (debiased, as fastai smooths its losses)."
+    v = torch.as_tensor(v, dtype=torch.float64)
+    out, avg = torch.empty_like(v), torch.zeros_like(v[0]) if len(v) else None
+    for i in range(len(v)):
+        avg = beta * avg + (1 - beta) * v[i]
+        out[i] = avg / (1 - beta ** (i + 1))
+    return out
+
+def plot_series(v, names=None, ax=None, xlabel='training step', ylabel='', title=None, smooth=None):
     """Plot each column of `v` (rows × columns, as `DeviceSeries.values()` gives) as a line named by `names`: the one
-    plot helper of the records."""
+    plot helper of the records. `smooth` (a β such as 0.9): the moving average drawn, the raw values faint behind."""
     if ax is None: _, ax = plt.subplots()
     v = torch.as_tensor(v)
     v = v.reshape(len(v), -1) if v.numel() else v.reshape(0, 0)
     names_given, names = names is not None, list(range(v.shape[1])) if names is None else list(names)
-    for i in range(v.shape[1]): ax.plot(v[:, i], label=str(names[i]))
+    for i in range(v.shape[1]):
+        if smooth is None: ax.plot(v[:, i], label=str(names[i]))
+        else:
+            line, = ax.plot(ema(v[:, i], smooth), label=str(names[i]))
+            ax.plot(v[:, i], color=line.get_color(), alpha=0.25, lw=0.8)
     ax.set_xlabel(xlabel); ax.set_ylabel(ylabel)
     if title: ax.set_title(title)
     if v.shape[1] > 1 or names_given: ax.legend()

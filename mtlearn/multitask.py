@@ -387,6 +387,7 @@ class MultiTaskGradCB(Callback):
             reduce,
         )
         self.losses, self.weights, self._guard = DeviceSeries(max_records), DeviceSeries(max_records), None
+        self.val_losses, self.val_steps, self._vsum, self._vn = DeviceSeries(max_records), [], None, 0
         self._waiting, self.z = [], None
 
     def _shared_module(self, model):
@@ -419,7 +420,8 @@ class MultiTaskGradCB(Callback):
         ids = {id(p) for p in self.shared_params}
         self.head_params = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
         self._hook = mod.register_forward_hook(self._keep)
-        self.losses.reset(); self.weights.reset()  # a loaded state is applied after this
+        self.losses.reset(); self.weights.reset(); self.val_losses.reset()  # a loaded state is applied after this
+        self.val_steps, self._vsum, self._vn = [], None, 0
         own = self.guard is not False and not any(isinstance(cb, GuardCB) for cb in learn.cbs)
         # the one guard, run from here
         self._guard = GuardCB('raise', undo=True if self.guard else None) if own else None
@@ -434,10 +436,20 @@ class MultiTaskGradCB(Callback):
         if self._guard is not None: self._guard.cleanup_fit(learn)
     def after_epoch(self, learn):
         if learn.training: self.losses.flush(); self.weights.flush()  # the one host read of the epoch's records
+        elif self._vn:  # the validation's task losses, averaged over its batches (and the processes)
+            self.val_losses.append(all_mean(self._vsum / self._vn))
+            self.val_steps.append(len(self.losses))
+            self.val_losses.flush()
+        self._vsum, self._vn = None, 0
     def _keep(self, mod, inp, out):
         if mod.training and torch.is_grad_enabled(): self.z = out
     def cleanup_batch(self, learn): self.z = None
     def after_loss(self, learn):
+        if not learn.training:
+            if learn.losses is not None:
+                l = learn.losses.detach().float()
+                self._vsum, self._vn = (l if self._vsum is None else self._vsum + l), self._vn + 1
+            return
         if self._guard is not None: self._guard.after_loss(learn)
 
     def backward(self, learn):
@@ -500,7 +512,8 @@ class MultiTaskGradCB(Callback):
     def state_dict(self):
         """The aggregator's buffers and counters, the Jacobians waiting for their third batch, the recorded losses and
         weights, and the guard's step count: what a resumed run needs."""
-        sd = {'losses': self.losses.state_dict(), 'weights': self.weights.state_dict(), 'pending': list(self._waiting)}
+        sd = {'losses': self.losses.state_dict(), 'weights': self.weights.state_dict(), 'pending': list(self._waiting),
+              'val_losses': self.val_losses.state_dict(), 'val_steps': list(self.val_steps)}
         if self._guard is not None: sd['guard'] = self._guard.state_dict()
         if isinstance(self.agg, nn.Module): sd['aggregator'] = self.agg.state_dict()
         return sd
@@ -508,17 +521,29 @@ class MultiTaskGradCB(Callback):
         if isinstance(self.agg, nn.Module) and 'aggregator' in sd: self.agg.load_state_dict(sd['aggregator'])
         self.losses.load_state_dict(sd['losses']); self.weights.load_state_dict(sd['weights'])
         self._waiting = list(sd.get('pending', ()))
+        if 'val_losses' in sd: self.val_losses.load_state_dict(sd['val_losses']); self.val_steps = list(sd['val_steps'])
         if self._guard is not None and 'guard' in sd: self._guard.load_state_dict(sd['guard'])
 
-    def plot_losses(self, ax=None, names=None):
-        "The task losses at every training step."
-        return self._plot(self.losses.values(), 'task loss', ax, names)
-    def plot_weights(self, ax=None, names=None):
-        "The task weights the aggregator chose at every optimiser step."
-        return self._plot(self.weights.values(), 'task weight', ax, names,
-                          'optimiser step (3 batches)' if self.sdm_batches == 'consecutive' else 'training step')
-    def _plot(self, v, label, ax, names, xlabel='training step'):
-        return plot_series(v, names or self._tasks(v.shape[1] if v.ndim == 2 else 0), ax, xlabel, label)
+    def plot_losses(self, ax=None, names=None, smooth=0.9):
+        """Each task's training loss at every step (smoothed by `smooth`, the raw values faint; None: raw) and its
+        validation loss after each epoch (dots)."""
+        v = self.losses.values()
+        ax = self._plot(v, 'task loss', ax, names, smooth=smooth, what='task losses')
+        vl = self.val_losses.values()
+        if len(vl):
+            for i, line in enumerate([l for l in ax.get_lines() if not l.get_label().startswith('_')][:vl.shape[1]]):
+                ax.plot(self.val_steps[-len(vl):], vl[:, i], 'o--', color=line.get_color(), ms=4,
+                        label=f'{line.get_label()} (valid)')
+            ax.legend()
+        return ax
+    def plot_weights(self, ax=None, names=None, smooth=0.9):
+        "The task weights the aggregator chose at every optimiser step (smoothed by `smooth`, the raw values faint)."
+        return self._plot(self.weights.values(), 'task weight', ax, names, smooth=smooth, what='task weights',
+                          xlabel='optimiser step (3 batches)' if self.sdm_batches == 'consecutive' else 'training step')
+    def _plot(self, v, label, ax, names, smooth, what, xlabel='training step'):
+        names = names or self._tasks(v.shape[1] if v.ndim == 2 else 0)
+        method = getattr(self.agg, '__name__', None) or str(self.agg)  # a function's name, or the aggregator's
+        return plot_series(v, names, ax, xlabel, label, title=f'{method}: {what}', smooth=smooth)
 
 # %% ../nbs/21_multitask.ipynb #01426ba6
 def synthetic_tasks(n_tasks=2, n=512, n_in=8, bs=64, conflict=0.5, noise=0.1, seed=0, dtype=torch.float32):

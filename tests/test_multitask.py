@@ -237,3 +237,29 @@ def test_heads_gradients_follow_each_methods_authors():
         heads(Mean(), head_grads='all')
     with pytest.raises(ValueError, match=r"`head_grads` should be None \(the aggregator's\) or one of"):
         MultiTaskGradCB(Mean(), head_grads='x')
+
+def test_plots_are_smoothed_titled_with_the_method_and_show_each_tasks_validation():
+    "Issue 27: task weights jumped every step, unsmoothed and untitled, and the multi-task run drew no validation curve."
+    import matplotlib; matplotlib.use('Agg')
+    from mtlearn.learner import ema
+    torch.manual_seed(0)
+    dls = synthetic_tasks(2, n=256, bs=32)
+    cb = MultiTaskGradCB(MGDA())
+    learn = TrainLearner(tiny_mtl_model(2), dls, MultiTaskLoss(F.mse_loss, F.mse_loss), lr=0.05, cbs=cb)
+    learn.fit(3)
+    assert cb.val_losses.values().shape == (3, 2) and cb.val_steps == [8, 16, 24]
+    ax = cb.plot_weights(names=['left', 'right'])
+    assert ax.get_title() == 'MGDA: task weights'
+    labelled = [l for l in ax.get_lines() if not l.get_label().startswith('_')]
+    raw = [l for l in ax.get_lines() if l.get_label().startswith('_')]
+    assert [l.get_label() for l in labelled] == ['left', 'right'] and len(raw) == 2 and all(l.get_alpha() < 1 for l in raw)
+    w = cb.weights.values()[:, 0].double()
+    torch.testing.assert_close(torch.as_tensor(labelled[0].get_ydata()), ema(w, 0.9))
+    ax = cb.plot_losses()
+    assert ax.get_title() == 'MGDA: task losses'
+    valid = [l for l in ax.get_lines() if l.get_label().endswith('(valid)')]
+    assert len(valid) == 2 and list(valid[0].get_xdata()) == [8, 16, 24]
+    # the validation's task losses: the mean over its batches, of the model as it is after the last epoch
+    with torch.no_grad():
+        per = torch.stack([learn.loss_func(learn.model.eval()(b[0]), *b[1:]) for b in dls.valid])
+    torch.testing.assert_close(cb.val_losses.values()[-1], per.mean(0).float())
