@@ -13,8 +13,10 @@ from torch import nn
 from .datasets import show_images
 from .learner import *
 
+_all_ = ['CapturePreds']  # the course's name here; it lives with the learner (`09_learner`)
+
 # %% auto #0
-__all__ = ['rand_flip', 'rand_crop', 'RandFlip', 'RandCrop', 'rand_erase', 'rand_copy', 'RandErase', 'RandCopy']
+__all__ = ['rand_flip', 'rand_crop', 'RandFlip', 'RandCrop', 'rand_erase', 'rand_copy', 'RandErase', 'RandCopy', 'CapturePreds']
 
 # %% ../nbs/14_augment.ipynb #dbdb80de
 def rand_flip(x, p=0.5):
