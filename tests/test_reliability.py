@@ -252,15 +252,22 @@ def child(d, mode, **kw):
     return subprocess.Popen([sys.executable, str(RUN), str(d), mode], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
 
 def test_interrupted_at_a_random_batch_then_resumed_equals_the_uninterrupted_run(tmp_path):
-    whole, cut = tmp_path / 'whole', tmp_path / 'cut'
-    whole.mkdir(); cut.mkdir()
+    whole = tmp_path / 'whole'
+    whole.mkdir()
     p = child(whole, 'fresh'); assert p.wait(120) == 0, p.stderr.read().decode()[-2000:]
-    p = child(cut, 'fresh')
-    while not (cut / 'ck_last.pt').exists() and p.poll() is None: time.sleep(0.05)
-    time.sleep(random.uniform(0.05, 0.6))
-    p.send_signal(signal.SIGINT)
-    err = p.stderr.read().decode(); p.wait(60)
-    assert 'KeyboardInterrupt' in err and not (cut / 'final.pt').exists(), err[-2000:]  # it was stopped before the end
+    for attempt in range(3):
+        cut = tmp_path / f'cut{attempt}'
+        cut.mkdir()
+        p = child(cut, 'fresh')
+        while not (cut / 'ck_last.pt').exists() and p.poll() is None: time.sleep(0.05)
+        time.sleep(random.uniform(0.05, 0.6))
+        p.send_signal(signal.SIGINT)
+        err = p.stderr.read().decode(); p.wait(60)
+        # (a run that ended before the signal came tested nothing, and is tried again; once, in a venv on 2 shared
+        # cores, the interrupted run left no error at all, which this would explain; anything else is a failure)
+        if not (p.returncode == 0 and (cut / 'final.pt').exists() and not err): break
+    assert 'KeyboardInterrupt' in err and not (cut / 'final.pt').exists(), \
+        f'exit status {p.returncode}, final.pt written: {(cut / "final.pt").exists()}; ' + err[-2000:]
     p = child(cut, 'resume'); assert p.wait(120) == 0, p.stderr.read().decode()[-2000:]
     a, b = torch.load(whole / 'final.pt'), torch.load(cut / 'final.pt')
     assert all(torch.equal(a[k], b[k]) for k in a)
