@@ -109,7 +109,8 @@ class _AccelerateScaler:
 class AccelerateCB(TrainCB):
     """Train through HF Accelerate: `mixed_precision` 'fp16' (CUDA), 'bf16' or 'no' (default: fp16 on CUDA, bf16
     elsewhere)."""
-    order = DeviceCB.order + 10  # prepare the model once DeviceCB has placed it; shard before order-≥-0 callbacks read
+    # prepare the model once DeviceCB has placed it; shard before order-≥-0 callbacks read
+    order = DeviceCB.order + 10
     def __init__(self, n_inp=1, mixed_precision=None, **kwargs):
         super().__init__(n_inp=n_inp)
         try: from accelerate import Accelerator
@@ -156,7 +157,8 @@ class AccelerateCB(TrainCB):
 class DistributedCB(Callback):
     """Data-parallel training on the processes `torchrun` starts: the model in DDP, each process its share of every
     batch; with one process, nothing."""
-    order = DeviceCB.order + 5  # once DeviceCB has placed the model; before any callback of order ≥ 0 reads the loaders
+    # once DeviceCB has placed the model; before any callback of order ≥ 0 reads the loaders
+    order = DeviceCB.order + 5
     def __init__(self, backend=None, seed=0, timeout=DEFAULT_TIMEOUT, **ddp_kwargs):
         self.backend, self.seed, self.timeout, self.ddp_kwargs, self.kept = backend, seed, timeout, ddp_kwargs, None
 

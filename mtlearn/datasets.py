@@ -230,8 +230,8 @@ def _column(ds, c):
     return ds.select_columns([c]).with_format('numpy')[:][c]
 
 def ds_tensors(ds, x='image', y='label'):
-    """Split `ds` as tensors: its images `x` as uint8 N×C×H×W and its labels `y`; decoded once, then remembered by the
-    split's fingerprint."""
+    """Split `ds` as tensors: its images `x` as uint8 N×C×H×W and its labels `y`; decoded once, then remembered
+    by the split's fingerprint."""
     key = (ds._fingerprint, x, y)
     if key in _pixels: return _pixels[key]
     for c in (x, y):

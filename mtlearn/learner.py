@@ -920,7 +920,8 @@ class SingleBatchCB(Callback):
 
 # %% ../nbs/09_learner.ipynb #4535b939
 class LRFinderCB(Callback):
-    "Grow the learning rate by `gamma` each batch; stop when the loss passes `max_mult` × its minimum or is not finite."
+    """Grow the learning rate by `gamma` each batch; stop when the loss passes `max_mult` × its minimum or is
+    not finite."""
     def __init__(self, gamma=1.3, max_mult=3): fc.store_attr()
     def before_fit(self, learn): self.rec, self.min, self.stopped = DeviceSeries(100_000), math.inf, False
     lrs = property(lambda self: self.rec.values()[:, 0].tolist(), doc="The learning rates tried, one per batch.")
@@ -946,10 +947,7 @@ def valley(lrs, losses, beta=0.98):
         raise ValueError(
             f"`losses` should hold at least two finite values to suggest a learning rate; found {len(pts)}"
         )
-    avg, sm = 0., []
-    for i, (_, l) in enumerate(pts):
-        avg = beta*avg + (1-beta)*l
-        sm.append(avg/(1-beta**(i+1)))
+    sm = ema([l for _, l in pts], beta).tolist()  # the debiased moving average the plots draw too
     run = [1]*len(sm)  # run[i]: length of the longest decreasing subsequence ending at i
     for i in range(1, len(sm)):
         run[i] = 1 + max((run[j] for j in range(i) if sm[j] > sm[i]), default=0)

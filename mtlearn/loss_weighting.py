@@ -14,8 +14,8 @@ __all__ = ['LossWeighting', 'UW', 'IMTLL', 'DWA', 'RLW', 'GLS', 'STCH', 'FAMO', 
 
 # %% ../nbs/22_loss_weighting.ipynb #8c10182d
 class LossWeighting(_ResizableState, nn.Module):
-    """Per-task loss weights wᵢ = ∂T/∂Lᵢ of a method's total T; a learnt one also gives `objective(losses)`, T with the
-    losses fixed, for its parameters."""
+    """Per-task loss weights wᵢ = ∂T/∂Lᵢ of a method's total T; a learnt one also gives `objective(losses)`, T
+    with the losses fixed, for its parameters."""
     learnable = False
     # True: the parameters take their step on this batch's objective before its weights are computed (FAMO)
     update_first = False
@@ -49,8 +49,8 @@ def _n_tasks(n_tasks):
 
 # %% ../nbs/22_loss_weighting.ipynb #20801ea6
 class UW(LossWeighting):
-    """Uncertainty weighting (Kendall et al., CVPR 2018): T = Σ ½e^(−sᵢ)Lᵢ + ½sᵢ with learnt log-variances s (initially
-    `init`)."""
+    """Uncertainty weighting (Kendall et al., CVPR 2018): T = Σ ½e^(−sᵢ)Lᵢ + ½sᵢ with learnt log-variances s
+    (initially `init`)."""
     learnable = True
     def __init__(self, n_tasks, init=-0.5):
         super().__init__()
@@ -76,8 +76,8 @@ class IMTLL(LossWeighting):
 
 # %% ../nbs/22_loss_weighting.ipynb #07ffdd1e
 class DWA(LossWeighting):
-    """Dynamic weight average (Liu et al., CVPR 2019): wᵢ = m·softmax(rᵢ/T), rᵢ the ratio of the last two epochs' mean
-    losses; 1 for the first two epochs."""
+    """Dynamic weight average (Liu et al., CVPR 2019): wᵢ = m·softmax(rᵢ/T), rᵢ the ratio of the last two
+    epochs' mean losses; 1 for the first two epochs."""
     def __init__(self, T=2.0):
         super().__init__()
         if not (isinstance(T, (int, float)) and T > 0): raise ValueError(f"`T` should be a number > 0; found T = {T!r}")
@@ -102,14 +102,15 @@ class RLW(LossWeighting):
     def weights(self, losses): return torch.randn(len(losses), device=losses.device, dtype=losses.dtype).softmax(0)
 
 class GLS(LossWeighting):
-    """Geometric loss strategy (Chennupati et al., CVPRW 2019): T = (Π Lᵢ)^(1/m), so wᵢ = T/(m·Lᵢ). The losses should
-    be positive."""
+    """Geometric loss strategy (Chennupati et al., CVPRW 2019): T = (Π Lᵢ)^(1/m), so wᵢ = T/(m·Lᵢ). The losses
+    should be positive."""
     def weights(self, losses):
         L = losses.clamp_min(torch.finfo(losses.dtype).tiny)
         return torch.exp(torch.log(L).mean()) / (len(L) * L)
 
 class STCH(LossWeighting):
-    """Smooth Tchebycheff scalarisation (Lin et al., ICML 2024): T = μ·log Σ exp(pᵢ(Lᵢ − zᵢ)/μ); wᵢ = pᵢ·softmax(p(L −
+    """Smooth Tchebycheff scalarisation (Lin et al., ICML 2024): T = μ·log Σ exp(pᵢ(Lᵢ − zᵢ)/μ); wᵢ =
+    pᵢ·softmax(p(L −
     z)/μ)ᵢ."""
     def __init__(self, mu=1.0, pref_vector=None, ideal=None):
         super().__init__()
@@ -130,7 +131,8 @@ class STCH(LossWeighting):
 
 # %% ../nbs/22_loss_weighting.ipynb #c0de2202
 class FAMO(LossWeighting):
-    """FAMO (Liu et al., NeurIPS 2023): z = softmax(ξ), wᵢ = zᵢ/(c·Lᵢ), c = Σ zᵢ/Lᵢ; ξ follows Σ zᵢδᵢ, δ the fall in
+    """FAMO (Liu et al., NeurIPS 2023): z = softmax(ξ), wᵢ = zᵢ/(c·Lᵢ), c = Σ zᵢ/Lᵢ; ξ follows Σ
+    zᵢδᵢ, δ the fall in
     log L."""
     learnable = True
     opt_defaults = {'lr': 0.025, 'weight_decay': 1e-3}  # the paper's Adam settings for ξ
@@ -171,8 +173,8 @@ class FAMO(LossWeighting):
 
 # %% ../nbs/22_loss_weighting.ipynb #cb5a378d
 class LossWeightingCB(Callback):
-    """Weight the task losses with `weighting` in training: `learn.losses` ← (wᵢLᵢ), `learn.loss` ← Σ wᵢLᵢ; learnt
-    parameters stepped by `opt_func` (at `lr`, default the learner's)."""
+    """Weight the task losses with `weighting` in training: `learn.losses` ← (wᵢLᵢ), `learn.loss` ← Σ wᵢLᵢ;
+    learnt parameters stepped by `opt_func` (at `lr`, default the learner's)."""
     order = 5  # after_loss early, so that every later callback sees the weighted losses
     def __init__(self, weighting, lr=None, opt_func=optim.Adam, shared=None):
         if not isinstance(weighting, LossWeighting):
@@ -262,8 +264,8 @@ class LossWeightingCB(Callback):
 
 # %% ../nbs/22_loss_weighting.ipynb #c0de2205
 class GradNorm(LossWeighting):
-    """GradNorm (Chen et al., ICML 2018): learnt weights w whose Gᵢ = wᵢ‖∇_W Lᵢ‖ follow Ḡ·rᵢ^α (rᵢ: relative inverse
-    training rate); Σw = m."""
+    """GradNorm (Chen et al., ICML 2018): learnt weights w whose Gᵢ = wᵢ‖∇_W Lᵢ‖ follow Ḡ·rᵢ^α (rᵢ:
+    relative inverse training rate); Σw = m."""
     learnable, needs_grad_norms = True, True
     opt_defaults = {'lr': 0.025}  # the paper's learning rate for the weights
     def __init__(self, n_tasks, alpha=1.5):

@@ -201,8 +201,8 @@ def _batched_grads(rows, inputs, scale=None):
     )
 
 def _feature_grads(rows, fs, heads, scale):
-    """∂Lᵢ/∂z for every row and feature tensor, and the heads' per-row gradients, from one batched backward through the
-    heads."""
+    """∂Lᵢ/∂z for every row and feature tensor, and the heads' per-row gradients, from one batched backward
+    through the heads."""
     gs = _batched_grads(rows, fs + heads, scale)
     Fz = gs[:len(fs)]
     if all(g is None for g in Fz):
@@ -288,8 +288,8 @@ def _split_params(rows, fs, shared, heads):
     return shared, heads
 
 def _features_direction(agg, fs, shared, Fz, scale, spread, reduce, jacobians):
-    """MGDA-UB: weights from the Gramian of the feature gradients, then one ordinary backward of Σ wᵢ ∂Lᵢ/∂z through
-    the encoder."""
+    """MGDA-UB: weights from the Gramian of the feature gradients, then one ordinary backward of Σ wᵢ ∂Lᵢ/∂z
+    through the encoder."""
     Ff = torch.cat([g.flatten(1) for g in Fz], 1)
     G = Ff @ Ff.T
     # Σ_r G_r / W²: the Gramian of the gradients of the losses averaged over the processes
@@ -467,7 +467,8 @@ class MultiTaskGradCB(Callback):
         scaled = learn.scaler is not None or learn.grad_factor != 1
         scale = learn.scaled(losses.new_ones(())) if scaled else None  # a device tensor: no read
         z, self.z = self.z, None
-        if self.sdm_batches == 'consecutive' and len(self._waiting) < self.parts - 1:  # J₁, J₂ wait for the third batch
+        # J₁, J₂ wait for the third batch
+        if self.sdm_batches == 'consecutive' and len(self._waiting) < self.parts - 1:
             self._waiting.append(task_jacobian(losses, z, self.shared_params, scale, self.reduce))
             return
         rows = losses if self._waiting or self.parts == 1 else self._split_losses(learn, len(z))
@@ -547,8 +548,8 @@ class MultiTaskGradCB(Callback):
 
 # %% ../nbs/21_multitask.ipynb #01426ba6
 def synthetic_tasks(n_tasks=2, n=512, n_in=8, bs=64, conflict=0.5, noise=0.1, seed=0, dtype=torch.float32):
-    """A tiny multi-task regression as `DataLoaders` of `(x, y_1, ..., y_m)` batches: yᵢ = x·wᵢ + noise, the wᵢ partly
-    shared, partly task-specific."""
+    """A tiny multi-task regression as `DataLoaders` of `(x, y_1, ..., y_m)` batches: yᵢ = x·wᵢ + noise, the wᵢ
+    partly shared, partly task-specific."""
     from torch.utils.data import DataLoader, TensorDataset
     from mtlearn.datasets import DataLoaders
     g = torch.Generator().manual_seed(seed)
@@ -569,8 +570,8 @@ def tiny_mtl_model(n_tasks=2, n_in=8, hidden=16, dtype=torch.float32):
 
 # %% ../nbs/21_multitask.ipynb #ccf61948
 def overlay_pairs(ims, n, size=36, max_shift=4, generator=None):
-    """`n` canvases of `size`², each the pixel-wise max of an item of `ims` (N×28×28 uint8) at the top-left and one at
-    the bottom-right, each shifted by up to `max_shift`; returns canvases and the two items' indices."""
+    """`n` canvases of `size`², each the pixel-wise max of an item of `ims` (N×28×28 uint8) at the top-left and
+    one at the bottom-right, each shifted by up to `max_shift`; returns canvases and the two items' indices."""
     N, h, w = ims.shape
     if size - h < max_shift:
         raise ValueError(f"`size` {size} leaves no room for shifts of {max_shift} pixels around {h}-pixel items")
