@@ -362,14 +362,30 @@ def _free_solve(G, q, free, K=None):
 # the most entries of the k masked m×m matrices built at once (256 MiB in float64): m = 1024 → 32
 _QP_BATCH = 1 << 25
 
+# from this many variables one problem's solver factors G once and solves each round on the bound block only
+_ONE_FACTOR = 64
+
 def _nonneg_qp_one(G, q, max_iters, tol, free):
     "`nonneg_qp` for one problem off the sync-free path: the same pivoting, its bookkeeping in Python numbers."
     m = len(q)
-    v, s, best, chances = torch.zeros_like(q), q, m + 1, 3
-    if free.any():
-        F = free.nonzero()[:, 0]
-        v = torch.zeros_like(q).index_put_((F,), _spd_solve(G[F[:, None], F][None], -q[F][None], False)[0])
-        s = torch.where(free, 0., G @ v + q)
+    L = None
+    if m >= _ONE_FACTOR:
+        L, info = torch.linalg.cholesky_ex(G)
+        if bool(info): L = None  # (a host read) not numerically positive definite: solve each free block instead
+    if L is not None:
+        z = torch.cholesky_solve(-q[:, None], L)[:, 0]  # the unconstrained minimiser
+        if not free.any(): free = z > 0  # no guess given: the signs of the unconstrained minimiser
+    def solve(free):
+        "v with G_FF v_F = −q_F and v_B = 0."
+        F, B = free.nonzero()[:, 0], (~free).nonzero()[:, 0]
+        if L is not None and 3 * len(B) < 2 * len(F):  # few bounds: move z along G⁻¹'s B columns until v_B = 0
+            if len(B) == 0: return z
+            KB = torch.cholesky_solve(torch.eye(m, dtype=G.dtype, device=G.device)[:, B], L)
+            return torch.where(free, z - KB @ _spd_solve(KB[B][None], z[B][None], False)[0], 0.)
+        return torch.zeros_like(q).index_put_((F,), _spd_solve(G[F[:, None], F][None], -q[F][None], False)[0])
+    v = solve(free) if free.any() else torch.zeros_like(q)
+    s = torch.where(free, 0., G @ v + q)
+    best, chances = m + 1, 3
     for _ in range(max_iters):
         bad = torch.where(free, v, s) < -tol
         n = int(bad.sum())
@@ -378,9 +394,7 @@ def _nonneg_qp_one(G, q, max_iters, tol, free):
         elif chances > 0: chances -= 1
         else: bad = torch.zeros_like(bad).index_fill_(0, bad.nonzero()[-1], True)  # the backup rule: the last violator
         free = free ^ bad
-        F = free.nonzero()[:, 0]
-        x = _spd_solve(G[F[:, None], F][None], -q[F][None], False)[0]
-        v = torch.zeros_like(q).index_put_((F,), x)
+        v = solve(free)
         s = torch.where(free, 0., G @ v + q)
     return v
 
@@ -467,12 +481,15 @@ def min_norm_point(G, sync_free=False):
     # longest gradient.
     m, H = len(G), _hi(G)
     top = H.diagonal().amax()
-    H = H / torch.where(top > 0, top, 1)
-    eps = max(1e-12, 10 * m ** 0.5 * torch.finfo(G.dtype).eps)
-    H = H + 1 + eps * torch.eye(m, dtype=H.dtype, device=H.device)
+    H = (H / torch.where(top > 0, top, 1)).add_(1)  # (a new tensor: `_hi` may return G itself)
+    H.diagonal().add_(max(1e-12, 10 * m ** 0.5 * torch.finfo(G.dtype).eps))
     if m <= 5: return _min_norm_faces(H - 1).to(G.dtype)
-    g = H @ H.new_full((m,), 1 / m)
-    free = (g <= g.mean())[None]  # a guess of the support: the tasks that gain from the uniform mix (pivoting fixes it)
+    # a guess of the support (pivoting fixes it): the tasks that gain from the uniform mix; where the solver factors
+    # G anyway, the signs of the unconstrained minimiser
+    free = None
+    if sync_free or m < _ONE_FACTOR:
+        g = H @ H.new_full((m,), 1 / m)
+        free = (g <= g.mean())[None]
     v = nonneg_qp(H, -H.new_ones(1, m), 10 * m + 10, sync_free, free)[0]  # (near-degenerate ones took up to 5m rounds)
     return (v / v.sum()).to(G.dtype)
 

@@ -372,6 +372,18 @@ def test_mgda_exact_equals_a_qp_solver(sync_free):
         torch.testing.assert_close(w @ J, wq @ J, rtol=0, atol=1e-6 * J.norm(dim=1).max())  # the direction: unique
         if torch.linalg.matrix_rank(J) == len(J): torch.testing.assert_close(w, wq, rtol=0, atol=1e-6)
 
+def test_mgda_exact_equals_a_qp_solver_at_many_tasks():
+    "From 64 tasks the one-problem solver factors G once and pivots on the bound block: the same answers as quadprog."
+    g = torch.Generator().manual_seed(51)
+    for k, (m, n) in enumerate([(64, 500), (64, 30), (128, 1000), (128, 60), (200, 400), (200, 150)]):
+        J = torch.randn(m, n, generator=g, dtype=torch.float64)
+        if k % 2: J = J + 2 * torch.randn(1, n, generator=g, dtype=torch.float64)  # a shared part: a face, few weights
+        G = J @ J.T
+        w, wq = MGDAWeighting()(G), qp_min_norm(G)
+        assert (w >= 0).all() and abs(w.sum() - 1) < 1e-12
+        torch.testing.assert_close(w @ J, wq @ J, rtol=0, atol=1e-6 * J.norm(dim=1).max())
+        if m <= n: torch.testing.assert_close(w, wq, rtol=0, atol=1e-6)
+
 def test_mgda_exact_on_a_face_where_frank_wolfe_zig_zags():
     "The shared component puts the optimum on a face (one weight 0): Frank-Wolfe (ours and torchjd's) ends 1e-3 away."
     g = torch.Generator().manual_seed(0)
