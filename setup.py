@@ -35,7 +35,7 @@ setuptools.setup(
     include_package_data=True,
     package_data={cfg['lib_name']: cfg.get('package_data', '').split()},
     install_requires=shlex.split(cfg.get('requirements', '')),
-    extras_require={k: shlex.split(cfg.get(f'{k}_requirements', '')) for k in ('dev', 'docs', 'course')},
+    extras_require={k: shlex.split(cfg.get(f'{k}_requirements', '')) for k in ('dev', 'docs', 'course', 'tensorboard', 'wandb', 'mlflow')},
     python_requires='>=' + min_python,
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',

@@ -118,6 +118,10 @@ class ActivationStats(HooksCallback):
         for h in self.hooks:  # the one host read of the epoch's records
             for s in getattr(h, 'stats', ()): s.flush()
 
+    def log_figures(self):
+        "The figures an experiment logger writes at the end of a fit: name → a function that draws one."
+        return {'activation_stats': self.plot_stats} if any(len(getattr(h, 'stats', ((),))[0]) for h in self) else {}
+
     def color_dim(self, figsize=(11, 5)):
         "Histograms of each layer over time: brighter means more activations at that magnitude."
         fig, axes = get_grid(len(self), figsize=figsize, layout='constrained')  # (tight_layout cannot place colourbars)

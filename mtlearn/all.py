@@ -17,6 +17,7 @@ from .resnet import *
 from .augment import *
 from .accel import *
 from .tracker import *
+from .loggers import *
 from .aggregators import *
 from .multitask import *
 from .loss_weighting import *
@@ -25,7 +26,7 @@ from .cli import *
 import sys as _sys
 
 _MODULES = ('datasets', 'conv', 'procs', 'learner', 'activations', 'init', 'sgd', 'resnet', 'augment', 'accel',
-            'tracker', 'aggregators', 'multitask', 'loss_weighting', 'merge', 'cli')
+            'tracker', 'loggers', 'aggregators', 'multitask', 'loss_weighting', 'merge', 'cli')
 # torcheval's metrics of these names, which the course's notebooks import, keep them (the aggregators: by name)
 _LEFT_OUT = {'Mean', 'Sum', 'Random'}
 del Mean, Sum, Random

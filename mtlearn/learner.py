@@ -869,6 +869,10 @@ class ProgressCB(Callback):
         "The training loss of every batch, as floats."
         return [] if self.rec is None or not len(self.rec) else self.rec.values()[:, 0].tolist()
 
+    def log_figures(self):
+        "The figures an experiment logger writes at the end of a fit: name → a function that draws one."
+        return {'losses': self.plot_losses} if self.losses else {}
+
     def plot_losses(self, ax=None):
         "Training loss per batch, and validation loss per epoch."
         if ax is None: _, ax = plt.subplots()

@@ -201,6 +201,7 @@ class LossWeightingCB(Callback):
         if not layers: raise ValueError("the shared module has no parameters that require grad")
         return [p for p in layers[-1].parameters(recurse=False) if p.requires_grad]
     def before_fit(self, learn):
+        self._w = None
         if self.weighting.needs_grad_norms: self._W = self._last_shared(getattr(learn.model, 'module', learn.model))
         p = next(iter(learn.model.parameters()), None)
         if p is not None: self.weighting.to(p.device)
@@ -227,11 +228,15 @@ class LossWeightingCB(Callback):
                 ]
             )
         if wt.learnable and wt.update_first: self._objective(Ld, step=True)
-        w = wt.weights(Ld)
+        w = self._w = wt.weights(Ld)
         # stepped in after_step, with the model
         if wt.learnable and not wt.update_first: self._objective(Ld, step=False)
         learn.losses = w * L
         learn.loss = learn.losses.sum()
+    def log_step(self):
+        "This step's loss weights, on the device: an experiment logger's per-step record."
+        w = getattr(self, '_w', None)
+        return {} if w is None else {f'loss_weight/{i}': x for i, x in enumerate(w.detach())}
     def _objective(self, Ld, step):
         self.opt.zero_grad()
         obj = self.weighting.objective(Ld)

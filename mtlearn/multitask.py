@@ -422,6 +422,7 @@ class MultiTaskGradCB(Callback):
         self._hook = mod.register_forward_hook(self._keep)
         self.losses.reset(); self.weights.reset(); self.val_losses.reset()  # a loaded state is applied after this
         self.val_steps, self._vsum, self._vn = [], None, 0
+        self._last_l, self._last_w, self._val_epoch = None, None, None  # what a logger reads (`log_step`, `log_epoch`)
         own = self.guard is not False and not any(isinstance(cb, GuardCB) for cb in learn.cbs)
         # the one guard, run from here
         self._guard = GuardCB('raise', undo=True if self.guard else None) if own else None
@@ -440,6 +441,7 @@ class MultiTaskGradCB(Callback):
             self.val_losses.append(all_mean(self._vsum / self._vn))
             self.val_steps.append(len(self.losses))
             self.val_losses.flush()
+            self._val_epoch = learn.epoch
         self._vsum, self._vn = None, 0
     def _keep(self, mod, inp, out):
         if mod.training and torch.is_grad_enabled(): self.z = out
@@ -460,7 +462,8 @@ class MultiTaskGradCB(Callback):
         if self.z is None:
             raise RuntimeError("MultiTaskGradCB saw no output of the shared module in this forward pass: is `shared` "
                                "the module the heads read?")
-        self.losses.append(all_mean(losses.detach()))  # with several processes: their mean, so that all record alike
+        self._last_l = all_mean(losses.detach())  # with several processes: their mean, so that all record alike
+        self.losses.append(self._last_l)
         g = getattr(learn, 'guard', None)
         # a step undone puts the aggregator's state back too
         if g is not None and g._undoing(losses): g.keep_modules(self.agg)
@@ -485,7 +488,7 @@ class MultiTaskGradCB(Callback):
             self.head_grads,
         )
         self._waiting = []
-        if w is not None: self.weights.append(w)
+        if w is not None: self.weights.append(w); self._last_w = w
 
     def _split_losses(self, learn, n):
         """The task losses of the batch's parts (ξ, ξ′, ζ for SDMGrad), rows of a (parts, m) tensor, from the one
@@ -509,6 +512,23 @@ class MultiTaskGradCB(Callback):
     def cleanup_step(self, learn):
         if self._guard is not None and not self._waiting: self._guard.cleanup_step(learn)
     def _tasks(self, m): return self.task_names or list(range(m))
+
+    def log_step(self):
+        "This step's task losses and the newest task weights, on the device: an experiment logger's per-step record."
+        out = {}
+        for what, v in (('task_loss', self._last_l), ('task_weight', self._last_w)):
+            if v is not None: out.update({f'{what}/{n}': v[i] for i, n in enumerate(self._tasks(len(v)))})
+        return out
+    def log_epoch(self, learn):
+        "The epoch's validation loss of each task (floats), for an experiment logger; empty before it is recorded."
+        if self._val_epoch != learn.epoch or not len(self.val_losses): return {}
+        v = self.val_losses.values()[-1].tolist()
+        return {f'valid_task_loss/{n}': x for n, x in zip(self._tasks(len(v)), v)}
+    def log_figures(self):
+        "The figures an experiment logger writes at the end of a fit: name → a function that draws one."
+        out = {'task_losses': self.plot_losses} if len(self.losses) else {}
+        if len(self.weights): out['task_weights'] = self.plot_weights
+        return out
 
     def state_dict(self):
         """The aggregator's buffers and counters, the Jacobians waiting for their third batch, the recorded losses and

@@ -158,6 +158,10 @@ class RecorderCB(HasLearnCB):
             if k in self.series:
                 self.series[k].load_state_dict({'values': torch.tensor(v, dtype=torch.float64).reshape(-1, 1)})
 
+    def log_figures(self):
+        "The figures an experiment logger writes at the end of a fit: name → a function that draws one."
+        return {'records': self.plot} if any(len(s) for s in self.series.values()) else {}
+
     def plot(self, imsize=4):
         "One plot per record, side by side."
         fig, axs = subplots(1, len(self.series), imsize=imsize, squeeze=False)
