@@ -7,7 +7,7 @@ then again with the threads swapped, both sides starting from the same model eac
 runs slower cancels out. Then the hand loop against itself, an A/A control that shows the noise left. `steady_malloc`
 keeps glibc's allocator from handing memory back to the OS between batches, which made equal runs differ by up to 15% here.
 
-    python bench/learner_overhead.py [--quick]
+    python bench/learner_overhead.py [--quick] [--models cnn mlp]
 """
 import argparse, copy, ctypes, io, statistics, threading, time
 from functools import partial
@@ -17,6 +17,7 @@ from torcheval.metrics import MulticlassAccuracy
 from mtlearn.datasets import load_fashion_mnist, DataLoaders
 from mtlearn.learner import TrainLearner, DeviceCB, MetricsCB, ProgressCB
 from mtlearn.sgd import BatchSchedCB
+from mtlearn.accel import CompileCB
 
 def steady_malloc():
     "Keep glibc's malloc from handing large blocks back to the OS between batches (one arena, fixed thresholds)."
@@ -136,12 +137,12 @@ def hand_loop(model, dls, epochs, lr, out, pct_start=0.3):
             print(f'{acc:.3f} {(loss_sum/n).item():.3f} {epoch} {"train" if training else "eval"}', file=out)
     return acc
 
-def learner(model, dls, epochs, lr, out):
+def learner(model, dls, epochs, lr, out, extra=()):
     sched = partial(optim.lr_scheduler.OneCycleLR, max_lr=lr, total_steps=epochs*len(dls.train))
-    cbs = [DeviceCB('cpu'), MetricsCB(accuracy=MulticlassAccuracy()), ProgressCB(stream=out), BatchSchedCB(sched)]
+    cbs = [DeviceCB('cpu'), MetricsCB(accuracy=MulticlassAccuracy()), ProgressCB(stream=out), BatchSchedCB(sched), *extra]
     TrainLearner(model, dls, F.cross_entropy, lr=lr, cbs=cbs, opt_func=optim.AdamW).fit(epochs)
 
-def main(quick=False):
+def main(quick=False, models=('cnn', 'mlp')):
     steady_malloc()
     torch.set_num_threads(2)
     dd = load_fashion_mnist()
@@ -149,25 +150,44 @@ def main(quick=False):
     epochs, reps = (1, 3) if quick else (5, 5)
     def hand(model, dls, epochs=epochs): hand_loop(model, dls, epochs, 1e-2, io.StringIO())
     def learn(model, dls, epochs=epochs): learner(model, dls, epochs, 1e-2, io.StringIO())
+    compiled = {}  # one model per architecture, compiled once (a new module would compile again, inside the timing)
+    def learn_compiled(model, dls, epochs=epochs):
+        key = str(model)
+        if key not in compiled: compiled[key] = copy.deepcopy(model)
+        m = compiled[key]
+        m.load_state_dict(model.state_dict())
+        learner(m, dls, epochs, 1e-2, io.StringIO(), extra=[CompileCB()])
     rows = []
     for name, make, flat, bs in (('cnn', simple_cnn, False, 256), ('mlp', mlp, True, 1024)):
+        if name not in models: continue
         dls = DataLoaders.from_dd_tensors(dd, bs, mean=0.28, std=0.35, flat=flat)
         warm = DataLoaders.from_dd_tensors({k: v.select(range(512)) for k, v in dd.items()}, bs, flat=flat)
         lockstep(partial(hand, epochs=1), partial(learn, epochs=1), [make(), make()], warm)  # one-time costs, paid by neither
-        pairs = {'TrainLearner': [], 'A/A': []}  # (hand loop s, other s) per repetition
+        sides = {'TrainLearner': learn, 'A/A': hand}
+        if name == 'mlp':  # torch.compile on the MLP: compiled on every batch shape (training and validation) first
+            learn_compiled(make(), dls, epochs=1)
+            sides['compiled'] = learn_compiled
+        pairs = {k: [] for k in sides}  # (hand loop s, other s) per repetition
         for r in range(reps):
-            for k, (a, b) in zip(pairs, ((hand, learn), (hand, hand))): pairs[k].append(crossover(a, b, make, dls, r))
+            for k, b in sides.items(): pairs[k].append(crossover(hand, b, make, dls, r))
         tl, med = pairs['TrainLearner'], statistics.median
-        rows.append((name, bs, med(a for a, _ in tl), med(b for _, b in tl), med(b/a for a, b in tl), med(b/a for a, b in pairs['A/A'])))
+        rows.append((name, bs, med(a for a, _ in tl), med(b for _, b in tl), med(b/a for a, b in tl), med(b/a for a, b in pairs['A/A']),
+                     med(a/b for a, b in pairs['compiled']) if 'compiled' in pairs else None))
     print(f'{epochs} epoch(s) of {len(dd["train"]):,} images (and validation), {reps} repetitions, 2 threads; times are medians')
     print('Each repetition trains the hand loop and TrainLearner in two threads that take turns batch by batch, each with')
     print('its own clock, twice (threads swapped), then the hand loop against itself (A/A: the noise left). Ratios are medians over the repetitions.')
-    print(f"{'model':<6}{'bs':>6}{'hand loop s':>13}{'TrainLearner s':>16}{'ratio':>8}{'A/A':>8}")
-    for name, bs, a, b, r, aa in rows: print(f'{name:<6}{bs:>6}{a:>13.2f}{b:>16.2f}{r:>8.3f}{aa:>8.3f}')
-    for name, bs, a, b, r, aa in rows:
+    print('compiled: TrainLearner + CompileCB (torch.compile, default mode) on the MLP, against the eager hand loop;')
+    print('its speed-up is hand loop s / compiled s (compilation paid before the timing).')
+    print(f"{'model':<6}{'bs':>6}{'hand loop s':>13}{'TrainLearner s':>16}{'ratio':>8}{'A/A':>8}{'compiled speed-up':>19}")
+    for name, bs, a, b, r, aa, c in rows:
+        print(f"{name:<6}{bs:>6}{a:>13.2f}{b:>16.2f}{r:>8.3f}{aa:>8.3f}{'-' if c is None else f'{c:.3f}':>19}")
+    for name, bs, a, b, r, aa, c in rows:
         print(f"GOAL learner_overhead_ratio_{name} {r:.3f} <= 1.05 {'PASS' if r <= 1.05 else 'MISS'}")
+        if c is not None: print(f"GOAL learner_compiled_speedup_{name} {c:.3f} >= 1.2 {'PASS' if c >= 1.2 else 'MISS'}")
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--quick', action='store_true', help='1 epoch on a 10,000-image subset')
-    main(p.parse_args().quick)
+    p.add_argument('--models', nargs='*', default=['cnn', 'mlp'], choices=['cnn', 'mlp'], help='the models to time')
+    a = p.parse_args()
+    main(a.quick, tuple(a.models))

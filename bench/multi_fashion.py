@@ -7,7 +7,7 @@ Prints one JSON line per method and epoch (as it goes), then a table: the last e
 mean accuracy, and seconds per epoch. LeNet-style shared encoder, two linear heads, Adam 1e-3, batch 256, seed 0.
 
     python bench/multi_fashion.py [--epochs 10] [--threads 1] [--methods Mean SDMGrad ...] [--n_train 120000 --n_test 20000]
-    [--sdm_batches split|consecutive] [--quick]
+    [--sdm_batches split|consecutive] [--quick] [--plot tradeoff.png]
 
 It measures accuracies for the notebook's table and has no speed goal, so it prints no GOAL line.
 """
@@ -30,7 +30,7 @@ def all_methods():
             ('RLW', W.RLW()), ('GLS', W.GLS()), ('STCH', W.STCH()), ('FAMO', W.FAMO(2)), ('GradNorm', W.GradNorm(2))]]
     return out
 
-def main(epochs=10, methods=None, bs=256, n_train=120_000, n_test=20_000, sdm_batches='split'):
+def main(epochs=10, methods=None, bs=256, n_train=120_000, n_test=20_000, sdm_batches='split', plot=None):
     t = time.time()
     dls = DataLoaders.from_dd_tensors(load_multi_fashion(n_train=n_train, n_test=n_test), bs, y=MF_LABELS, mean=0.275, std=0.363)
     print(f'Multi-Fashion built in {time.time() - t:.0f} s; {torch.get_num_threads()} thread(s)', flush=True)
@@ -55,6 +55,13 @@ def main(epochs=10, methods=None, bs=256, n_train=120_000, n_test=20_000, sdm_ba
         rows.append((name, *hist[-1], best + 1, *hist[best], (time.time() - t0) / epochs))
     print(f"\n{'method':<24}{'left':>7}{'right':>7}{'best epoch':>12}{'left':>7}{'right':>7}{'s/epoch':>9}   ({epochs} epochs, {n_train:,} training pairs)")
     for r in rows: print(f'{r[0]:<24}{r[1]:7.3f}{r[2]:7.3f}{r[3]:12d}{r[4]:7.3f}{r[5]:7.3f}{r[6]:9.1f}')
+    if plot:  # the trade-off: a point per method, one side's accuracy against the other's
+        import matplotlib; matplotlib.use('Agg')
+        from mtlearn.multitask import plot_tradeoff
+        ref = 'sum (no callback)' if any(r[0] == 'sum (no callback)' for r in rows) else None
+        ax = plot_tradeoff({r[0]: (r[1], r[2]) for r in rows}, reference=ref, title=f'Multi-Fashion, {epochs} epoch(s)')
+        ax.figure.savefig(plot, dpi=120, bbox_inches='tight')
+        print(f'trade-off picture: {plot}')
     print('\nreference: EPO reports about 0.80 (left) and 0.79 (right) after 100 epochs on the full set '
           '(Mahapatra & Rajan, ICML 2020, "Multi-task learning with user preferences")')
 
@@ -67,7 +74,8 @@ if __name__ == '__main__':
     p.add_argument('--n_test', type=int, default=20_000)
     p.add_argument('--sdm_batches', default='split', choices=('split', 'consecutive'), help="SDMGrad's batches (MultiTaskGradCB)")
     p.add_argument('--quick', action='store_true', help='1 epoch on 12,000 training and 2,000 test pairs')
+    p.add_argument('--plot', help="also draw the methods' trade-off (left against right accuracy) to this PNG file")
     a = p.parse_args()
     if a.quick: a.epochs, a.n_train, a.n_test = 1, 12_000, 2_000
     if a.threads: torch.set_num_threads(a.threads)
-    main(a.epochs, a.methods, n_train=a.n_train, n_test=a.n_test, sdm_batches=a.sdm_batches)
+    main(a.epochs, a.methods, n_train=a.n_train, n_test=a.n_test, sdm_batches=a.sdm_batches, plot=a.plot)

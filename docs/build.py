@@ -1,5 +1,6 @@
 """Build mtlearn's documentation site from the notebooks, with MkDocs (Material theme, mkdocs-jupyter, mkdocstrings):
-the README as the home page, one page per chapter with its stored outputs and plots, one API page per module.
+the README as the home page, one page per chapter with its stored outputs and plots, the measurements
+(docs/performance.md), one API page per module.
 
     pip install -e ".[docs]" && python docs/build.py        # writes site/; open site/index.html
 
@@ -43,6 +44,7 @@ def prepare(src):
     (src/'chapters').mkdir(parents=True); (src/'api').mkdir()
     readme = (ROOT/'README.md').read_text()
     (src/'index.md').write_text(readme)
+    shutil.copy(ROOT/'docs'/'performance.md', src/'performance.md')  # the measurements, in full
     for img in re.findall(r'\]\((nbs/images/[^)]+)\)', readme):
         (src/img).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT/img, src/img)
@@ -59,7 +61,7 @@ def prepare(src):
         'site_name': 'mtlearn', 'site_description': 'A fastai-style Learner and callbacks for PyTorch, with first-class multi-task learning',
         'docs_dir': str(src), 'use_directory_urls': False,  # plain .html files: the site works opened from disk, without a server
         'theme': {'name': 'material', 'features': ['navigation.sections']},
-        'nav': [{'Home': 'index.md'}, {'Chapters': chapters}, {'API': api}],
+        'nav': [{'Home': 'index.md'}, {'Chapters': chapters}, {'Performance': 'performance.md'}, {'API': api}],
         'plugins': ['search', {'mkdocs-jupyter': {'execute': False, 'include_source': True}},
                     {'mkdocstrings': {'handlers': {'python': {'paths': [str(ROOT)], 'options': {'show_source': False, 'show_root_heading': False}}}}}],
         'markdown_extensions': ['admonition', 'tables', 'pymdownx.superfences'],

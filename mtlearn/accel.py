@@ -13,7 +13,7 @@ from .procs import DEFAULT_TIMEOUT, init_distributed, agree
 from .datasets import TensorDataLoader
 
 # %% auto #0
-__all__ = ['MixedPrecision', 'shard_loader', 'AccelerateCB', 'DistributedCB', 'init_distributed']
+__all__ = ['MixedPrecision', 'shard_loader', 'AccelerateCB', 'DistributedCB', 'CompileCB', 'init_distributed']
 
 # %% ../nbs/17_accel.ipynb #f850e11f
 def _publish_scaler(learn, scaler, owner):
@@ -187,3 +187,29 @@ class DistributedCB(Callback):
         if self.kept is None: return
         (learn.model, (learn.dls.train, learn.dls.valid)), self.kept = self.kept, None
 
+
+# %% ../nbs/17_accel.ipynb #c0de0c02
+class CompileCB(Callback):
+    """Train with `torch.compile`: the model, or its submodule `module` (a name such as 'encoder'), compiled in place
+    for each fit and put back after, so that its state dict keeps the plain model's keys; `compile_kwargs` go to
+    `torch.compile` (mode, fullgraph, dynamic, backend)."""
+    order = -5  # after the set-up that places and wraps the model (DeviceCB, DistributedCB, AccelerateCB)
+    def __init__(self, module=None, **compile_kwargs):
+        if not (module is None or isinstance(module, str)):
+            raise ValueError(f"`module` should be None (the whole model) or the name of a submodule, such as "
+                             f"'encoder'; found module = {module!r}")
+        self.module, self.compile_kwargs, self.target = module, compile_kwargs, None
+    def before_fit(self, learn):
+        m = unwrap(learn.model)
+        if self.module is None: t = m
+        else:
+            try: t = m.get_submodule(self.module)
+            except AttributeError:
+                names = [n for n, _ in m.named_children()]
+                raise ValueError(f"`module`: the model ({type(m).__name__}) has no submodule {self.module!r}; its "
+                                 f"children are {names}") from None
+        t.compile(**self.compile_kwargs)
+        self.target = t
+    def cleanup_fit(self, learn):
+        if self.target is not None: self.target._compiled_call_impl = None  # (what nn.Module.compile set)
+        self.target = None

@@ -31,7 +31,7 @@ __all__ = ['CancelException', 'CancelFitException', 'CancelEpochException', 'Can
            'CountSyncs', 'DeviceSeries', 'ema', 'plot_series', 'ProgressCB', 'DeviceCB', 'TrainLearner',
            'MomentumLearner', 'SingleBatchCB', 'LRFinderCB', 'valley', 'CapturePreds', 'load_exported', 'GuardCB',
            'TerminateOnNaNCB', 'world', 'rank', 'is_main', 'main_print', 'write_atomic', 'all_mean', 'any_rank',
-           'unwrap']
+           'unwrap', 'is_compiled']
 
 # %% ../nbs/09_learner.ipynb #fb5bddc5
 class CancelException(Exception):
@@ -259,7 +259,8 @@ class RunState:
                 'rng_epoch': gather(self.rng_epoch) if mid else None}
 
 # %% ../nbs/09_learner.ipynb #c0de0103
-_all_ = ['world', 'rank', 'is_main', 'main_print', 'write_atomic', 'all_mean', 'any_rank', 'unwrap']  # from `procs`
+_all_ = ['world', 'rank', 'is_main', 'main_print', 'write_atomic', 'all_mean', 'any_rank', 'unwrap',
+         'is_compiled']  # from `procs`
 
 # %% ../nbs/09_learner.ipynb #70388bb4
 _EVENTS = tuple(

@@ -4,7 +4,8 @@
 
 # %% ../nbs/21_multitask.ipynb #8e11ddf7
 from __future__ import annotations
-import math
+import json, math
+from pathlib import Path
 import fastcore.all as fc
 import matplotlib.pyplot as plt
 import torch
@@ -21,7 +22,8 @@ from .aggregators import Aggregator
 # %% auto #0
 __all__ = ['MF_LABELS', 'MultiTaskModel', 'MultiTaskLoss', 'TaskMetric', 'check_mode', 'task_jacobian', 'mtl_backward',
            'MultiTaskGradCB', 'synthetic_tasks', 'tiny_mtl_model', 'overlay_pairs', 'load_multi_fashion',
-           'lenet_encoder', 'mf_methods', 'mf_learner', 'mf_train', 'mf_table', 'DeviceSeries']
+           'lenet_encoder', 'mf_methods', 'mf_learner', 'mf_train', 'mf_table', 'read_method_results', 'plot_tradeoff',
+           'DeviceSeries']
 
 # %% ../nbs/21_multitask.ipynb #a776a1cf
 class MultiTaskModel(nn.Module):
@@ -351,6 +353,18 @@ def _accumulate(p, g):
 _all_ = ['DeviceSeries']  # the learner's recorder (`09_learner`), which records the tasks' losses and weights here
 
 # %% ../nbs/21_multitask.ipynb #300a93b5
+def _check_compiled(wrapped, model, shared, mode):
+    "Refuse what `torch.compile` cannot differentiate here: a compiled whole model, or a compiled encoder in params mode."
+    if is_compiled(wrapped) or is_compiled(model):
+        raise ValueError("MultiTaskGradCB differentiates the task losses at the shared module's output, which a compiled "
+                         "whole model does not expose: compile the shared module only, CompileCB('encoder'), with "
+                         "mode='features'")
+    if mode == 'params' and any(is_compiled(m) for m in shared.modules()):
+        raise ValueError(f"mode='params' differentiates each task's loss through the shared module in one batched "
+                         f"backward pass (vmap), which does not run through a compiled graph in torch "
+                         f"{torch.__version__.split('+')[0]}: use mode='features' with CompileCB('encoder'), or leave "
+                         "the shared module uncompiled")
+
 class MultiTaskGradCB(Callback):
     """Take over the backward pass of a multi-task model: the shared parameters get `aggregator`'s combination of the
     tasks' gradients."""
@@ -415,6 +429,7 @@ class MultiTaskGradCB(Callback):
         self._ddp = learn.model if model is not learn.model else None
         if self._ddp is not None: self._ddp.require_backward_grad_sync = False
         mod = self._shared_module(model)
+        _check_compiled(learn.model, model, mod, self.mode)
         self.shared_params = [p for p in mod.parameters() if p.requires_grad]
         if not self.shared_params: raise ValueError("the shared module has no trainable parameter")
         ids = {id(p) for p in self.shared_params}
@@ -688,3 +703,32 @@ def mf_table(dls, epochs=1, lr=1e-3):
         l, r, s, cbs[name] = mf_train(dls, agg, mode, epochs, lr)
         print(f"{name:<20}{l:8.3f}{r:8.3f}{s:9.1f}")
     return cbs
+
+# %% ../nbs/21_multitask.ipynb #c0de7002
+def read_method_results(path):
+    """The last epoch's accuracies of each method in a `bench/multi_fashion.py` printout (its JSON lines): method →
+    (left, right)."""
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        if line.startswith('{'):
+            r = json.loads(line)
+            out[r['method']] = (r['acc_left'], r['acc_right'])
+    return out
+
+def plot_tradeoff(results, ax=None, names=('left', 'right'), reference=None, title=None):
+    """One task's score against the other's, a point per method (`results`: method → (x, y)); the dotted diagonal is
+    equal scores, and the dashed lines cross at `reference` (a method's name, such as the plain summed loss)."""
+    if ax is None: _, ax = plt.subplots(figsize=(7, 6))
+    xs, ys = zip(*results.values())
+    ax.scatter(xs, ys, s=18, zorder=3)
+    for (k, (x, y)) in results.items(): ax.annotate(k, (x, y), fontsize=7, xytext=(3, 2), textcoords='offset points')
+    lo, hi = min(min(xs), min(ys)), max(max(xs), max(ys))
+    pad = (hi - lo) * 0.05
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], ':', color='grey', lw=1, label=f'{names[0]} = {names[1]}')
+    if reference is not None:
+        rx, ry = results[reference]
+        ax.axvline(rx, ls='--', color='grey', lw=0.8); ax.axhline(ry, ls='--', color='grey', lw=0.8, label=reference)
+    ax.set_xlabel(f'{names[0]} accuracy'); ax.set_ylabel(f'{names[1]} accuracy')
+    if title: ax.set_title(title)
+    ax.legend(loc='lower right', fontsize=8)
+    return ax

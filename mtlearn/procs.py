@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 # %% auto #0
 __all__ = ['DEFAULT_TIMEOUT', 'world', 'rank', 'is_main', 'main_print', 'write_atomic', 'all_sum', 'all_mean', 'any_rank',
-           'gather', 'agree', 'init_distributed', 'explain_timeout', 'unwrap']
+           'gather', 'agree', 'init_distributed', 'explain_timeout', 'unwrap', 'is_compiled']
 
 # %% ../nbs/08_procs.ipynb #p0000006
 def world():
@@ -150,3 +150,7 @@ def unwrap(model):
         if nm in ('DistributedDataParallel', 'DataParallel') and hasattr(model, 'module'): model = model.module
         elif nm == 'OptimizedModule' and hasattr(model, '_orig_mod'): model = model._orig_mod
         else: return model
+
+def is_compiled(m):
+    "Whether module `m` runs through `torch.compile`: compiled in place (`nn.Module.compile`) or wrapped by it."
+    return getattr(m, '_compiled_call_impl', None) is not None or hasattr(m, '_orig_mod')
