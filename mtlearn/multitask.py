@@ -354,11 +354,12 @@ _all_ = ['DeviceSeries']  # the learner's recorder (`09_learner`), which records
 
 # %% ../nbs/21_multitask.ipynb #300a93b5
 def _check_compiled(wrapped, model, shared, mode):
-    "Refuse what `torch.compile` cannot differentiate here: a compiled whole model, or a compiled encoder in params mode."
+    """Refuse what `torch.compile` cannot differentiate here: a compiled whole model, or a compiled encoder in params
+    mode."""
     if is_compiled(wrapped) or is_compiled(model):
-        raise ValueError("MultiTaskGradCB differentiates the task losses at the shared module's output, which a compiled "
-                         "whole model does not expose: compile the shared module only, CompileCB('encoder'), with "
-                         "mode='features'")
+        raise ValueError("MultiTaskGradCB differentiates the task losses at the shared module's output, which a "
+                         "compiled whole model does not expose: compile the shared module only, "
+                         "CompileCB('encoder'), with mode='features'")
     if mode == 'params' and any(is_compiled(m) for m in shared.modules()):
         raise ValueError(f"mode='params' differentiates each task's loss through the shared module in one batched "
                          f"backward pass (vmap), which does not run through a compiled graph in torch "

@@ -96,7 +96,8 @@ def test_a_failed_fit_resumes_into_the_same_run(kind, tmp_path):
     r = lg2.read()
     last = {}
     for s, v in r['train_loss_step']: last[s] = v
-    assert sorted(last) == list(range(2, 31, 2))
+    files = sorted(str(p.relative_to(tmp_path)) + f' {p.stat().st_size}' for p in tmp_path.rglob('*.wandb'))
+    assert sorted(last) == list(range(2, 31, 2)), files
     for s in range(16, 31, 2): assert last[s] == pytest.approx(seen.loss[s - 15], rel=1e-6)  # the resumed run's
     if kind == 'tensorboard': assert [s for s, _ in r['train_loss_step']] == list(range(2, 31, 2))  # 16 purged once
     assert [e for _, e in r['epoch']][-2:] == [1, 2]
