@@ -38,6 +38,27 @@ def _modules():
     from mtlearn._modidx import d
     return sorted(m.split('.', 1)[1] for m in d['syms'] if m != 'mtlearn.all')  # (`all` re-exports the others)
 
+# The API pages: each class with its constructor's signature; the modules imported and inspected (not only read), so
+# that the methods `@patch` adds to a class (`Learner.fit_one_cycle`, `Learner.save`) are listed under it
+API_OPTIONS = {'show_source': False, 'show_root_heading': False, 'force_inspection': True, 'merge_init_into_class': True,
+               'separate_signature': True, 'show_signature_annotations': True, 'members_order': 'source',
+               'show_if_no_docstring': False, 'filters': ['!^_']}
+
+def _own(m):
+    "The names module `mtlearn.m` defines itself (its `__all__` less what it re-exports), for its API page."
+    import importlib
+    mod = importlib.import_module(f'mtlearn.{m}')
+    return [n for n in mod.__all__ if getattr(getattr(mod, n), '__module__', mod.__name__) == mod.__name__]
+
+def write_search_index(out):
+    "Turn the search plugin's JSON index into the script the search box reads (a fetch is refused from disk)."
+    docs = json.loads((out/'search'/'search_index.json').read_text())['docs']
+    strip = lambda t: re.sub(r'\s+', ' ', re.sub(r'<[^>]+>', ' ', t)).strip()
+    items = [{'location': d['location'], 'title': strip(d['title']), 'text': strip(d['text'])[:3000]} for d in docs
+             if d.get('location') is not None]
+    (out/'assets'/'search_index.js').write_text('window.MTLEARN_SEARCH = ' + json.dumps(items) + ';\n')
+    return len(items)
+
 def prepare(src):
     "Write the site's sources to `src`; return the MkDocs configuration."
     if src.exists(): shutil.rmtree(src)
@@ -45,6 +66,8 @@ def prepare(src):
     readme = (ROOT/'README.md').read_text()
     (src/'index.md').write_text(readme)
     shutil.copy(ROOT/'docs'/'performance.md', src/'performance.md')  # the measurements, in full
+    shutil.copytree(ROOT/'docs'/'assets', src/'assets')  # the search box and the style
+    (src/'assets'/'search_index.js').write_text('window.MTLEARN_SEARCH = [];\n')  # (filled in after the build)
     for img in re.findall(r'\]\((nbs/images/[^)]+)\)', readme):
         (src/img).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT/img, src/img)
@@ -55,15 +78,17 @@ def prepare(src):
         chapters.append({_title(nb, p.stem): f'chapters/{p.name}'})
     api = []
     for m in _modules():
-        (src/'api'/f'{m}.md').write_text(f'# mtlearn.{m}\n\n::: mtlearn.{m}\n')
+        (src/'api'/f'{m}.md').write_text(f'# mtlearn.{m}\n\n::: mtlearn.{m}\n    options:\n      members: {_own(m)}\n')
         api.append({f'mtlearn.{m}': f'api/{m}.md'})
     return {
         'site_name': 'mtlearn', 'site_description': 'A fastai-style Learner and callbacks for PyTorch, with first-class multi-task learning',
         'docs_dir': str(src), 'use_directory_urls': False,  # plain .html files: the site works opened from disk, without a server
         'theme': {'name': 'material', 'features': ['navigation.sections']},
         'nav': [{'Home': 'index.md'}, {'Chapters': chapters}, {'Performance': 'performance.md'}, {'API': api}],
+        'extra_javascript': ['assets/search_index.js', 'assets/mtsearch.js'], 'extra_css': ['assets/mtlearn.css'],
+        # ('search' writes the index that `write_search_index` turns into a script)
         'plugins': ['search', {'mkdocs-jupyter': {'execute': False, 'include_source': True}},
-                    {'mkdocstrings': {'handlers': {'python': {'paths': [str(ROOT)], 'options': {'show_source': False, 'show_root_heading': False}}}}}],
+                    {'mkdocstrings': {'handlers': {'python': {'paths': [str(ROOT)], 'options': API_OPTIONS}}}}],
         'markdown_extensions': ['admonition', 'tables', 'pymdownx.superfences'],
         'validation': {'links': {'not_found': 'warn', 'absolute_links': 'warn', 'unrecognized_links': 'warn'}}}
 
@@ -75,6 +100,7 @@ def build(out=ROOT/'site', strict=True):
     cfg_path.write_text(json.dumps(cfg, indent=1))  # JSON is YAML
     cmd = [sys.executable, '-m', 'mkdocs', 'build', '-q', '-f', str(cfg_path), '-d', str(Path(out).resolve())] + (['--strict'] if strict else [])
     subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, 'NO_MKDOCS_2_WARNING': '1'})  # (Material's notice about its successor)
+    write_search_index(Path(out).resolve())
     return Path(out)
 
 if __name__ == '__main__':

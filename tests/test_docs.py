@@ -36,6 +36,10 @@ def test_every_page_is_built_and_no_link_inside_the_site_is_broken(site):
     chapters = sorted(p.stem for p in (ROOT/'nbs').glob('*.ipynb'))
     for c in chapters: assert (site/'chapters'/f'{c}.html').exists(), f'no page for chapter {c}'
     assert 'TrainLearner' in (site/'api'/'learner.html').read_text()  # the API pages come from the docstrings
+    # chapters wrap long code lines (no sideways scrolling) and show no empty prompts, by the site's style sheet
+    assert 'assets/mtlearn.css' in (site/'chapters'/'20_aggregators.html').read_text()
+    css = (site/'assets'/'mtlearn.css').read_text()
+    assert 'white-space: pre-wrap' in css and '.jp-InputPrompt' in css
     root = site.resolve()
     broken = [(str(page.relative_to(site)), link) for page in site.rglob('*.html') for link, t in _internal_targets(page, site)
               if not (t.exists() and root in t.parents)]
@@ -57,3 +61,20 @@ def test_a_browser_shows_the_home_page_and_a_chapter_with_its_plots(site, tmp_pa
     assert 'ActivationStats' in page
     plots = re.findall(r'<img[^>]+src="data:image/png;base64,', page)
     assert len(plots) >= 3, f'{len(plots)} plots on the activations chapter'
+
+def test_the_api_pages_show_signatures_and_patched_methods_under_their_class(site):
+    page = (site/'api'/'learner.html').read_text()
+    assert 'id="mtlearn.learner.Learner.fit_one_cycle"' in page and 'id="mtlearn.learner.Learner.save"' in page
+    assert 'id="mtlearn.learner.save"' not in page and 'id="mtlearn.learner.fit_one_cycle"' not in page
+    sig = re.search(r'id="mtlearn.learner.Learner".*?</h2>(.*?)</code>', page, re.S)  # the class's own signature
+    assert sig and 'loss_func' in re.sub(r'<[^>]+>', '', sig.group(1)), 'no constructor signature under Learner'
+
+@pytest.mark.skipif(BROWSER is None, reason='no headless browser installed (apt-get install chromium)')
+def test_a_browser_searches_the_site_opened_from_disk(site, tmp_path):
+    "The search box works from file:// (no server): `?q=` fills it, and the results link to the pages that match."
+    dom = _dom(BROWSER, (site/'index.html').as_uri() + '?q=GuardCB%20undo', tmp_path/'q')
+    box = re.search(r'<div id="mt-search">(.*?)</div>', dom, re.S)
+    assert box, 'no search box on the home page'
+    links = re.findall(r'<a href="([^"]+)"', box.group(1))
+    assert any('api/learner.html' in l for l in links), links[:10]
+    assert all(l.startswith('file://') for l in links)  # resolved against the site's folder

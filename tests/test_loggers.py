@@ -164,11 +164,11 @@ def test_importing_the_loggers_needs_none_of_the_packages():
 
 def test_only_the_first_of_two_processes_writes(tmp_path):
     "Under torchrun: one run per logger, written by process 0, with the global history both processes have."
+    from test_distributed import launch  # (once more if gloo's C++ thread aborts at random, with a warning)
     run = Path(__file__).with_name('loggers_run.py')
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONFAULTHANDLER': '1'}
-    p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(run),
-                        str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
+    p = launch([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(run),
+                str(tmp_path)], {**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert p.returncode == 0, p.stderr[:3000] + '\n...\n' + p.stderr[-2000:]
     r0, r1 = (json.load(open(tmp_path/f'r{r}_w2.json')) for r in (0, 1))
     assert r0['history'] == r1['history'] and r1['run_ids'] == [None] * 3 and r0['steps'] == r1['steps'] == [12] * 3  # 6 local batches an epoch
     assert [d.name for d in (tmp_path/'tb').iterdir()] == ['version_0']
