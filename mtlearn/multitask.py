@@ -719,6 +719,9 @@ def read_method_results(path):
 def plot_tradeoff(results, ax=None, names=('left', 'right'), reference=None, title=None):
     """One task's score against the other's, a point per method (`results`: method → (x, y)); the dotted diagonal is
     equal scores, and the dashed lines cross at `reference` (a method's name, such as the plain summed loss)."""
+    if not results: raise ValueError("`results` should map at least one method to its two scores; found none")
+    if reference is not None and reference not in results:
+        raise ValueError(f"`reference` should be one of the methods {list(results)}; found reference = {reference!r}")
     if ax is None: _, ax = plt.subplots(figsize=(7, 6))
     xs, ys = zip(*results.values())
     ax.scatter(xs, ys, s=18, zorder=3)

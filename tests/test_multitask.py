@@ -263,3 +263,20 @@ def test_plots_are_smoothed_titled_with_the_method_and_show_each_tasks_validatio
     with torch.no_grad():
         per = torch.stack([learn.loss_func(learn.model.eval()(b[0]), *b[1:]) for b in dls.valid])
     torch.testing.assert_close(cb.val_losses.values()[-1], per.mean(0).float())
+
+def test_the_tradeoff_picture_and_its_bad_input(tmp_path):
+    "`read_method_results` takes a method's last epoch; `plot_tradeoff` draws a point per method, or says what is wrong."
+    import matplotlib; matplotlib.use('Agg')
+    import json
+    from mtlearn.multitask import plot_tradeoff, read_method_results
+    f = tmp_path/'run.txt'
+    rows = [{'method': 'a', 'epoch': 0, 'acc_left': 0.5, 'acc_right': 0.4}, {'method': 'a', 'epoch': 1, 'acc_left': 0.6, 'acc_right': 0.7},
+            {'method': 'b', 'epoch': 1, 'acc_left': 0.65, 'acc_right': 0.55}]
+    f.write_text('Multi-Fashion built\n' + '\n'.join(json.dumps(r) for r in rows) + '\n\nmethod left right\n')
+    res = read_method_results(f)
+    assert res == {'a': (0.6, 0.7), 'b': (0.65, 0.55)}
+    ax = plot_tradeoff(res, reference='a')
+    assert ax.collections[0].get_offsets().tolist() == [[0.6, 0.7], [0.65, 0.55]]
+    with pytest.raises(ValueError, match="`results` should map at least one method"): plot_tradeoff({})
+    with pytest.raises(ValueError, match=r"`reference` should be one of the methods \['a', 'b'\]; found reference = 'c'"):
+        plot_tradeoff(res, reference='c')
