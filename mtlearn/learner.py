@@ -964,17 +964,18 @@ def valley(lrs, losses, beta=0.98):
 # %% ../nbs/09_learner.ipynb #f31a50ce
 @patch
 @contextmanager
-def aside(self:Learner, weights=False, cbs=None):
+def aside(self:Learner, weights=False, cbs=None, dls=None):
     """A run that leaves the learner as it was: its optimiser, run state (what `load` left waits for the next fit),
-    history and mode, with no metric rows logged; `weights`: the model's weights put back too; `cbs`: the callbacks
-    of the run instead of the learner's."""
+    history and mode, with no metric rows logged; `weights`: the model's weights put back too; `cbs`, `dls`: the
+    callbacks and loaders of the run instead of the learner's."""
     kept = (deepcopy(self.model.state_dict()) if weights else None, self.opt, self.run, self.history,
-            self.model.training, self.logging, self.cbs)
+            self.model.training, self.logging, self.cbs, self.dls)
     self.run, self.logging = RunState(), False
     if cbs is not None: self.cbs = list(cbs)
+    if dls is not None: self.dls = dls
     try: yield self
     finally:
-        state, self.opt, self.run, self.history, training, self.logging, self.cbs = kept
+        state, self.opt, self.run, self.history, training, self.logging, self.cbs, self.dls = kept
         if state is not None: self.model.load_state_dict(state)
         self.model.train(training)
 
@@ -1058,10 +1059,7 @@ def get_preds(self:Learner, dl=None, with_targets=True, with_loss=False, with_in
     owner = self.step_owner('predict')
     keep = [cb for cb in self.cbs if cb.order < 0 or cb is owner]
     dls = self.dls if dl is None else _Loaders(self.dls, dl)
-    with self.aside(cbs=keep + [cp] + list(cb_list(cbs))):
-        self.dls, kept_dls = dls, self.dls
-        try: self.fit(1, train=False)
-        finally: self.dls = kept_dls
+    with self.aside(cbs=keep + [cp] + list(cb_list(cbs)), dls=dls): self.fit(1, train=False)
     res = (cp.all_preds,) + ((cp.all_targs,) if with_targets else ()) + ((cp.all_losses,) if with_loss else ())
     return res + ((cp.all_inps,) if with_input else ())
 

@@ -230,7 +230,8 @@ class WandbLogger(LoggerCB):
         t0, wait = time.monotonic(), 0.02
         while self.mode == 'offline':
             try:
-                if f.exists() and any(r.WhichOneof('record_type') == 'exit' for r in _wandb_records(f)): break
+                if f.exists() and any(r.WhichOneof('record_type') == 'exit' for r in _wandb_records(f, tail=1 << 16)):
+                    break
             except Exception: pass  # (a record read while it was written: try again)
             if time.monotonic() - t0 > 30:
                 warnings.warn(f"the W&B run file {str(f)!r} has no exit record 30 s after the run finished")
@@ -253,20 +254,28 @@ class WandbLogger(LoggerCB):
                         out.setdefault(k, []).append((d['_step'], v))
         return out
 
-def _wandb_records(path):
+def _wandb_records(path, tail=None):
     """The records of a W&B run file: LevelDB-style log blocks of 32 KiB (a 7-byte file header; each record
-    crc32, length, type and its bytes, split across blocks), each record a `wandb_internal_pb2.Record`."""
+    crc32, length, type and its bytes, split across blocks), each record a `wandb_internal_pb2.Record`; `tail`:
+    only those of about the last `tail` bytes (from a block's start, the pieces of an earlier record skipped)."""
     from wandb.proto import wandb_internal_pb2 as pb
-    data = Path(path).read_bytes()
-    if data[:4] != b':W&B': raise ValueError(f"{str(path)!r} is not a W&B run file")
-    pos, block, part = 7, 32768, b''
+    block = 32768
+    with open(path, 'rb') as fh:
+        if fh.read(4) != b':W&B': raise ValueError(f"{str(path)!r} is not a W&B run file")
+        size = fh.seek(0, 2)
+        start = 0 if tail is None else max(0, size - tail) // block * block
+        fh.seek(start)
+        data = fh.read()
+    pos, part, whole = (7 if start == 0 else 0), b'', start == 0  # `whole`: the record being read began in view
     while pos + 7 <= len(data):
         if block - pos % block < 7: pos += block - pos % block; continue  # (a block's tail too short for a header)
         _, n, kind = struct.unpack('<IHB', data[pos:pos + 7])
         if kind == 0: pos += block - pos % block; continue  # padding
         if pos + 7 + n > len(data): return  # a record still being written
+        if kind in (1, 2): whole = True  # a record's start: full, or its first piece
         part, pos = part + data[pos + 7:pos + 7 + n], pos + 7 + n
-        if kind in (1, 4):  # full, or last of its pieces
+        if kind in (1, 4) and not whole: part = b''  # (the end of a record that began before the tail)
+        elif kind in (1, 4):  # full, or last of its pieces
             r = pb.Record()
             r.ParseFromString(part)
             part = b''

@@ -109,9 +109,8 @@ class GLS(LossWeighting):
         return torch.exp(torch.log(L).mean()) / (len(L) * L)
 
 class STCH(LossWeighting):
-    """Smooth Tchebycheff scalarisation (Lin et al., ICML 2024): T = μ·log Σ exp(pᵢ(Lᵢ − zᵢ)/μ); wᵢ =
-    pᵢ·softmax(p(L −
-    z)/μ)ᵢ."""
+    """Smooth Tchebycheff scalarisation (Lin et al., ICML 2024): T = μ·log Σ exp(pᵢ(Lᵢ − zᵢ)/μ);
+    wᵢ = pᵢ·softmax(p(L − z)/μ)ᵢ."""
     def __init__(self, mu=1.0, pref_vector=None, ideal=None):
         super().__init__()
         if not (isinstance(mu, (int, float)) and mu > 0):
@@ -131,9 +130,8 @@ class STCH(LossWeighting):
 
 # %% ../nbs/22_loss_weighting.ipynb #c0de2202
 class FAMO(LossWeighting):
-    """FAMO (Liu et al., NeurIPS 2023): z = softmax(ξ), wᵢ = zᵢ/(c·Lᵢ), c = Σ zᵢ/Lᵢ; ξ follows Σ
-    zᵢδᵢ, δ the fall in
-    log L."""
+    """FAMO (Liu et al., NeurIPS 2023): z = softmax(ξ), wᵢ = zᵢ/(c·Lᵢ), c = Σ zᵢ/Lᵢ; ξ follows
+    Σ zᵢδᵢ, δ the fall in log L."""
     learnable = True
     opt_defaults = {'lr': 0.025, 'weight_decay': 1e-3}  # the paper's Adam settings for ξ
     # δ: consecutive batches' losses, ξ moved before this batch's weights (default: no extra forward pass); or

@@ -180,3 +180,15 @@ def test_only_the_first_of_two_processes_writes(tmp_path):
         r = lg.read()
         assert [v for _, v in r['valid_loss']] == pytest.approx([h['valid_loss'] for h in r0['history']], rel=1e-6)
         assert {'task_weight/a', 'task_weight/b', 'valid_task_loss/a'} <= set(r)
+
+def test_the_wandb_run_file_is_read_whole_or_from_its_tail(tmp_path):
+    "A run file of several 32 KiB blocks: its tail's records (where the logger looks for the exit) end the whole list."
+    from mtlearn.loggers import _wandb_records
+    lg = WandbLogger(save_dir=tmp_path, log_every_n_steps=1)
+    learner([lg], dls=data(n=1600)).fit(3)
+    f = next((tmp_path/'wandb').glob(f'*-{lg.run_id}/run-{lg.run_id}.wandb'))
+    whole = [r.SerializeToString() for r in _wandb_records(f)]
+    tail = [r.SerializeToString() for r in _wandb_records(f, tail=40_000)]
+    assert f.stat().st_size > 3 * 32768 and 0 < len(tail) < len(whole)
+    assert whole[-len(tail):] == tail
+    assert any(r.WhichOneof('record_type') == 'exit' for r in _wandb_records(f, tail=40_000))
