@@ -6,7 +6,7 @@ from torch import nn
 from torcheval.metrics import MulticlassAccuracy
 from mtlearn.learner import *
 from mtlearn.datasets import DataLoaders, TensorDataLoader
-from mtlearn.accel import DistributedCB, init_distributed
+from mtlearn.accel import CompileCB, DistributedCB, init_distributed
 from mtlearn.aggregators import Mean, MGDA, UPGrad, SDMGrad, Random
 from mtlearn.multitask import MultiTaskGradCB, MultiTaskLoss, tiny_mtl_model
 from mtlearn.tracker import EarlyStoppingCB
@@ -29,6 +29,8 @@ def single_task():
 learn = single_task(); learn.fit(2)
 res['single'], res['single_hist'] = flat(learn.model), learn.history
 learn.save(out / 'single.pt')
+compiled = single_task(); compiled.cbs.append(CompileCB()); compiled.fit(2)  # the model compiled, inside DDP
+res['single_compiled'] = flat(compiled.model)
 other = single_task(); other.load(out / 'single.pt')
 res['loaded_equal'] = torch.equal(flat(other.model), flat(learn.model))
 res['lr_find'] = single_task().lr_find(plot=False, start_lr=1e-4, gamma=1.5, max_epochs=20)

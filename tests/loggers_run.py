@@ -25,3 +25,5 @@ learn = TrainLearner(tiny_mtl_model(2), dls, MultiTaskLoss(a=F.mse_loss, b=F.mse
 learn.fit(2)
 json.dump({'history': learn.history, 'run_ids': [lg.run_id for lg in loggers], 'steps': [lg.step for lg in loggers]},
           open(out/f'r{r}_w{w}.json', 'w'))
+if w > 1:  # leave together: a process that exits with gloo's threads running can abort (as dist_run.py does)
+    torch.distributed.barrier(); torch.distributed.destroy_process_group()

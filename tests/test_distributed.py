@@ -35,7 +35,7 @@ def test_the_processes_agree_exactly(runs):
         if isinstance(r0[k], (torch.Tensor, tuple)): assert close(r0[k], r1[k], 0), k
         else: assert r0[k] == r1[k], k
 
-@pytest.mark.parametrize('k', ['single', 'Mean', 'MGDA', 'MGDA-f', 'UPGrad', 'UPGrad-f', 'SDMGrad', 'SDMGrad-c', 'Random'])
+@pytest.mark.parametrize('k', ['single', 'single_compiled', 'Mean', 'MGDA', 'MGDA-f', 'UPGrad', 'UPGrad-f', 'SDMGrad', 'SDMGrad-c', 'Random'])
 def test_two_processes_train_as_one_on_the_global_batch(runs, k):
     "Parameters (and the aggregators' weights) equal to the single process's to 1e-5 (SDMGrad on consecutive batches in float64: its inner"
     "iterations amplify the rounding of a sum taken in another order, 1.6e-3 after four steps in float32)."
@@ -44,6 +44,7 @@ def test_two_processes_train_as_one_on_the_global_batch(runs, k):
 
 def test_global_metrics_decisions_and_checkpoints(runs):
     one, two, _ = runs
+    assert close(two['single_compiled'], one['single'], 1e-5)  # CompileCB under DDP trains as the eager single process
     for a, b in zip(one['single_hist'], two['single_hist']):  # the validation set (50 items) is split 25/25 without padding
         assert a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-6 for k in a)
     assert two['loaded_equal'] and two['lr_find'] == one['lr_find']
