@@ -5,6 +5,8 @@
 # %% ../nbs/17_accel.ipynb #3141ade0
 from __future__ import annotations
 import os
+from datetime import timedelta
+from typing import Any
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
@@ -16,7 +18,7 @@ from .datasets import TensorDataLoader
 __all__ = ['MixedPrecision', 'shard_loader', 'AccelerateCB', 'DistributedCB', 'CompileCB', 'init_distributed']
 
 # %% ../nbs/17_accel.ipynb #f850e11f
-def _publish_scaler(learn, scaler, owner):
+def _publish_scaler(learn: Learner, scaler: Any, owner: str) -> None:
     "Make `scaler` the learner's gradient scaler for this fit; two callbacks that scale would fight over the gradients."
     if scaler is not None and learn.scaler is not None:
         raise ValueError(f"{owner}: the learner already has a gradient scaler ({type(learn.scaler).__name__}); use one "
@@ -27,11 +29,12 @@ class MixedPrecision(TrainCB):
     """Autocast the forward pass and loss (`dtype` float16 on CUDA, bfloat16 elsewhere by default); scale gradients for
     float16. A `TrainCB` for a plain `Learner`."""
     order = 100  # before_fit after DeviceCB (the model is on its device)
-    def __init__(self, dtype=None, device_type=None, n_inp=1):
+    ac: torch.autocast | None  # the batch's autocast context, while it is open
+    def __init__(self, dtype: torch.dtype | None = None, device_type: str | None = None, n_inp: int = 1) -> None:
         super().__init__(n_inp)
         self.dtype, self.device_type = dtype, device_type
 
-    def before_fit(self, learn):
+    def before_fit(self, learn: Learner) -> None:
         super().before_fit(learn)  # its training steps are used only where nothing else does them (`learn.step_owner`)
         p = next(iter(learn.model.parameters()), None)
         self.dev = self.device_type or (p.device.type if p is not None else 'cpu')
@@ -42,21 +45,22 @@ class MixedPrecision(TrainCB):
         self.scaler = torch.amp.GradScaler(self.dev) if self.dt == torch.float16 else None
         _publish_scaler(learn, self.scaler, 'MixedPrecision')
         self.ac = None
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         "The gradient scaler's scale and growth tracker (float16): a resumed run scales as the uninterrupted one."
         sc = getattr(self, 'scaler', None)
         return {'scaler': sc.state_dict() if sc is not None else None}
-    def load_state_dict(self, sd):
-        if sd.get('scaler') and getattr(self, 'scaler', None) is not None: self.scaler.load_state_dict(sd['scaler'])
-    def cleanup_fit(self, learn):
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        if sd.get('scaler') and (sc := getattr(self, 'scaler', None)) is not None: sc.load_state_dict(sd['scaler'])
+    def cleanup_fit(self, learn: Learner) -> None:
         if learn.scaler is getattr(self, 'scaler', None): learn.scaler = None
 
-    def before_batch(self, learn):
+    def before_batch(self, learn: Learner) -> None:
         self.ac = torch.autocast(self.dev, dtype=self.dt)
         self.ac.__enter__()
-    def after_loss(self, learn): self._exit()
-    def cleanup_batch(self, learn): self._exit()  # also when the batch failed or was cancelled before after_loss
-    def _exit(self):
+    def after_loss(self, learn: Learner) -> None: self._exit()
+    def cleanup_batch(self, learn: Learner) -> None:
+        self._exit()  # also when the batch failed or was cancelled before after_loss
+    def _exit(self) -> None:
         if self.ac is not None:
             self.ac.__exit__(None, None, None)
             self.ac = None
@@ -70,7 +74,7 @@ class _Strided(Sampler):
     def __iter__(self): return iter(self.idx)
     def __len__(self): return len(self.idx)
 
-def shard_loader(dl, training, seed=0):
+def shard_loader(dl: Any, training: bool, seed: int = 0) -> Any:
     """This process's share of loader `dl`: a sharded `TensorDataLoader`, or a `DataLoader` with a distributed sampler
     (padded for `training` only)."""
     sharded = getattr(dl, 'world', 1) > 1 or isinstance(getattr(dl, 'sampler', None), (DistributedSampler, _Strided))
@@ -80,7 +84,8 @@ def shard_loader(dl, training, seed=0):
     if isinstance(dl, TensorDataLoader): return dl.shard(rank(), world(), pad=training, seed=seed)
     if isinstance(dl, DataLoader) and not isinstance(dl.dataset, torch.utils.data.IterableDataset):
         sampler = (DistributedSampler(dl.dataset, shuffle=isinstance(dl.sampler, RandomSampler), seed=seed) if training
-                   else _Strided(len(dl.dataset), rank(), world()))
+                   else _Strided(len(dl.dataset), rank(), world()))  # type: ignore[arg-type]  # (map-style: sized)
+                   
         return DataLoader(
             dl.dataset,
             batch_size=dl.batch_size,
@@ -111,7 +116,9 @@ class AccelerateCB(TrainCB):
     elsewhere)."""
     # prepare the model once DeviceCB has placed it; shard before order-≥-0 callbacks read
     order = DeviceCB.order + 10
-    def __init__(self, n_inp=1, mixed_precision=None, **kwargs):
+    opt: Any  # the learner's optimiser, while a fit is prepared
+    scaler: _AccelerateScaler | None
+    def __init__(self, n_inp: int = 1, mixed_precision: str | None = None, **kwargs: Any) -> None:
         super().__init__(n_inp=n_inp)
         try: from accelerate import Accelerator
         except ImportError as e:
@@ -135,7 +142,7 @@ class AccelerateCB(TrainCB):
             raise ValueError(f"AccelerateCB: Accelerate keeps one precision per process and could not switch to "
                              f"`mixed_precision` = {mixed_precision!r} ({e})") from e
 
-    def before_fit(self, learn):
+    def before_fit(self, learn: Learner) -> None:
         super().before_fit(learn)
         self.opt, self.dls = learn.opt, (learn.dls.train, learn.dls.valid)
         learn.model, learn.opt, learn.dls.train, learn.dls.valid = self.acc.prepare(learn.model, learn.opt, *self.dls)
@@ -145,7 +152,7 @@ class AccelerateCB(TrainCB):
         self.scaler = _AccelerateScaler(self.acc) if self.acc.scaler is not None else None
         _publish_scaler(learn, self.scaler, 'AccelerateCB')
 
-    def cleanup_fit(self, learn):
+    def cleanup_fit(self, learn: Learner) -> None:
         if self.opt is None: return  # the fit failed before this callback prepared anything
         learn.model = self.acc.unwrap_model(learn.model, keep_fp32_wrapper=False)
         learn.opt, (learn.dls.train, learn.dls.valid) = self.opt, self.dls
@@ -159,10 +166,12 @@ class DistributedCB(Callback):
     batch; with one process, nothing."""
     # once DeviceCB has placed the model; before any callback of order ≥ 0 reads the loaders
     order = DeviceCB.order + 5
-    def __init__(self, backend=None, seed=0, timeout=DEFAULT_TIMEOUT, **ddp_kwargs):
+    kept: tuple[torch.nn.Module, tuple[Any, Any]] | None  # the model and loaders a fit replaced, to put back
+    def __init__(self, backend: str | None = None, seed: int = 0, timeout: timedelta = DEFAULT_TIMEOUT,
+                 **ddp_kwargs: Any) -> None:
         self.backend, self.seed, self.timeout, self.ddp_kwargs, self.kept = backend, seed, timeout, ddp_kwargs, None
 
-    def before_fit(self, learn):
+    def before_fit(self, learn: Learner) -> None:
         init_distributed(self.backend, self.timeout)
         if world() == 1: return
         p = next(iter(learn.model.parameters()), None)
@@ -179,11 +188,11 @@ class DistributedCB(Callback):
         ids = None if p is None or p.device.type != 'cuda' else [p.device]
         learn.model = torch.nn.parallel.DistributedDataParallel(learn.model, device_ids=ids, **self.ddp_kwargs)
 
-    def before_epoch(self, learn):
+    def before_epoch(self, learn: Learner) -> None:
         s = getattr(learn.dls.train if learn.training else learn.dls.valid, 'sampler', None)
         if isinstance(s, DistributedSampler): s.set_epoch(learn.epoch)
 
-    def cleanup_fit(self, learn):
+    def cleanup_fit(self, learn: Learner) -> None:
         if self.kept is None: return
         (learn.model, (learn.dls.train, learn.dls.valid)), self.kept = self.kept, None
 
@@ -194,12 +203,13 @@ class CompileCB(Callback):
     for each fit and put back after, so that its state dict keeps the plain model's keys; `compile_kwargs` go to
     `torch.compile` (mode, fullgraph, dynamic, backend)."""
     order = -5  # after the set-up that places and wraps the model (DeviceCB, DistributedCB, AccelerateCB)
-    def __init__(self, module=None, **compile_kwargs):
+    target: torch.nn.Module | None  # what a fit compiled
+    def __init__(self, module: str | None = None, **compile_kwargs: Any) -> None:
         if not (module is None or isinstance(module, str)):
             raise ValueError(f"`module` should be None (the whole model) or the name of a submodule, such as "
                              f"'encoder'; found module = {module!r}")
         self.module, self.compile_kwargs, self.target = module, compile_kwargs, None
-    def before_fit(self, learn):
+    def before_fit(self, learn: Learner) -> None:
         m = unwrap(learn.model)
         if self.module is None: t = m
         else:
@@ -210,6 +220,7 @@ class CompileCB(Callback):
                                  f"children are {names}") from None
         t.compile(**self.compile_kwargs)
         self.target = t
-    def cleanup_fit(self, learn):
+    def cleanup_fit(self, learn: Learner) -> None:
         if self.target is not None: self.target._compiled_call_impl = None  # (what nn.Module.compile set)
+    
         self.target = None

@@ -5,7 +5,9 @@
 # %% ../nbs/10_activations.ipynb #015b7243
 from __future__ import annotations
 import random
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
+from typing import Any
 import fastcore.all as fc
 import matplotlib.pyplot as plt
 import numpy as np
@@ -20,7 +22,7 @@ __all__ = ['HIST_BINS', 'HIST_MAX', 'set_seed', 'Hook', 'Hooks', 'HooksCallback'
            'ActivationStats']
 
 # %% ../nbs/10_activations.ipynb #241b6cbe
-def set_seed(seed, deterministic=False):
+def set_seed(seed: int, deterministic: bool = False) -> None:
     "Seed Python's, NumPy's and PyTorch's random generators; optionally make PyTorch deterministic."
     torch.use_deterministic_algorithms(deterministic)
     torch.manual_seed(seed)
@@ -30,47 +32,54 @@ def set_seed(seed, deterministic=False):
 # %% ../nbs/10_activations.ipynb #0dd75c1e
 class Hook():
     "Register `f(hook, module, input, output)` as a forward hook of `m`."
-    def __init__(self, m, f): self.hook = m.register_forward_hook(partial(f, self))
-    def remove(self): self.hook.remove()
-    def __del__(self): self.remove()
+    stats: Any  # what the hook function records (`append_stats`: three `DeviceSeries`)
+    def __init__(self, m: nn.Module, f: Callable[..., object]) -> None:
+        self.hook = m.register_forward_hook(partial(f, self))
+    def remove(self) -> None: self.hook.remove()
+    def __del__(self) -> None: self.remove()
 
 # %% ../nbs/10_activations.ipynb #7385f64c
 class Hooks(list):
     "A `Hook` on each of `ms`; a context manager that removes them on exit."
-    def __init__(self, ms, f): super().__init__([Hook(m, f) for m in ms])
-    def __enter__(self, *args): return self
-    def __exit__(self, *args): self.remove()
-    def __del__(self): self.remove()
+    def __init__(self, ms: Iterable[nn.Module], f: Callable[..., object]) -> None:
+        super().__init__([Hook(m, f) for m in ms])
+    def __enter__(self, *args: Any) -> Hooks: return self
+    def __exit__(self, *args: Any) -> None: self.remove()
+    def __del__(self) -> None: self.remove()
     def __delitem__(self, i):
         self[i].remove()
         super().__delitem__(i)
-    def remove(self):
+    def remove(self) -> None:  # type: ignore[override]  # (the course's name: removes the hooks, not one item)
         for h in self: h.remove()
 
 # %% ../nbs/10_activations.ipynb #3896730a
 class HooksCallback(Callback):
     "Hook the modules of `learn.model` that `mod_filter` picks (or `mods`) during each fit, calling `hookfunc`."
-    def __init__(self, hookfunc, mod_filter=fc.noop, on_train=True, on_valid=False, mods=None):
+    hookfunc: Callable[..., object]; mod_filter: Callable[[nn.Module], bool]  # (stored by `store_attr`)
+    on_train: bool; on_valid: bool; mods: Iterable[nn.Module] | None
+    def __init__(self, hookfunc: Callable[..., object], mod_filter: Callable[[nn.Module], bool] = fc.noop,
+                 on_train: bool = True, on_valid: bool = False, mods: Iterable[nn.Module] | None = None) -> None:
         fc.store_attr()
         super().__init__()
-        self.hooks = None
-    def before_fit(self, learn):
+        self.hooks: Hooks | None = None
+    def before_fit(self, learn: Learner) -> None:
         mods = self.mods if self.mods else fc.filter_ex(learn.model.modules(), self.mod_filter)
         if not mods:
             raise ValueError(f"`mod_filter` matched no module of the model ({type(learn.model).__name__}); nothing "
                              "would be recorded")
         self.hooks = Hooks(mods, partial(self._hookfunc, learn))
-    def _hookfunc(self, learn, *args, **kwargs):
+    def _hookfunc(self, learn: Learner, *args: Any, **kwargs: Any) -> None:
         if (self.on_train and learn.training) or (self.on_valid and not learn.training): self.hookfunc(*args, **kwargs)
-    def cleanup_fit(self, learn):
+    def cleanup_fit(self, learn: Learner) -> None:
         if self.hooks is not None: self.hooks.remove()  # None if no fit got as far as hooking
-    def __iter__(self): return iter(self.hooks)
-    def __len__(self): return len(self.hooks)
+    def __iter__(self) -> Iterator[Hook]: return iter(self.hooks or [])  # (no hooks before the first fit)
+    def __len__(self) -> int: return len(self.hooks or [])
 
 # %% ../nbs/10_activations.ipynb #7b28da58
 HIST_BINS, HIST_MAX = 40, 10.  # the |activation| histogram: 40 bins over [0, 10], as in the course
 
-def append_stats(hook, mod, inp, outp, max_records=10_000, stat_items=64):
+def append_stats(hook: Hook, mod: nn.Module, inp: tuple[Any, ...], outp: torch.Tensor, max_records: int = 10_000,
+                 stat_items: int | None = 64) -> None:
     """Record mean, std and |activation| histogram of `outp`'s first `stat_items` items in `hook.stats`, three
     `DeviceSeries` of at most `max_records` (on the device until read)."""
     if not hasattr(hook, 'stats'): hook.stats = tuple(DeviceSeries(max_records) for _ in range(3))
@@ -89,11 +98,11 @@ def _rows(s):
     "A record's rows as one tensor: a `DeviceSeries`, or a list of tensors (the course's own `append_stats`)."
     return s.values() if isinstance(s, DeviceSeries) else torch.stack(list(s)).cpu()
 
-def get_hist(h):
+def get_hist(h: Hook) -> torch.Tensor:
     "The hook's histograms, one column per record, as log(1 + count) on the CPU."
     return _rows(h.stats[2]).t().float().log1p()
 
-def get_min(h):
+def get_min(h: Hook) -> torch.Tensor:
     "Per record, the fraction of activations in the lowest histogram bin (near zero)."
     h1 = _rows(h.stats[2]).t().float()
     return h1[0]/h1.sum(0)
@@ -102,7 +111,8 @@ def get_min(h):
 class ActivationStats(HooksCallback):
     """Record `append_stats` for the modules `mod_filter` picks, every `every` training batches, keeping at most
     `max_records`, each from `stat_items` items."""
-    def __init__(self, mod_filter=fc.noop, every=1, max_records=10_000, stat_items=64, **kwargs):
+    def __init__(self, mod_filter: Callable[[nn.Module], bool] = fc.noop, every: int = 1, max_records: int = 10_000,
+                 stat_items: int | None = 64, **kwargs: Any) -> None:
         if not (isinstance(every, int) and every >= 1):
             raise ValueError(f"`every` should be a positive int; found every = {every!r}")
         if not (isinstance(max_records, int) and max_records >= 1):
@@ -111,18 +121,18 @@ class ActivationStats(HooksCallback):
             raise ValueError(f"`stat_items` should be a positive int or None; found stat_items = {stat_items!r}")
         super().__init__(partial(append_stats, max_records=max_records, stat_items=stat_items), mod_filter, **kwargs)
         self.every = every
-    def _hookfunc(self, learn, *args, **kwargs):
+    def _hookfunc(self, learn: Learner, *args: Any, **kwargs: Any) -> None:
         if learn.training and learn.iter % self.every: return
         super()._hookfunc(learn, *args, **kwargs)
-    def after_epoch(self, learn):
-        for h in self.hooks:  # the one host read of the epoch's records
+    def after_epoch(self, learn: Learner) -> None:
+        for h in self:  # the one host read of the epoch's records
             for s in getattr(h, 'stats', ()): s.flush()
 
-    def log_figures(self):
+    def log_figures(self) -> dict[str, Callable[..., Any]]:
         "The figures an experiment logger writes at the end of a fit: name → a function that draws one."
         return {'activation_stats': self.plot_stats} if any(len(getattr(h, 'stats', ((),))[0]) for h in self) else {}
 
-    def color_dim(self, figsize=(11, 5)):
+    def color_dim(self, figsize: tuple[float, float] = (11, 5)) -> np.ndarray:
         "Histograms of each layer over time: brighter means more activations at that magnitude."
         fig, axes = get_grid(len(self), figsize=figsize, layout='constrained')  # (tight_layout cannot place colourbars)
         for i, (ax, h) in enumerate(zip(axes.flat, self)):
@@ -132,7 +142,7 @@ class ActivationStats(HooksCallback):
             ax.set_title(f'layer {i}'); ax.set_xlabel('record'); ax.set_ylabel('|activation|')
         return axes
 
-    def dead_chart(self, figsize=(11, 5)):
+    def dead_chart(self, figsize: tuple[float, float] = (11, 5)) -> np.ndarray:
         "Fraction of near-zero activations of each layer over time."
         fig, axes = get_grid(len(self), figsize=figsize)
         for i, (ax, h) in enumerate(zip(axes.flat, self)):
@@ -141,7 +151,8 @@ class ActivationStats(HooksCallback):
         fig.tight_layout()
         return axes
 
-    def plot_stats(self, figsize=(10, 4)):
+    def plot_stats(self, figsize: tuple[float, float] = (10, 4)) -> np.ndarray:
+    
         "Mean and standard deviation of each layer's activations over time."
         fig, axs = plt.subplots(1, 2, figsize=figsize)
         for i, h in enumerate(self):

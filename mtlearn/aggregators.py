@@ -5,6 +5,8 @@
 # %% ../nbs/20_aggregators.ipynb #1d146592
 from __future__ import annotations
 import inspect, math
+from collections.abc import Callable, Sequence
+from typing import Any
 import torch
 from torch import nn, Tensor
 
@@ -19,7 +21,7 @@ __all__ = ['Weighting', 'Aggregator', 'WeightedAggregator', 'MeanWeighting', 'Su
            'GradDrop', 'DBMTL', 'PCDWeighting', 'PCD']
 
 # %% ../nbs/20_aggregators.ipynb #9ec43299
-def _accel(t): return t.device.type in ('cuda', 'mps', 'xpu')
+def _accel(t: Tensor) -> bool: return t.device.type in ('cuda', 'mps', 'xpu')
 
 def _check_matrix(M, name, square=True):
     "Raise a `ValueError` naming `name` unless `M` is a floating-point 2-D (`square`) tensor (m = 0 tasks allowed)."
@@ -96,7 +98,7 @@ def _pref_weights(pv, M):
 class _ResizableState:
     """Loads the buffers named in `_resizable` at their stored size: state sized by the number of tasks (or empty
     before the first call) fits any checkpoint."""
-    _resizable = ()
+    _resizable: tuple[str, ...] = ()
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for k in self._resizable:
             v = state_dict.get(prefix + k)
@@ -105,37 +107,39 @@ class _ResizableState:
 
 class Weighting(_ResizableState, nn.Module):
     "Map an m×m matrix (the Gramian J Jᵀ unless the subclass says otherwise) to m task weights."
-    _settings = {'sync_free': _sync_check}  # the hyperparameters, each with the check a value written to it must pass
-    def __init__(self, sync_free=None):
+    # the hyperparameters, each with the check a value written to it must pass
+    _settings: dict[str, Callable[[Any], Any]] = {'sync_free': _sync_check}
+    def __init__(self, sync_free: bool | None = None) -> None:
         super().__init__()
         self.sync_free = sync_free
-    def __setattr__(self, name, value):
+    def __setattr__(self, name: str, value: Any) -> None:
         check = type(self)._settings.get(name)
         # checked when written, not only when constructed
         super().__setattr__(name, value if check is None else check(value))
-    def _sync_free(self, M): return _accel(M) if self.sync_free is None else self.sync_free
+    def _sync_free(self, M: Tensor) -> bool: return _accel(M) if self.sync_free is None else self.sync_free
     arg = 'G'  # the input's name in error messages
     needs_losses = False  # True when `set_losses` must be called before each use
     deterministic = True  # the same input gives the same weights (not so for the random ones)
     reads_matrix = True  # False: the weights depend on the number of tasks only (an aggregator then skips the Gramian)
-    def forward(self, G):
+    set_losses: Callable[[Tensor], None]  # (only a weighting that `needs_losses` has it)
+    def forward(self, G: Tensor) -> Tensor:
         _check_matrix(G, self.arg)
         if len(G) == 0: return G.new_zeros(0)
         G = G.detach()  # weights are constants: no autograd graph through a solver
         nosync = self._sync_free(G)
         if not nosync: _check_finite(G, self.arg)
         return self.weights(G, nosync)
-    def weights(self, G, sync_free): raise NotImplementedError
-    def reset(self): "Forget any state (stateless weightings have none)."
-    def _repr_args(self):
+    def weights(self, G: Tensor, sync_free: bool) -> Tensor: raise NotImplementedError
+    def reset(self) -> None: "Forget any state (stateless weightings have none)."
+    def _repr_args(self) -> str:
         "The constructor's arguments as they are now, as torchjd shows them (`sync_free` only if set)."
         names = [p for p in inspect.signature(type(self).__init__).parameters if p not in ('self', 'sync_free')]
         args = {k: getattr(self, k) for k in names}
         if self.sync_free is not None: args['sync_free'] = self.sync_free
         return ', '.join(f'{k}={v!r}' for k, v in args.items())
-    def __repr__(self): return f'{type(self).__name__}({self._repr_args()})'
-    def __str__(self): return type(self).__name__  # the short name, for tables and logs (as torchjd's)
-    def __lshift__(self, fn):
+    def __repr__(self) -> str: return f'{type(self).__name__}({self._repr_args()})'
+    def __str__(self) -> str: return type(self).__name__  # the short name, for tables and logs (as torchjd's)
+    def __lshift__(self, fn: Callable[[Tensor], Tensor]) -> Weighting:
         """`weighting << fn`: this weighting applied to `fn(x)` (torchjd's composition), e.g. `MGDAWeighting() <<
         (lambda J: J @ J.T)` weighs a Jacobian."""
         return _Composition(self, fn)
@@ -143,41 +147,43 @@ class Weighting(_ResizableState, nn.Module):
 class _Wrapping(Weighting):
     """A weighting built on another one, `self.weighting`, whose input name, need for the losses, determinism and state
     it shares."""
+    weighting: Weighting
     arg = property(lambda self: self.weighting.arg)
     needs_losses = property(lambda self: self.weighting.needs_losses)
     deterministic = property(lambda self: self.weighting.deterministic)
-    def set_losses(self, losses): self.weighting.set_losses(losses)
-    def reset(self): self.weighting.reset()
+    def set_losses(self, losses: Tensor) -> None: self.weighting.set_losses(losses)
+    def reset(self) -> None: self.weighting.reset()
 
 class _Composition(_Wrapping):
     "A weighting applied to the output of a function."
-    def __init__(self, weighting, fn):
+    def __init__(self, weighting: Weighting, fn: Callable[[Tensor], Tensor]) -> None:
         if not callable(fn): raise ValueError(f"`weighting << fn` needs a function; found a {type(fn).__name__}")
         super().__init__()
         self.weighting, self.fn = weighting, fn
-    def forward(self, x): return self.weighting(self.fn(x))
+    def forward(self, x: Tensor) -> Tensor: return self.weighting(self.fn(x))
     # (inside an Aggregator: `fn` applies to the Gramian)
-    def weights(self, M, sync_free): return self.weighting.weights(self.fn(M), sync_free)
-    def _sync_free(self, M): return self.weighting._sync_free(M)
-    def __repr__(self): return f'{self.weighting!r} << {getattr(self.fn, "__name__", self.fn)!r}'
+    def weights(self, M: Tensor, sync_free: bool) -> Tensor: return self.weighting.weights(self.fn(M), sync_free)
+    def _sync_free(self, M: Tensor) -> bool: return self.weighting._sync_free(M)
+    def __repr__(self) -> str: return f'{self.weighting!r} << {getattr(self.fn, "__name__", self.fn)!r}'
 
 class Aggregator(_ResizableState, nn.Module):
     "Combine the rows of a Jacobian `J` (m×n) into the direction Jᵀw, with w from `weighting` applied to G = J Jᵀ."
     parts = 1  # how many Jacobians of independent batches one call takes
     from_gramian = True  # the weights depend on J only through J Jᵀ (so a Gramian of feature gradients can stand in)
     @property
-    def needs_losses(self):
+    def needs_losses(self) -> bool:
         "Whether the task losses must be given (`set_losses`) before each call."
         return self.weighting.needs_losses
     @property
-    def deterministic(self):
+    def deterministic(self) -> bool:
         """Whether the same input always gives the same result (so that processes given the same Jacobian agree without
         talking)."""
         return self.weighting.deterministic
-    def __init__(self, weighting):
+    last_weights: Tensor | None  # the weights of the last call
+    def __init__(self, weighting: Weighting) -> None:
         super().__init__()
         self.weighting, self.last_weights = weighting, None
-    def forward(self, J):
+    def forward(self, J: Tensor) -> Tensor:
         _check_matrix(J, 'J', square=False)
         if len(J) == 0:  # no task: no direction
             self.last_weights = J.new_zeros(0)
@@ -189,29 +195,29 @@ class Aggregator(_ResizableState, nn.Module):
         # (a plain attribute: Module.__setattr__'s checks cost more than the rest here)
         object.__setattr__(self, 'last_weights', w)
         return w @ J  # (Mean, Sum, Constant, Random: NaN in, NaN out, as any sum; the solvers refuse it above)
-    def _weigh(self, A, B, name, what):
+    def _weigh(self, A: Tensor, B: Tensor, name: str, what: str) -> Tensor:
         """The weighting applied to A Bᵀ (A and B detached: the weights are constants, no autograd graph through a
         solver); checked finite (m² values to read, not m×n) off the sync-free path."""
         M = A @ B.T
         nosync = self.weighting._sync_free(M)
         if not nosync: _check_finite(M, name, what)
         return self.weighting.weights(M, nosync)
-    def reset(self): self.weighting.reset()
-    def set_losses(self, losses): self.weighting.set_losses(losses)
+    def reset(self) -> None: self.weighting.reset()
+    def set_losses(self, losses: Tensor) -> None: self.weighting.set_losses(losses)
     # the checks of the aggregator's own settings (those without a weighting); a weighting's settings are properties
     # (`_Setting`) that read and write them on the weighting, where they are checked
-    _settings = {}
-    def __setattr__(self, name, value):
+    _settings: dict[str, Callable[[Any], Any]] = {}
+    def __setattr__(self, name: str, value: Any) -> None:
         check = type(self)._settings.get(name)
         super().__setattr__(name, value if check is None else check(value))
-    def __repr__(self): return f'{type(self).__name__}({self.weighting._repr_args()})'
-    def __str__(self): return type(self).__name__  # the short name, for tables and logs (as torchjd's)
+    def __repr__(self) -> str: return f'{type(self).__name__}({self.weighting._repr_args()})'
+    def __str__(self) -> str: return type(self).__name__  # the short name, for tables and logs (as torchjd's)
 
 class WeightedAggregator(Aggregator):
     """The rows of `J` combined with the weights `weighting(J)` of J itself, as torchjd's (`Aggregator`'s weighting
     reads J Jᵀ)."""
     from_gramian = False  # the weighting may read J's entries
-    def forward(self, J):
+    def forward(self, J: Tensor) -> Tensor:
         _check_matrix(J, 'J', square=False)
         if len(J) == 0:
             self.last_weights = J.new_zeros(0)
@@ -224,23 +230,24 @@ class _Setting:
     """A setting of an aggregator's weighting as a property of the aggregator: read from the weighting and written to
     it, where it is checked. `epsilon = _Setting()` in the class body; `weights = _Setting('const')` where the
     weighting keeps it under another name."""
-    def __init__(self, attr=None): self.attr = attr
-    def __set_name__(self, owner, name):
+    def __init__(self, attr: str | None = None) -> None: self.attr = attr or ''  # ('': the name it is set under)
+    def __set_name__(self, owner: type, name: str) -> None:
         self.attr = self.attr or name
         self.__doc__ = f"The weighting's `{self.attr}`, checked when written."
-    def __get__(self, agg, owner=None): return self if agg is None else getattr(agg.weighting, self.attr)
-    def __set__(self, agg, value): setattr(agg.weighting, self.attr, value)
+    def __get__(self, agg: Any, owner: type | None = None) -> Any:
+        return self if agg is None else getattr(agg.weighting, self.attr)
+    def __set__(self, agg: Any, value: Any) -> None: setattr(agg.weighting, self.attr, value)
 
 # %% ../nbs/20_aggregators.ipynb #efc1b64e
 class MeanWeighting(Weighting):
     "Weights 1/m: the gradient of the mean loss."
     reads_matrix = False
-    def weights(self, G, sync_free): return G.new_full((len(G),), 1 / len(G))
+    def weights(self, G: Tensor, sync_free: bool) -> Tensor: return G.new_full((len(G),), 1 / len(G))
 
 class SumWeighting(Weighting):
     "Weights 1: the gradient of the summed loss."
     reads_matrix = False
-    def weights(self, G, sync_free): return G.new_ones(len(G))
+    def weights(self, G: Tensor, sync_free: bool) -> Tensor: return G.new_ones(len(G))
 
 def _const_check(v):
     "The fixed weights: a 1-D tensor, one value per task, stored as a copy."
@@ -251,13 +258,13 @@ class ConstantWeighting(Weighting):
     "The fixed `weights` (a 1-D tensor, one per task, stored as a copy in the buffer `const`)."
     reads_matrix = False
     _settings = {**Weighting._settings, 'const': _const_check}  # (`weights` is the method that returns them)
-    def __init__(self, weights, sync_free=None):
+    def __init__(self, weights: Tensor, sync_free: bool | None = None) -> None:
         super().__init__(sync_free)
         self.register_buffer('const', None)
         self.const = weights
-    def _repr_args(self):
+    def _repr_args(self) -> str:
         return f'weights={self.const!r}' + (f', sync_free={self.sync_free!r}' if self.sync_free is not None else '')
-    def weights(self, G, sync_free):
+    def weights(self, G: Tensor, sync_free: bool) -> Tensor:
         if len(self.const) != len(G):
             raise ValueError(f"`weights` has {len(self.const)} values but the matrix is for {len(G)} tasks: "
                              "give one weight per task")
@@ -266,27 +273,29 @@ class ConstantWeighting(Weighting):
 class RandomWeighting(Weighting):
     "Weights softmax(z), z ~ N(0, I) drawn afresh at every call (RLW)."
     deterministic, reads_matrix = False, False
-    def weights(self, G, sync_free): return torch.randn(len(G), device=G.device, dtype=G.dtype).softmax(0)
+    def weights(self, G: Tensor, sync_free: bool) -> Tensor:
+        return torch.randn(len(G), device=G.device, dtype=G.dtype).softmax(0)
 
 class Mean(Aggregator):
     "Mean of the task gradients."
     sync_free = _Setting()
-    def __init__(self, sync_free=None): super().__init__(MeanWeighting(sync_free))
+    def __init__(self, sync_free: bool | None = None) -> None: super().__init__(MeanWeighting(sync_free))
 
 class Sum(Aggregator):
     "Sum of the task gradients."
     sync_free = _Setting()
-    def __init__(self, sync_free=None): super().__init__(SumWeighting(sync_free))
+    def __init__(self, sync_free: bool | None = None) -> None: super().__init__(SumWeighting(sync_free))
 
 class Constant(Aggregator):
     "Task gradients combined with fixed `weights`."
     weights, sync_free = _Setting('const'), _Setting()
-    def __init__(self, weights, sync_free=None): super().__init__(ConstantWeighting(weights, sync_free))
+    def __init__(self, weights: Tensor, sync_free: bool | None = None) -> None:
+        super().__init__(ConstantWeighting(weights, sync_free))
 
 class Random(Aggregator):
     "Task gradients combined with random softmax weights, drawn at every call (RLW)."
     sync_free = _Setting()
-    def __init__(self, sync_free=None): super().__init__(RandomWeighting(sync_free))
+    def __init__(self, sync_free: bool | None = None) -> None: super().__init__(RandomWeighting(sync_free))
 
 # %% ../nbs/20_aggregators.ipynb #9e26e7cf
 def _min_norm_2(G):
@@ -295,12 +304,13 @@ def _min_norm_2(G):
     a = torch.where(den > 0, (G[1, 1] - G[0, 1]) / torch.where(den > 0, den, 1), 0.5).clamp(0, 1)
     return torch.stack([a, 1 - a])
 
-def frank_wolfe(G, epsilon=1e-5, max_iters=250, sync_free=False):
+def frank_wolfe(G: Tensor, epsilon: float = 1e-5, max_iters: int = 250, sync_free: bool = False) -> Tensor:
     """Frank-Wolfe for min_{w ∈ simplex} wᵀGw from uniform weights (Sener & Koltun, Algorithm 2); stop when the
     step < `epsilon`."""
     m = len(G)
     w = G.new_full((m,), 1 / m)
     dG = G.diagonal()
+    t: Any; a: Any; b: Any; c: Any; gamma: Any  # Python numbers on the early-exit path, tensors on the sync-free one
     if not sync_free:  # the early-exit path: the step size in Python floats, read from the device each iteration
         for _ in range(max_iters):
             Gw = G @ w
@@ -398,7 +408,8 @@ def _nonneg_qp_one(G, q, max_iters, tol, free):
         s = torch.where(free, 0., G @ v + q)
     return v
 
-def nonneg_qp(G, Q, max_iters=None, sync_free=False, free=None):
+def nonneg_qp(G: Tensor, Q: Tensor, max_iters: int | None = None, sync_free: bool = False,
+              free: Tensor | None = None) -> Tensor:
     """For each row q of `Q`, argmin_{v ≥ 0} ½vᵀGv + qᵀv (G positive definite), by block principal pivoting from
     `free`."""
     k, m = Q.shape
@@ -446,7 +457,8 @@ def nonneg_qp(G, Q, max_iters=None, sync_free=False, free=None):
         free[r], v[r], s[r] = fr, vr, torch.where(fr, 0., vr @ G + q)
     return v
 
-_FACES = {}  # (m, device, dtype): the faces' masks and constant parts, built once
+# (m, device, dtype): the faces' masks and constant parts, built once
+_FACES: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}
 
 def _faces(m, device, dtype):
     "Every face S of the simplex of m vertices: where its KKT matrix [[H_S, 1], [1ᵀ, 0]] reads H, and the rest of it."
@@ -472,7 +484,7 @@ def _min_norm_faces(H):
     w = w.gather(0, obj.argmin(0, keepdim=True)[:, None].expand(1, m))[0].clamp_min(0)
     return w / w.sum()
 
-def min_norm_point(G, sync_free=False):
+def min_norm_point(G: Tensor, sync_free: bool = False) -> Tensor:
     """The exact argmin_{w ∈ simplex} wᵀGw, by `nonneg_qp`: v = argmin_{v ≥ 0} ½vᵀG'v − Σv, w = v/Σv,
     G' = G + 11ᵀ + εI."""
     # On the simplex wᵀ(G + 11ᵀ)w = wᵀGw + 1: the same minimiser, at a value ≥ 1, so v = w/(wᵀG'w) stays
@@ -504,14 +516,15 @@ class MGDAWeighting(Weighting):
                  'epsilon': _number('epsilon', lambda v: v > 0, '> 0'),
                  'max_iters': _number('max_iters', lambda v: v >= 1, '≥ 1', integer=True),
                  'solver': _choice('solver', _MGDA_SOLVERS)}
-    def __init__(self, norm_type='none', epsilon=1e-5, max_iters=250, solver='exact', sync_free=None):
+    def __init__(self, norm_type: str = 'none', epsilon: float = 1e-5, max_iters: int = 250, solver: str = 'exact',
+                 sync_free: bool | None = None) -> None:
         super().__init__(sync_free)
         self.norm_type, self.epsilon, self.max_iters, self.solver = norm_type, epsilon, max_iters, solver
-        self.losses = None
+        self.losses: Tensor | None = None
 
-    @property
-    def needs_losses(self): return self.norm_type in ('loss', 'loss+')
-    def set_losses(self, losses):
+    @property  # (a class attribute of other weightings: here it follows `norm_type`)
+    def needs_losses(self) -> bool: return self.norm_type in ('loss', 'loss+')  # type: ignore[override]
+    def set_losses(self, losses: Tensor) -> None:
         "The task losses (1-D, one per task) for the next aggregation with `norm_type` loss or loss+."
         _check_vector(losses, 'losses')
         self.losses = losses.detach()
@@ -528,7 +541,7 @@ class MGDAWeighting(Weighting):
         losses = losses.to(G)
         return losses if self.norm_type == 'loss' else losses * norms
 
-    def weights(self, G, sync_free):
+    def weights(self, G: Tensor, sync_free: bool) -> Tensor:
         s = self._scale(G)
         if s is not None:
             s = torch.where(s > 0, s, 1)  # a zero gradient (or loss) stays as it is
@@ -541,11 +554,12 @@ class MGDAWeighting(Weighting):
 class MGDA(Aggregator):
     "MGDA: the min-norm point of the convex hull of the (rescaled) task gradients."
     norm_type, epsilon, max_iters, solver, sync_free = _Setting(), _Setting(), _Setting(), _Setting(), _Setting()
-    def __init__(self, norm_type='none', epsilon=1e-5, max_iters=250, solver='exact', sync_free=None):
+    def __init__(self, norm_type: str = 'none', epsilon: float = 1e-5, max_iters: int = 250, solver: str = 'exact',
+                 sync_free: bool | None = None) -> None:
         super().__init__(MGDAWeighting(norm_type, epsilon, max_iters, solver, sync_free))
 
 # %% ../nbs/20_aggregators.ipynb #bdb4ec06
-def project_simplex(y, k=None):
+def project_simplex(y: Tensor, k: Tensor | None = None) -> Tensor:
     """Euclidean projection of `y` (last dim) onto the probability simplex, without host synchronisation; `k` = 1..m if
     at hand."""
     u = y.sort(-1, descending=True).values
@@ -574,17 +588,19 @@ class SDMGradWeighting(Weighting):
                  'n_iter': _number('n_iter', lambda v: v >= 1, '≥ 1', integer=True),
                  'lambda_': _number('lambda_', lambda v: v >= 0, '≥ 0'),
                  'pref_vector': _simplex_pref}
-    def __init__(self, lr=10.0, momentum=0.5, n_iter=20, lambda_=0.3, pref_vector=None, sync_free=None):
+    w: Tensor  # (a buffer)
+    def __init__(self, lr: float = 10.0, momentum: float = 0.5, n_iter: int = 20, lambda_: float = 0.3,
+                 pref_vector: Tensor | Sequence[float] | None = None, sync_free: bool | None = None) -> None:
         super().__init__(sync_free)
         self.lr, self.momentum, self.n_iter, self.lambda_ = lr, momentum, n_iter, lambda_
         self.register_buffer('pref_vector', None)
         self.pref_vector = pref_vector
         self.register_buffer('w', torch.zeros(0))
 
-    def reset(self): self.w = self.w.new_zeros(0)
+    def reset(self) -> None: self.w = self.w.new_zeros(0)
     _resizable = ('w', 'pref_vector')  # state sized by the number of tasks: loaded at the stored size
 
-    def weights(self, A, sync_free):
+    def weights(self, A: Tensor, sync_free: bool) -> Tensor:
         m, wt = len(A), _pref_weights(self.pref_vector, A)
         w = self.w
         if w.shape != (m,) or w.dtype != A.dtype or w.device != A.device: w = A.new_full((m,), 1 / m)
@@ -603,7 +619,8 @@ class _TwoBatch(Aggregator):
     """An aggregator whose weights come from A = J₁J₂ᵀ of two independent batches and whose direction is Jᵀw
     (`J` defaults to (J₁ + J₂)/2)."""
     parts, from_gramian = 3, False  # J₁, J₂ and J from independent batches; A is no Gramian
-    def forward(self, J1, J2, J=None):
+    # (two batches' Jacobians, and a third's: `parts`)
+    def forward(self, J1: Tensor, J2: Tensor, J: Tensor | None = None) -> Tensor:  # type: ignore[override]
         for nm, M in (('J1', J1), ('J2', J2)) + ((('J', J),) if J is not None else ()):
             _check_matrix(M, nm, square=False)
             if M.shape != J1.shape:
@@ -619,7 +636,8 @@ class SDMGrad(_TwoBatch):
     "SDMGrad: weights from A = J₁J₂ᵀ, direction Jᵀw (`J` defaults to (J₁ + J₂)/2)."
     lr, momentum, n_iter, lambda_ = _Setting(), _Setting(), _Setting(), _Setting()
     pref_vector, sync_free = _Setting(), _Setting()
-    def __init__(self, lr=10.0, momentum=0.5, n_iter=20, lambda_=0.3, pref_vector=None, sync_free=None):
+    def __init__(self, lr: float = 10.0, momentum: float = 0.5, n_iter: int = 20, lambda_: float = 0.3,
+                 pref_vector: Tensor | Sequence[float] | None = None, sync_free: bool | None = None) -> None:
         super().__init__(SDMGradWeighting(lr, momentum, n_iter, lambda_, pref_vector, sync_free))
 
 
@@ -630,7 +648,7 @@ def _normalize_reg(G, norm_eps, reg_eps):
     G = torch.where(tr < norm_eps, 0., G / torch.where(tr < norm_eps, 1., tr))
     return G + reg_eps * torch.eye(len(G), dtype=G.dtype, device=G.device)
 
-def dual_cone_qp(U, G, max_iters=None, sync_free=False):
+def dual_cone_qp(U: Tensor, G: Tensor, max_iters: int | None = None, sync_free: bool = False) -> Tensor:
     """For each row u of `U`, argmin_{w ≥ u} wᵀGw (G positive definite): w = u + v, v ≥ 0 minimising
     ½vᵀGv + vᵀGu."""
     return U + nonneg_qp(G, U @ G, max_iters, sync_free)
@@ -649,12 +667,14 @@ class UPGradWeighting(Weighting):
                  'reg_eps': _number('reg_eps', lambda v: v >= 0, '≥ 0'),
                  'max_iters': _number('max_iters', lambda v: v >= 1, '≥ 1', integer=True, none=True),
                  'projector': _projector_check}
-    def __init__(self, pref_vector=None, norm_eps=1e-4, reg_eps=1e-4, max_iters=None, projector=None, sync_free=None):
+    def __init__(self, pref_vector: Tensor | Sequence[float] | None = None, norm_eps: float = 1e-4,
+                 reg_eps: float = 1e-4, max_iters: int | None = None,
+                 projector: Callable[[Tensor, Tensor], Tensor] | None = None, sync_free: bool | None = None) -> None:
         super().__init__(sync_free)
         self.register_buffer('pref_vector', None)
         self.pref_vector, self.norm_eps, self.reg_eps = pref_vector, norm_eps, reg_eps
         self.max_iters, self.projector = max_iters, projector
-    def _project(self, U, G, sync_free):
+    def _project(self, U: Tensor, G: Tensor, sync_free: bool) -> Tensor:
         """The weights of the projections of the rows of UᵀJ: by `dual_cone_qp` on the normalised, regularised Gramian
         in float64 (float32 rounding would show as a dependence on the tasks' order), or by `projector(U, G)`."""
         H = _hi(G)
@@ -662,33 +682,38 @@ class UPGradWeighting(Weighting):
         if self.projector is not None: return self.projector(U.to(H), H).to(G)
         Hn = _normalize_reg(H, self.norm_eps, self.reg_eps)
         return dual_cone_qp(U.to(H), Hn, self.max_iters, sync_free).to(G.dtype)
-    def weights(self, G, sync_free):
+    def weights(self, G: Tensor, sync_free: bool) -> Tensor:
         return self._project(torch.diag(_pref_weights(self.pref_vector, G)), G, sync_free).sum(0)
 
 class DualProjWeighting(UPGradWeighting):
     """DualProj: the projection of the `pref_vector`-weighted (default: mean) gradient onto the dual cone
     (`pref_vector`: a copy)."""
-    def weights(self, G, sync_free): return self._project(_pref_weights(self.pref_vector, G)[None], G, sync_free)[0]
+    def weights(self, G: Tensor, sync_free: bool) -> Tensor:
+        return self._project(_pref_weights(self.pref_vector, G)[None], G, sync_free)[0]
 
 class UPGrad(Aggregator):
     "UPGrad: the sum of the task gradients' projections onto the dual cone of the Jacobian's rows."
     pref_vector, norm_eps, reg_eps, max_iters = _Setting(), _Setting(), _Setting(), _Setting()
     projector, sync_free = _Setting(), _Setting()
-    def __init__(self, pref_vector=None, norm_eps=1e-4, reg_eps=1e-4, max_iters=None, projector=None, sync_free=None):
+    def __init__(self, pref_vector: Tensor | Sequence[float] | None = None, norm_eps: float = 1e-4,
+                 reg_eps: float = 1e-4, max_iters: int | None = None,
+                 projector: Callable[[Tensor, Tensor], Tensor] | None = None, sync_free: bool | None = None) -> None:
         super().__init__(UPGradWeighting(pref_vector, norm_eps, reg_eps, max_iters, projector, sync_free))
 
 class DualProj(Aggregator):
     "DualProj: the mean gradient projected onto the dual cone of the Jacobian's rows."
     pref_vector, norm_eps, reg_eps, max_iters = _Setting(), _Setting(), _Setting(), _Setting()
     projector, sync_free = _Setting(), _Setting()
-    def __init__(self, pref_vector=None, norm_eps=1e-4, reg_eps=1e-4, max_iters=None, projector=None, sync_free=None):
+    def __init__(self, pref_vector: Tensor | Sequence[float] | None = None, norm_eps: float = 1e-4,
+                 reg_eps: float = 1e-4, max_iters: int | None = None,
+                 projector: Callable[[Tensor, Tensor], Tensor] | None = None, sync_free: bool | None = None) -> None:
         super().__init__(DualProjWeighting(pref_vector, norm_eps, reg_eps, max_iters, projector, sync_free))
 
 # %% ../nbs/20_aggregators.ipynb #9034710c
 class PCGradWeighting(Weighting):
     "PCGrad's weights: each task gradient with its conflicting components removed in random order, summed."
     deterministic = False
-    def weights(self, G, sync_free):
+    def weights(self, G: Tensor, sync_free: bool) -> Tensor:
         m = len(G)
         perms = torch.stack([torch.randperm(m) for _ in range(m)])  # as torchjd draws them, on the CPU
         # (from 32 tasks on, m steps of m × m beat m³ floats)
@@ -720,7 +745,7 @@ class PCGradWeighting(Weighting):
 class IMTLGWeighting(Weighting):
     "IMTL-G: w ∝ G⁺ diag(G)^½, summing to 1. Uses a pseudo-inverse (one host sync on CUDA)."
     # in float64, with the cut-off of G's own precision (its rounding noise is not inverted)
-    def weights(self, G, sync_free):
+    def weights(self, G: Tensor, sync_free: bool) -> Tensor:
         H = _hi(G)
         pinv = torch.linalg.pinv(H, rtol=10 * len(G) * torch.finfo(G.dtype).eps, hermitian=True)
         v = (pinv @ H.diagonal().clamp_min(0).sqrt()).to(G.dtype)
@@ -733,11 +758,12 @@ class AlignedMTLWeighting(Weighting):
     """Aligned-MTL: `pref_vector` (default mean) weights of the orthogonalised, equally scaled gradients (`pref_vector`
     a copy). Uses eigh (one host sync on CUDA)."""
     _settings = {**Weighting._settings, 'pref_vector': _pref, 'scale_mode': _choice('scale_mode', _ALIGNED_SCALES)}
-    def __init__(self, pref_vector=None, scale_mode='min', sync_free=None):
+    def __init__(self, pref_vector: Tensor | Sequence[float] | None = None, scale_mode: str = 'min',
+                 sync_free: bool | None = None) -> None:
         super().__init__(sync_free)
         self.register_buffer('pref_vector', None)
         self.pref_vector, self.scale_mode = pref_vector, scale_mode
-    def weights(self, G, sync_free):
+    def weights(self, G: Tensor, sync_free: bool) -> Tensor:
         m, w = len(G), _pref_weights(self.pref_vector, G)
         lam, V = torch.linalg.eigh(G)
         keep = lam > lam.max() * m * torch.finfo(G.dtype).eps
@@ -754,17 +780,18 @@ class AlignedMTLWeighting(Weighting):
 class PCGrad(Aggregator):
     "PCGrad: task gradients with conflicting components projected out, summed."
     sync_free = _Setting()
-    def __init__(self, sync_free=None): super().__init__(PCGradWeighting(sync_free))
+    def __init__(self, sync_free: bool | None = None) -> None: super().__init__(PCGradWeighting(sync_free))
 
 class IMTLG(Aggregator):
     "IMTL-G: the combination with equal projections on every unit task gradient."
     sync_free = _Setting()
-    def __init__(self, sync_free=None): super().__init__(IMTLGWeighting(sync_free))
+    def __init__(self, sync_free: bool | None = None) -> None: super().__init__(IMTLGWeighting(sync_free))
 
 class AlignedMTL(Aggregator):
     "Aligned-MTL: task gradients made orthogonal and equally scaled, then weighted."
     pref_vector, scale_mode, sync_free = _Setting(), _Setting(), _Setting()
-    def __init__(self, pref_vector=None, scale_mode='min', sync_free=None):
+    def __init__(self, pref_vector: Tensor | Sequence[float] | None = None, scale_mode: str = 'min',
+                 sync_free: bool | None = None) -> None:
         super().__init__(AlignedMTLWeighting(pref_vector, scale_mode, sync_free))
 
 # %% ../nbs/20_aggregators.ipynb #e485ed92
@@ -791,11 +818,11 @@ class CAGradWeighting(Weighting):
     _settings = {**Weighting._settings, 'c': _number('c', lambda v: v >= 0, '≥ 0'),
                  'norm_eps': _number('norm_eps', lambda v: v >= 0, '≥ 0'),
                  'max_iters': _number('max_iters', lambda v: v >= 1, '≥ 1', integer=True)}
-    def __init__(self, c, norm_eps=1e-4, max_iters=50, sync_free=None):
+    def __init__(self, c: float, norm_eps: float = 1e-4, max_iters: int = 50, sync_free: bool | None = None) -> None:
         super().__init__(sync_free)
         self.c, self.norm_eps, self.max_iters = c, norm_eps, max_iters
 
-    def weights(self, G, sync_free):
+    def weights(self, G: Tensor, sync_free: bool) -> Tensor:
         m, eps, dt = len(G), self.norm_eps, G.dtype
         # (eigh reads its status on the host) the directions below the Gramian's rounding are noise: drop them
         if not sync_free:
@@ -833,7 +860,7 @@ class CAGrad(Aggregator):
     """CAGrad: the update that most improves the worst task within a ball of radius c|g₀| around the mean gradient
     g₀."""
     c, norm_eps, max_iters, sync_free = _Setting(), _Setting(), _Setting(), _Setting()
-    def __init__(self, c, norm_eps=1e-4, max_iters=50, sync_free=None):
+    def __init__(self, c: float, norm_eps: float = 1e-4, max_iters: int = 50, sync_free: bool | None = None) -> None:
         super().__init__(CAGradWeighting(c, norm_eps, max_iters, sync_free))
 
 # %% ../nbs/20_aggregators.ipynb #d05bfd85
@@ -878,19 +905,21 @@ class NashMTLWeighting(Weighting):
                  'update_weights_every': _number('update_weights_every', lambda v: v >= 1, '≥ 1', integer=True),
                  'optim_niter': _number('optim_niter', lambda v: v >= 1, '≥ 1', integer=True),
                  'tol': _number('tol', lambda v: v >= 0, '≥ 0')}
-    def __init__(self, n_tasks=None, max_norm=1.0, update_weights_every=1, optim_niter=20, tol=1e-10, sync_free=None):
+    alpha: Tensor  # (a buffer)
+    def __init__(self, n_tasks: int | None = None, max_norm: float = 1.0, update_weights_every: int = 1,
+                 optim_niter: int = 20, tol: float = 1e-10, sync_free: bool | None = None) -> None:
         super().__init__(sync_free)
         self.n_tasks, self.max_norm, self.update_weights_every = n_tasks, max_norm, update_weights_every
         self.optim_niter, self.tol = optim_niter, tol
         self.register_buffer('alpha', torch.zeros(0))
         self.step = 0
 
-    def reset(self): self.alpha, self.step = self.alpha.new_zeros(0), 0
-    def get_extra_state(self): return {'step': self.step}
-    def set_extra_state(self, state): self.step = state['step']
+    def reset(self) -> None: self.alpha, self.step = self.alpha.new_zeros(0), 0
+    def get_extra_state(self) -> dict[str, Any]: return {'step': self.step}
+    def set_extra_state(self, state: Any) -> None: self.step = state['step']
     _resizable = ('alpha',)  # state sized by the number of tasks: loaded at the stored size
 
-    def weights(self, G, sync_free):
+    def weights(self, G: Tensor, sync_free: bool) -> Tensor:
         m = len(G)
         if self.n_tasks is not None and m != self.n_tasks:
             raise ValueError(f"`n_tasks` is {self.n_tasks} but `{self.arg}` is for {m} tasks: "
@@ -921,7 +950,8 @@ class NashMTL(Aggregator):
     optim_niter, tol, sync_free = _Setting(), _Setting(), _Setting()
     # the authors' code back-propagates Σ αᵢLᵢ: head i gets αᵢ∇Lᵢ (see `mtl_backward`)
     head_grads = 'weighted'
-    def __init__(self, n_tasks=None, max_norm=1.0, update_weights_every=1, optim_niter=20, tol=1e-10, sync_free=None):
+    def __init__(self, n_tasks: int | None = None, max_norm: float = 1.0, update_weights_every: int = 1,
+                 optim_niter: int = 20, tol: float = 1e-10, sync_free: bool | None = None) -> None:
         super().__init__(NashMTLWeighting(n_tasks, max_norm, update_weights_every, optim_niter, tol, sync_free))
 
 
@@ -931,16 +961,16 @@ class TrimmedMean(Aggregator):
     rest averaged (Yin et al., ICML 2018)."""
     from_gramian = False  # it reads J's entries, not only J Jᵀ
     _settings = {'trim_number': _number('trim_number', lambda v: v >= 0, '≥ 0', integer=True)}
-    def __init__(self, trim_number):
+    def __init__(self, trim_number: int) -> None:
         nn.Module.__init__(self)
         self.trim_number, self.last_weights = trim_number, None
-    def forward(self, J):
+    def forward(self, J: Tensor) -> Tensor:
         _check_matrix(J, 'J', square=False)
         m, k = len(J), self.trim_number
         if m < 2 * k + 1: raise ValueError(f"`J` should have at least 2·trim_number + 1 = {2 * k + 1} rows; found {m}")
         return J.sort(0).values[k:m - k].mean(0)
-    def __repr__(self): return f'TrimmedMean(trim_number={self.trim_number!r})'
-    def reset(self): pass
+    def __repr__(self) -> str: return f'TrimmedMean(trim_number={self.trim_number!r})'
+    def reset(self) -> None: pass
     needs_losses, deterministic = False, True
 
 class KrumWeighting(Weighting):
@@ -948,10 +978,10 @@ class KrumWeighting(Weighting):
     rows is smallest (Blanchard et al., NeurIPS 2017)."""
     _settings = {**Weighting._settings, 'n_byzantine': _number('n_byzantine', lambda v: v >= 0, '≥ 0', integer=True),
                  'n_selected': _number('n_selected', lambda v: v >= 1, '≥ 1', integer=True)}
-    def __init__(self, n_byzantine, n_selected=1, sync_free=None):
+    def __init__(self, n_byzantine: int, n_selected: int = 1, sync_free: bool | None = None) -> None:
         super().__init__(sync_free)
         self.n_byzantine, self.n_selected = n_byzantine, n_selected
-    def weights(self, G, sync_free):
+    def weights(self, G: Tensor, sync_free: bool) -> Tensor:
         m = len(G)
         if m < max(self.n_byzantine + 3, self.n_selected):
             need = max(self.n_byzantine + 3, self.n_selected)
@@ -979,11 +1009,11 @@ class ConFIGWeighting(Weighting):
     stored as a copy, weighting the unit gradients), of length Σᵢ gᵢ·d̂ (Liu et al., ICLR 2025, eq. 2). Uses a
     pseudo-inverse (one host sync on CUDA)."""
     _settings = {**Weighting._settings, 'pref_vector': _pref}
-    def __init__(self, pref_vector=None, sync_free=None):
+    def __init__(self, pref_vector: Tensor | Sequence[float] | None = None, sync_free: bool | None = None) -> None:
         super().__init__(sync_free)
         self.register_buffer('pref_vector', None)
         self.pref_vector = pref_vector
-    def weights(self, G, sync_free):
+    def weights(self, G: Tensor, sync_free: bool) -> Tensor:
         w = G.new_ones(len(G)) if self.pref_vector is None else _pref_weights(self.pref_vector, G)
         return _config_weights(G, w)
 
@@ -992,10 +1022,10 @@ class FairGradWeighting(Weighting):
     (Ban & Ji, ICML 2024)."""
     _settings = {**Weighting._settings, 'alpha': _number('alpha', lambda v: v >= 0, '≥ 0'),
                  'max_iters': _number('max_iters', lambda v: v >= 1, '≥ 1', integer=True, none=True)}
-    def __init__(self, alpha, max_iters=None, sync_free=None):
+    def __init__(self, alpha: float, max_iters: int | None = None, sync_free: bool | None = None) -> None:
         super().__init__(sync_free)
         self.alpha, self.max_iters = alpha, max_iters
-    def weights(self, G, sync_free):
+    def weights(self, G: Tensor, sync_free: bool) -> Tensor:
         m, a = len(G), self.alpha
         if a == 0: return G.new_full((m,), 1 / m)
         H = _hi(G)
@@ -1016,7 +1046,9 @@ class CRMOGMWeighting(_Wrapping):
     (Zhou et al., NeurIPS 2022); λ₀ = `initial_weights` (a copy) or the first λ̂."""
     _settings = {**Weighting._settings, 'alpha': _number('alpha', lambda v: 0 <= v <= 1, 'in [0, 1]'),
                  'initial_weights': _initial_check}
-    def __init__(self, weighting, alpha=0.9, initial_weights=None, sync_free=None):
+    lam: Tensor  # (a buffer)
+    def __init__(self, weighting: Weighting | Aggregator, alpha: float = 0.9, initial_weights: Tensor | None = None,
+                 sync_free: bool | None = None) -> None:
         super().__init__(sync_free)
         if isinstance(weighting, Aggregator): weighting = weighting.weighting
         if not isinstance(weighting, Weighting):
@@ -1026,11 +1058,11 @@ class CRMOGMWeighting(_Wrapping):
         self.initial_weights = initial_weights
         self.weighting, self.alpha = weighting, alpha
         self.register_buffer('lam', torch.zeros(0))
-    def reset(self):
+    def reset(self) -> None:
         super().reset()
         self.lam = self.lam.new_zeros(0)
     _resizable = ('lam',)  # state sized by the number of tasks: loaded at the stored size
-    def weights(self, G, sync_free):
+    def weights(self, G: Tensor, sync_free: bool) -> Tensor:
         new = self.weighting.weights(G, sync_free)
         prev = self.lam
         if len(prev) not in (0, len(G)):  # (as torchjd: the smoothed weights of other tasks mean nothing for these)
@@ -1041,31 +1073,33 @@ class CRMOGMWeighting(_Wrapping):
             prev = new if self.initial_weights is None else self.initial_weights.to(new)
         self.lam = self.alpha * prev + (1 - self.alpha) * new
         return self.lam
-    def _repr_args(self): return f'{self.weighting!r}, alpha={self.alpha!r}'
+    def _repr_args(self) -> str: return f'{self.weighting!r}, alpha={self.alpha!r}'
 
 class Krum(Aggregator):
     """Krum: the Jacobian's row (or the mean of the `n_selected` rows) closest to its neighbours, robust to
     `n_byzantine` adversarial rows."""
     n_byzantine, n_selected, sync_free = _Setting(), _Setting(), _Setting()
-    def __init__(self, n_byzantine, n_selected=1, sync_free=None):
+    def __init__(self, n_byzantine: int, n_selected: int = 1, sync_free: bool | None = None) -> None:
         super().__init__(KrumWeighting(n_byzantine, n_selected, sync_free))
 
 class ConFIG(Aggregator):
     "ConFIG: the conflict-free direction with equal cosine similarity to every (unit) task gradient."
     pref_vector, sync_free = _Setting(), _Setting()
-    def __init__(self, pref_vector=None, sync_free=None): super().__init__(ConFIGWeighting(pref_vector, sync_free))
+    def __init__(self, pref_vector: Tensor | Sequence[float] | None = None, sync_free: bool | None = None) -> None:
+        super().__init__(ConFIGWeighting(pref_vector, sync_free))
 
 class FairGrad(Aggregator):
     "FairGrad: the α-fair allocation of the update between tasks (α = 1: proportional fairness, as Nash-MTL)."
     alpha, max_iters, sync_free = _Setting(), _Setting(), _Setting()
-    def __init__(self, alpha, max_iters=None, sync_free=None):
+    def __init__(self, alpha: float, max_iters: int | None = None, sync_free: bool | None = None) -> None:
         super().__init__(FairGradWeighting(alpha, max_iters, sync_free))
 
 class CRMOGM(Aggregator):
     """CR-MOGM: another weighting's weights smoothed by an exponential moving average across steps (the smoothed
     weighting is `agg.weighting.weighting`)."""
     alpha, initial_weights, sync_free = _Setting(), _Setting(), _Setting()
-    def __init__(self, weighting, alpha=0.9, initial_weights=None, sync_free=None):
+    def __init__(self, weighting: Weighting | Aggregator, alpha: float = 0.9, initial_weights: Tensor | None = None,
+                 sync_free: bool | None = None) -> None:
         super().__init__(CRMOGMWeighting(weighting, alpha, initial_weights, sync_free))
 
 
@@ -1076,13 +1110,14 @@ class MoDoWeighting(Weighting):
     arg = 'A'
     _settings = {**Weighting._settings, 'gamma': _number('gamma', lambda v: v > 0, '> 0'),
                  'rho': _number('rho', lambda v: v >= 0, '≥ 0')}
-    def __init__(self, gamma=0.1, rho=0.1, sync_free=None):
+    lam: Tensor  # (a buffer)
+    def __init__(self, gamma: float = 0.1, rho: float = 0.1, sync_free: bool | None = None) -> None:
         super().__init__(sync_free)
         self.gamma, self.rho = gamma, rho
         self.register_buffer('lam', torch.zeros(0))
-    def reset(self): self.lam = self.lam.new_zeros(0)
+    def reset(self) -> None: self.lam = self.lam.new_zeros(0)
     _resizable = ('lam',)  # state sized by the number of tasks: loaded at the stored size
-    def weights(self, A, sync_free):
+    def weights(self, A: Tensor, sync_free: bool) -> Tensor:
         m, lam = len(A), self.lam
         if lam.shape != (m,) or lam.dtype != A.dtype or lam.device != A.device: lam = A.new_full((m,), 1 / m)
         lam = project_simplex(lam - self.gamma * (A @ lam + self.rho * lam))
@@ -1094,21 +1129,22 @@ class ExcessMTLWeighting(Weighting):
     from AdaGrad-style sums of squared gradients; reads J itself (m×n state)."""
     _settings = {**Weighting._settings, 'robust_step_size': _number('robust_step_size', lambda v: v > 0, '> 0'),
                  'n_warmup_steps': _number('n_warmup_steps', lambda v: v >= 0, '≥ 0', integer=True)}
-    def __init__(self, robust_step_size=1.0, n_warmup_steps=0, sync_free=None):
+    w: Tensor; sq: Tensor; base: Tensor; warm: Tensor  # (buffers)
+    def __init__(self, robust_step_size: float = 1.0, n_warmup_steps: int = 0, sync_free: bool | None = None) -> None:
         super().__init__(sync_free)
         self.robust_step_size, self.n_warmup_steps = robust_step_size, n_warmup_steps
         for nm in ('w', 'sq', 'base', 'warm'): self.register_buffer(nm, torch.zeros(0))
         self.steps = 0
-    def reset(self):
+    def reset(self) -> None:
         for nm in ('w', 'sq', 'base', 'warm'): self._buffers[nm] = torch.zeros(0)
         self.steps = 0
-    def get_extra_state(self): return {'steps': self.steps}
-    def set_extra_state(self, state): self.steps = state['steps']
+    def get_extra_state(self) -> dict[str, Any]: return {'steps': self.steps}
+    def set_extra_state(self, state: Any) -> None: self.steps = state['steps']
     _resizable = ('w', 'sq', 'base', 'warm')  # state sized by the number of tasks: loaded at the stored size
-    def forward(self, J):
+    def forward(self, J: Tensor) -> Tensor:
         _check_matrix(J, 'J', square=False)
         with torch.no_grad(): return self.from_jacobian(J.detach())
-    def from_jacobian(self, J):
+    def from_jacobian(self, J: Tensor) -> Tensor:
         m = len(J)
         if self.sq.shape != J.shape or self.sq.dtype != J.dtype or self.sq.device != J.device:
             self.sq, self.warm, self.w = J.new_zeros(J.shape), J.new_zeros(m), J.new_full((m,), 1 / m)
@@ -1127,7 +1163,7 @@ class ExcessMTLWeighting(Weighting):
         risk = risk / (self.base + 1e-7)
         self.w = torch.softmax(torch.log(self.w) + self.robust_step_size * risk, 0)  # eq. 9: w ∝ w·exp(η·risk)
         return self.w
-    def weights(self, G, sync_free):
+    def weights(self, G: Tensor, sync_free: bool) -> Tensor:
         raise ValueError("ExcessMTL's weights come from the Jacobian's entries, not from a Gramian: "
                          "use the `ExcessMTL` aggregator")
 
@@ -1135,7 +1171,8 @@ class MoDo(_TwoBatch):
     """MoDo: weights from A = J₁J₂ᵀ of two independent batches by projected gradient steps, direction Jᵀλ (`J`
     defaults to (J₁ + J₂)/2)."""
     gamma, rho, sync_free = _Setting(), _Setting(), _Setting()
-    def __init__(self, gamma=0.1, rho=0.1, sync_free=None): super().__init__(MoDoWeighting(gamma, rho, sync_free))
+    def __init__(self, gamma: float = 0.1, rho: float = 0.1, sync_free: bool | None = None) -> None:
+        super().__init__(MoDoWeighting(gamma, rho, sync_free))
 
 class ExcessMTL(Aggregator):
     "ExcessMTL: the tasks weighted by their excess risks, with an exponentiated-gradient step per call (stateful)."
@@ -1143,9 +1180,10 @@ class ExcessMTL(Aggregator):
     # the authors' code back-propagates Σ wᵢLᵢ: head i gets wᵢ∇Lᵢ (see `mtl_backward`)
     head_grads = 'weighted'
     robust_step_size, n_warmup_steps, sync_free = _Setting(), _Setting(), _Setting()
-    def __init__(self, robust_step_size=1.0, n_warmup_steps=0, sync_free=None):
+    weighting: ExcessMTLWeighting
+    def __init__(self, robust_step_size: float = 1.0, n_warmup_steps: int = 0, sync_free: bool | None = None) -> None:
         super().__init__(ExcessMTLWeighting(robust_step_size, n_warmup_steps, sync_free))
-    def forward(self, J):
+    def forward(self, J: Tensor) -> Tensor:
         _check_matrix(J, 'J', square=False)
         if len(J) == 0:
             self.last_weights = J.new_zeros(0)
@@ -1163,13 +1201,14 @@ class GradVacWeighting(Weighting):
     deterministic = False  # the visiting order is drawn at every call
     _settings = {**Weighting._settings, 'beta': _number('beta', lambda v: 0 <= v <= 1, 'in [0, 1]'),
                  'eps': _number('eps', lambda v: v >= 0, '≥ 0')}
-    def __init__(self, beta=0.5, eps=1e-8, sync_free=None):
+    phi: Tensor  # (a buffer)
+    def __init__(self, beta: float = 0.5, eps: float = 1e-8, sync_free: bool | None = None) -> None:
         super().__init__(sync_free)
         self.beta, self.eps = beta, eps
         self.register_buffer('phi', torch.zeros(0))  # the targets φ̂ᵢⱼ
-    def reset(self): self.phi = self.phi.new_zeros(0)
+    def reset(self) -> None: self.phi = self.phi.new_zeros(0)
     _resizable = ('phi',)  # state sized by the number of tasks: loaded at the stored size
-    def weights(self, G, sync_free):
+    def weights(self, G: Tensor, sync_free: bool) -> Tensor:
         m, eps, beta = len(G), self.eps, self.beta
         phi = self.phi
         if phi.shape != (m, m) or phi.dtype != G.dtype or phi.device != G.device: phi = G.new_zeros(m, m)
@@ -1218,9 +1257,10 @@ class GradVacWeighting(Weighting):
 class GradVac(Aggregator):
     "GradVac: task gradients pulled towards their running target cosine similarities with the others, summed."
     beta, eps, sync_free = _Setting(), _Setting(), _Setting()
-    def __init__(self, beta=0.5, eps=1e-8, sync_free=None): super().__init__(GradVacWeighting(beta, eps, sync_free))
+    def __init__(self, beta: float = 0.5, eps: float = 1e-8, sync_free: bool | None = None) -> None:
+        super().__init__(GradVacWeighting(beta, eps, sync_free))
 
-def _identity(P): return P
+def _identity(P: Tensor) -> Tensor: return P
 
 def _graddrop_f(f):
     if not callable(f): raise ValueError(f"`f` should be a function of the sign purity P (a tensor); found {f!r}")
@@ -1241,11 +1281,14 @@ class GradDrop(Aggregator):
     from_gramian, deterministic = False, False  # it reads J's signs; the masks are random
     needs_losses = False
     _settings = {'f': _graddrop_f, 'leak': _graddrop_leak}
-    def __init__(self, f=_identity, leak=None):
+    f: Callable[[Tensor], Tensor]
+    leak: Tensor | None  # (a buffer)
+    def __init__(self, f: Callable[[Tensor], Tensor] = _identity, leak: Tensor | Sequence[float] | None = None) -> None:
         nn.Module.__init__(self)
         self.register_buffer('leak', None)
-        self.f, self.leak, self.last_weights = f, leak, None
-    def forward(self, J):
+        # (a list as `leak` is checked into a tensor as it is written: `_settings`)
+        self.f, self.leak, self.last_weights = f, leak, None  # type: ignore[assignment]
+    def forward(self, J: Tensor) -> Tensor:
         _check_matrix(J, 'J', square=False)
         m = len(J)
         if self.leak is not None and len(self.leak) != m:
@@ -1260,8 +1303,8 @@ class GradDrop(Aggregator):
             leak = J.new_zeros(m) if self.leak is None else self.leak.to(J)
             keep = leak[:, None] + (1 - leak[:, None]) * M.to(J.dtype)
         return (keep * J).sum(0)
-    def reset(self): pass
-    def __repr__(self): return f'GradDrop(f={self.f!r}, leak={self.leak!r})'
+    def reset(self) -> None: pass
+    def __repr__(self) -> str: return f'GradDrop(f={self.f!r}, leak={self.leak!r})'
 
 
 # %% ../nbs/20_aggregators.ipynb #c0de1711
@@ -1272,16 +1315,17 @@ class DBMTL(Aggregator):
     from_gramian, needs_losses, deterministic = False, True, True
     head_grads = 'log'  # the log reaches the heads too, as in LibMTL (whose first author wrote DB-MTL): ∇Lᵢ/Lᵢ
     _settings = {'beta': _number('beta', lambda v: 0 <= v < 1, 'in [0, 1)')}
-    def __init__(self, beta=0.9):
+    def __init__(self, beta: float = 0.9) -> None:
         nn.Module.__init__(self)
-        self.beta, self.losses, self.last_weights = beta, None, None
+        self.beta, self.last_weights = beta, None
+        self.losses: Tensor | None = None
         self.register_buffer('buf', torch.zeros(0))  # the EMA of the log-loss gradients (m×n)
-    def set_losses(self, losses):
+    def set_losses(self, losses: Tensor) -> None:
         _check_vector(losses, 'losses')
         self.losses = losses.detach()
-    def reset(self): self.buf, self.losses = torch.zeros(0), None
+    def reset(self) -> None: self.buf, self.losses = torch.zeros(0), None
     _resizable = ('buf',)  # state sized by the number of tasks: loaded at the stored size
-    def forward(self, J):
+    def forward(self, J: Tensor) -> Tensor:
         _check_matrix(J, 'J', square=False)
         if self.losses is None:
             raise RuntimeError("DBMTL needs the task losses: call `set_losses(losses)` before each aggregation "
@@ -1298,7 +1342,7 @@ class DBMTL(Aggregator):
             alpha = norms.max() / (norms + 1e-8)
         self.last_weights = alpha
         return alpha @ self.buf
-    def __repr__(self): return f'DBMTL(beta={self.beta!r})'
+    def __repr__(self) -> str: return f'DBMTL(beta={self.beta!r})'
 
 
 # %% ../nbs/20_aggregators.ipynb #c0de1714
@@ -1319,13 +1363,16 @@ class PCDWeighting(Weighting):
     _settings = {**Weighting._settings, 'tau': _tau_check, 'beta': _number('beta', lambda v: 0 <= v < 1, 'in [0, 1)'),
                  'eps': _number('eps', lambda v: v >= 0, '≥ 0'),
                  'max_iters': _number('max_iters', lambda v: v >= 1, '≥ 1', integer=True, none=True)}
-    def __init__(self, tau=0.02, beta=0.999, eps=1e-8, max_iters=None, sync_free=None):
+    tau: float | Tensor  # (a list given is stored as a tensor)
+    def __init__(self, tau: float | Tensor | Sequence[float] = 0.02, beta: float = 0.999, eps: float = 1e-8,
+                 max_iters: int | None = None, sync_free: bool | None = None) -> None:
         super().__init__(sync_free)
-        self.tau, self.beta, self.eps, self.max_iters = tau, beta, eps, max_iters
+        # (a list as `tau` is checked into a tensor as it is written: `_settings`)
+        self.tau, self.beta, self.eps, self.max_iters = tau, beta, eps, max_iters  # type: ignore[assignment]
         self.register_buffer('sq_norm_ema', torch.zeros(0))  # the moving average of ‖gᵢ‖²
         self.register_buffer('decay', torch.zeros(0))  # beta to the number of calls (for the bias correction)
     _resizable = ('sq_norm_ema', 'decay')  # state sized by the number of tasks: loaded at the stored size
-    def reset(self): self.sq_norm_ema, self.decay = torch.zeros(0), torch.zeros(0)
+    def reset(self) -> None: self.sq_norm_ema, self.decay = torch.zeros(0), torch.zeros(0)
     def _taus(self, m, H):
         if not isinstance(self.tau, Tensor): return H.new_full((m - 1,), self.tau)
         if len(self.tau) != m - 1:
@@ -1342,7 +1389,7 @@ class PCDWeighting(Weighting):
         self.decay = torch.where(ok, decay * self.beta, decay)
         den = (self.sq_norm_ema / (1 - self.decay) + self.eps).sqrt()
         return torch.where(den > 0, 1 / torch.where(den > 0, den, 1), 0.)
-    def weights(self, G, sync_free):
+    def weights(self, G: Tensor, sync_free: bool) -> Tensor:
         m, H = len(G), _hi(G)
         sq = H.diagonal()
         s = self._scales(sq)
@@ -1368,6 +1415,8 @@ class PCD(Aggregator):
     """PCD: descent on the first (primary) task, each other task guaranteed the fraction `tau` of its normalised
     progress (stateful: a moving average of the gradients' squared norms)."""
     tau, beta, eps, max_iters, sync_free = _Setting(), _Setting(), _Setting(), _Setting(), _Setting()
-    def __init__(self, tau=0.02, beta=0.999, eps=1e-8, max_iters=None, sync_free=None):
+    def __init__(self, tau: float | Tensor | Sequence[float] = 0.02, beta: float = 0.999, eps: float = 1e-8,
+                 max_iters: int | None = None, sync_free: bool | None = None) -> None:
         super().__init__(PCDWeighting(tau, beta, eps, max_iters, sync_free))
+    
 

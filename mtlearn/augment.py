@@ -19,12 +19,12 @@ _all_ = ['CapturePreds']  # the course's name here; it lives with the learner (`
 __all__ = ['rand_flip', 'rand_crop', 'RandFlip', 'RandCrop', 'rand_erase', 'rand_copy', 'RandErase', 'RandCopy', 'CapturePreds']
 
 # %% ../nbs/14_augment.ipynb #dbdb80de
-def rand_flip(x, p=0.5):
+def rand_flip(x: torch.Tensor, p: float = 0.5) -> torch.Tensor:
     "Mirror each image of batch `x` (N×C×H×W) left-right with probability `p`."
     flip = torch.rand(x.shape[0], device=x.device) < p
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
-def rand_crop(x, pad=2):
+def rand_crop(x: torch.Tensor, pad: int = 2) -> torch.Tensor:
     "Pad batch `x` (N×C×H×W) by `pad` edge pixels and crop each image back to H×W at its own random offset."
     n, c, h, w = x.shape
     xp = (F.pad(x, (pad,)*4, mode='replicate') if pad else x).permute(0, 2, 3, 1)
@@ -39,16 +39,16 @@ def rand_crop(x, pad=2):
 
 class RandFlip(nn.Module):
     "Module form of `rand_flip`, for `BatchTransformCB` or an `nn.Sequential` of augmentations."
-    def __init__(self, p=0.5): super().__init__(); self.p = p
-    def forward(self, x): return rand_flip(x, self.p)
+    def __init__(self, p: float = 0.5) -> None: super().__init__(); self.p = p
+    def forward(self, x: torch.Tensor) -> torch.Tensor: return rand_flip(x, self.p)
 
 class RandCrop(nn.Module):
     "Module form of `rand_crop`."
-    def __init__(self, pad=2): super().__init__(); self.pad = pad
-    def forward(self, x): return rand_crop(x, self.pad)
+    def __init__(self, pad: int = 2) -> None: super().__init__(); self.pad = pad
+    def forward(self, x: torch.Tensor) -> torch.Tensor: return rand_crop(x, self.pad)
 
 # %% ../nbs/14_augment.ipynb #f4a4fedf
-def _rect(x, pct):
+def _rect(x: torch.Tensor, pct: float) -> tuple[int, int, int, int]:
     "Random top-left corner and size of a rectangle covering `pct` of each side of `x`'s images."
     szx, szy = int(pct*x.shape[-2]), int(pct*x.shape[-1])
     return int(random.random()*(1-pct)*x.shape[-2]), int(random.random()*(1-pct)*x.shape[-1]), szx, szy
@@ -59,7 +59,7 @@ def _rand_erase1(x, pct, xm, xs, mn, mx):
     reg = x[:, :, stx:stx+szx, sty:sty+szy]
     reg.copy_((torch.randn_like(reg)*xs + xm).clamp_(mn, mx))
 
-def rand_erase(x, pct=0.2, max_num=4):
+def rand_erase(x: torch.Tensor, pct: float = 0.2, max_num: int = 4) -> torch.Tensor:
     """Up to `max_num` rectangles of `x` replaced, in place, by noise with `x`'s mean and std, clamped to its range;
     returns `x`."""
     xm, xs, mn, mx = x.mean(), x.std(), x.min(), x.max()
@@ -72,7 +72,7 @@ def _rand_copy1(x, pct):
     stx2, sty2, _, _ = _rect(x, pct)
     x[:, :, stx1:stx1+szx, sty1:sty1+szy] = x[:, :, stx2:stx2+szx, sty2:sty2+szy].clone()  # the two may overlap
 
-def rand_copy(x, pct=0.2, max_num=4):
+def rand_copy(x: torch.Tensor, pct: float = 0.2, max_num: int = 4) -> torch.Tensor:
     """Up to `max_num` rectangles of `x` overwritten, in place, by copies of other rectangles of the same images;
     returns `x`."""
     for _ in range(random.randint(0, max_num)): _rand_copy1(x, pct)
@@ -80,10 +80,13 @@ def rand_copy(x, pct=0.2, max_num=4):
 
 class RandErase(nn.Module):
     "Module form of `rand_erase`."
-    def __init__(self, pct=0.2, max_num=4): super().__init__(); self.pct, self.max_num = pct, max_num
-    def forward(self, x): return rand_erase(x, self.pct, self.max_num)
+    def __init__(self, pct: float = 0.2, max_num: int = 4) -> None:
+        super().__init__(); self.pct, self.max_num = pct, max_num
+    def forward(self, x: torch.Tensor) -> torch.Tensor: return rand_erase(x, self.pct, self.max_num)
 
 class RandCopy(nn.Module):
     "Module form of `rand_copy`."
-    def __init__(self, pct=0.2, max_num=4): super().__init__(); self.pct, self.max_num = pct, max_num
-    def forward(self, x): return rand_copy(x, self.pct, self.max_num)
+    def __init__(self, pct: float = 0.2, max_num: int = 4) -> None:
+        super().__init__(); self.pct, self.max_num = pct, max_num
+    def forward(self, x: torch.Tensor) -> torch.Tensor: return rand_copy(x, self.pct, self.max_num)
+    

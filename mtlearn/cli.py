@@ -5,7 +5,9 @@
 # %% ../nbs/90_cli.ipynb #414d05ad
 from __future__ import annotations
 import argparse, ast, inspect, os, time
+from collections.abc import Mapping, Sequence
 from functools import partial
+from typing import TypeVar
 from pathlib import Path
 import matplotlib
 import matplotlib.pyplot as plt
@@ -49,7 +51,9 @@ def _save(out, name):
 
 _say = main_print
 
-def train(epochs=3, bs=256, lr=1e-2, data=None, out='out', device=None, seed=42, lr_find=True):
+def train(epochs: int = 3, bs: int = 256, lr: float = 1e-2, data: str | os.PathLike | None = None,
+          out: str | os.PathLike = 'out', device: str | torch.device | None = None, seed: int = 42,
+          lr_find: bool = True) -> TrainLearner:
     """Train the course's CNN on Fashion-MNIST with a one-cycle schedule; write the plots listed above to `out`; return
     the learner."""
     if not isinstance(epochs, int) or epochs < 1:
@@ -62,7 +66,7 @@ def train(epochs=3, bs=256, lr=1e-2, data=None, out='out', device=None, seed=42,
     learn = TrainLearner(model, dls, F.cross_entropy, cbs=[DeviceCB(dev), DistributedCB()], opt_func=optim.AdamW)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
+    written: list[Path] = []
     if lr_find:
         _say('LR finder: the learning rate grows each batch until the loss diverges...')
         sugg = learn.lr_find(cbs=ProgressCB())
@@ -108,7 +112,9 @@ def _settings(args, what):
     try: return {k.arg: word(k.value) for k in call.keywords}
     except ValueError as e: raise ValueError(f"`{what}` settings: {args!r} holds a value that is not a literal") from e
 
-def make_method(spec, registry, what, n_tasks=2):
+_T = TypeVar('_T')
+
+def make_method(spec: str, registry: Mapping[str, type[_T]], what: str, n_tasks: int = 2) -> _T:
     """The aggregator or loss weighting `spec` names: 'name' or 'name:key=value,...' (e.g. 'cagrad:c=0.4',
     'constant:weights=(0.7,0.3)': a tuple of numbers is a tensor; a `weighting` is an aggregator's name); `n_tasks`
     goes to those that need it."""
@@ -131,8 +137,10 @@ def make_method(spec, registry, what, n_tasks=2):
         kw['weighting'] = make_method(kw['weighting'], AGGREGATORS, what, n_tasks).weighting
     return cls(**kw)
 
-def train_multitask(epochs=3, bs=256, lr=1e-3, data=None, out='out', device=None, seed=42, aggregator='mgda',
-                    n_train=120_000, n_test=20_000, loss_weighting=None):
+def train_multitask(epochs: int = 3, bs: int = 256, lr: float = 1e-3, data: str | os.PathLike | None = None,
+                    out: str | os.PathLike = 'out', device: str | torch.device | None = None, seed: int = 42,
+                    aggregator: str | None = 'mgda', n_train: int = 120_000, n_test: int = 20_000,
+                    loss_weighting: str | None = None) -> TrainLearner:
     """Train the two-head LeNet-style model on Multi-Fashion with `MultiTaskGradCB(aggregator)` and/or
     `LossWeightingCB(loss_weighting)` (each a name, with settings, as `make_method` reads them; None: not used); write
     the task losses and weights to `out`; return the learner."""
@@ -153,7 +161,7 @@ def train_multitask(epochs=3, bs=256, lr=1e-3, data=None, out='out', device=None
     _say(took + (f', {world()} processes' if world() > 1 else ''))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
+    written: list[Path] = []
     mtl = next((cb for cb in learn.cbs if isinstance(cb, MultiTaskGradCB)), None)
     if mtl is not None:
         mtl.plot_losses(names=['left', 'right']); written.append(_save(out, 'task_losses.png'))
@@ -189,7 +197,8 @@ def _parser():
         '(default 120000)')
     return p
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
+
     "The `mtlearn-train` command: bad arguments end with a one-line error, not a traceback."
     p = _parser()
     a = p.parse_args(argv)

@@ -4,7 +4,8 @@
 
 # %% ../nbs/07_conv.ipynb #d20c285c
 from __future__ import annotations
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 import torch
 from torch import nn
 from torch.utils.data import default_collate
@@ -13,7 +14,7 @@ from torch.utils.data import default_collate
 __all__ = ['def_device', 'get_device', 'apply_tensors', 'to_device', 'collate_device', 'conv']
 
 # %% ../nbs/07_conv.ipynb #12b25439
-def _pick_device():
+def _pick_device() -> str:
     if torch.cuda.is_available(): return 'cuda'
     if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available(): return 'mps'
     return 'cpu'
@@ -21,7 +22,7 @@ def _pick_device():
 def_device = _pick_device()
 
 # %% ../nbs/07_conv.ipynb #f90fbb09
-def get_device(device=None):
+def get_device(device: str | torch.device | None = None) -> torch.device:
     "`device` (a string or `torch.device`) checked to exist here; `None` means `def_device`."
     if device is None: return torch.device(def_device)
     try: dev = torch.device(device)
@@ -37,27 +38,32 @@ def get_device(device=None):
     return dev
 
 # %% ../nbs/07_conv.ipynb #d3598c79
-def apply_tensors(f, x):
+def apply_tensors(f: Callable[[torch.Tensor], Any], x: Any) -> Any:
     "Apply `f` to every tensor in `x`, a tensor or a (nested) tuple, list or dict of them; other values are kept."
     if isinstance(x, torch.Tensor): return f(x)
-    if isinstance(x, Mapping): return type(x)({k: apply_tensors(f, v) for k, v in x.items()})
-    if isinstance(x, tuple) and hasattr(x, '_fields'): return type(x)(*(apply_tensors(f, o) for o in x))
-    if isinstance(x, (list, tuple)): return type(x)(apply_tensors(f, o) for o in x)
+    new: Any = type(x)  # the container's own class (a dict subclass, a named tuple)
+    if isinstance(x, Mapping): return new({k: apply_tensors(f, v) for k, v in x.items()})
+    if isinstance(x, tuple) and hasattr(x, '_fields'): return new(*(apply_tensors(f, o) for o in x))
+    if isinstance(x, (list, tuple)): return new(apply_tensors(f, o) for o in x)
     return x
 
 # %% ../nbs/07_conv.ipynb #91ddb857
-def to_device(x, device=def_device, non_blocking=False):
+def to_device(x: Any, device: str | torch.device = def_device, non_blocking: bool = False) -> Any:
     "Move every tensor in `x` to `device`."
     return apply_tensors(lambda t: t.to(device, non_blocking=non_blocking), x)
 
-def collate_device(b):
+def collate_device(b: list) -> Any:
     "Collate `b` and move it to `def_device`."
     return to_device(default_collate(b))
 
 # %% ../nbs/07_conv.ipynb #c0a7d002
-def _is_batchnorm(norm): return isinstance(norm, type) and issubclass(norm, nn.modules.batchnorm._BatchNorm)
+def _is_batchnorm(norm: object) -> bool:
+    return isinstance(norm, type) and issubclass(norm, nn.modules.batchnorm._BatchNorm)
 
-def conv(ni, nf, ks=3, stride=2, act=True, norm=None, bias=None):
+def conv(ni: int, nf: int, ks: int = 3, stride: int = 2, act: bool | Callable[[], nn.Module] | None = True,
+         norm: Callable[[int], nn.Module] | Literal[False] | None = None,
+         bias: bool | str | None = None) -> nn.Module:
+
     """Conv2d from `ni` to `nf` channels (`ks`, `stride`, padding `ks//2`), then `norm(nf)` and the activation `act`
     (True: a ReLU; a class: `act()`; None or False: none). `act=False` without `norm` gives the bare Conv2d, as the
     course's first `conv` does. `bias`: None keeps it, as the course's code does; 'auto' drops it before a batch

@@ -10,10 +10,13 @@ from itertools import zip_longest
 from operator import itemgetter
 from pathlib import Path
 from urllib.parse import urlparse
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, ClassVar, TypeVar
 
 import fastcore.all as fc
 from fastcore.basics import patch
 import numpy as np
+import numpy.typing as npt
 import matplotlib.pyplot as plt
 import PIL.Image
 import torch
@@ -27,7 +30,7 @@ __all__ = ['FASHION_CLASSES', 'FASHION_FEATURES', 'IDX_FILES', 'DEBIAN_FMNIST', 
            'ByteNorm', 'TensorDataLoader', 'show_image', 'subplots', 'get_grid', 'show_images']
 
 # %% ../nbs/05_datasets.ipynb #1a7ad236
-def read_idx(fname, ndim=None):
+def read_idx(fname: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
     "Read an IDX file (gzipped or not) of unsigned bytes into a numpy array, checking magic number, rank and length."
     fname = Path(fname)
     try: raw = fname.read_bytes()
@@ -54,7 +57,7 @@ def read_idx(fname, ndim=None):
     return np.frombuffer(raw, np.uint8, offset=hdr).reshape(shape).copy()
 
 # %% ../nbs/05_datasets.ipynb #ce373acc
-def write_idx(fname, a):
+def write_idx(fname: str | os.PathLike, a: npt.ArrayLike) -> None:
     "Write a uint8 array as a gzipped IDX file."
     a = np.ascontiguousarray(a, dtype=np.uint8)
     hdr = bytes([0, 0, 0x08, a.ndim]) + b''.join(int(d).to_bytes(4, 'big') for d in a.shape)
@@ -82,21 +85,22 @@ SAMPLE_FMNIST = Path(str(importlib.resources.files('mtlearn')))/'data'/'fashion-
 _CACHE_VERSION = 1
 
 # %% ../nbs/05_datasets.ipynb #e12dd688
-_pixels = {}  # (fingerprint, x, y) -> (uint8 images N×C×H×W, labels)
+# (fingerprint, x, y) -> (uint8 images N×C×H×W, labels)
+_pixels: dict[tuple[str, str, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
-def _remember(ds, x, y, xs, ys, max_items=8):
+def _remember(ds: datasets.Dataset, x: str, y: str, xs: torch.Tensor, ys: torch.Tensor, max_items: int = 8) -> None:
     while len(_pixels) >= max_items: _pixels.pop(next(iter(_pixels)))
     _pixels[(ds._fingerprint, x, y)] = (xs, ys)
 
 # %% ../nbs/05_datasets.ipynb #9a5b28c1
-def _png(a):
+def _png(a: np.ndarray) -> dict[str, Any]:
     b = io.BytesIO()
     PIL.Image.fromarray(a).save(b, format='PNG', compress_level=1)
     return {'bytes': b.getvalue(), 'path': None}
 
-def _cache_dir(): return Path(os.environ.get('MTLEARN_CACHE') or Path.home()/'.cache'/'mtlearn')
+def _cache_dir() -> Path: return Path(os.environ.get('MTLEARN_CACHE') or Path.home()/'.cache'/'mtlearn')
 
-def _read_split(folder, split):
+def _read_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     ims_f, lbl_f = (folder/f for f in IDX_FILES[split])
     ims, lbls = read_idx(ims_f, ndim=3), read_idx(lbl_f, ndim=1)
     if len(ims) != len(lbls):
@@ -105,7 +109,7 @@ def _read_split(folder, split):
         raise ValueError(f"`{lbl_f}`: labels should be < {len(FASHION_CLASSES)}, found {lbls.max()}")
     return ims, lbls
 
-def _dd_from_idx(folder):
+def _dd_from_idx(folder: Path) -> DatasetDict:
     "Build (or load from the cache) the `DatasetDict` for the IDX files in `folder`."
     arrays = {s: _read_split(folder, s) for s in IDX_FILES}
     h = hashlib.sha1(str(_CACHE_VERSION).encode())
@@ -139,7 +143,7 @@ def _dd_from_idx(folder):
     return dd
 
 # %% ../nbs/05_datasets.ipynb #b73d2872
-def _from_hub(name='fashion_mnist', timeout=3.):
+def _from_hub(name: str = 'fashion_mnist', timeout: float = 3.) -> DatasetDict | None:
     """The hub's copy, or `None` if the hub cannot be reached (checked quickly, rather than after the hub client's
     retries)."""
     offline = any(
@@ -156,7 +160,7 @@ def _from_hub(name='fashion_mnist', timeout=3.):
         return None
 
 # %% ../nbs/05_datasets.ipynb #27d5d84f
-def _idx_folder(path, what):
+def _idx_folder(path: str | os.PathLike, what: str) -> Path:
     path = Path(path).expanduser()
     missing = [f for fs in IDX_FILES.values() for f in fs if not (path/f).exists()]
     if missing:
@@ -164,7 +168,7 @@ def _idx_folder(path, what):
                                 f"{', '.join(missing)}")
     return path
 
-def load_fashion_mnist(path=None):
+def load_fashion_mnist(path: str | os.PathLike | None = None) -> DatasetDict:
     """Fashion-MNIST as a `DatasetDict` with the hub's schema, from `path`, `$MTLEARN_DATA`, Debian's package, the hub,
     or the shipped sample."""
     if path is not None: return _dd_from_idx(_idx_folder(path, '`path`'))
@@ -181,29 +185,32 @@ def load_fashion_mnist(path=None):
     return _dd_from_idx(SAMPLE_FMNIST)
 
 # %% ../nbs/05_datasets.ipynb #8b42e2a2
-def inplace(f):
+_T = TypeVar('_T')
+
+def inplace(f: Callable[[_T], object]) -> Callable[[_T], _T]:
     "Make `f`, which modifies its argument in place, return that argument."
-    def _f(b):
+    def _f(b: _T) -> _T:
         f(b)
         return b
     return _f
 
 # %% ../nbs/05_datasets.ipynb #39f3572c
-def collate_dict(ds):
+def collate_dict(ds: datasets.Dataset) -> Callable[[list], tuple]:
     "A collate function giving a tuple of batched features, in the order of `ds.features`."
     get = itemgetter(*ds.features)
-    def _f(b): return get(default_collate(b))
+    def _f(b: list) -> tuple: return get(default_collate(b))
     return _f
 
 # %% ../nbs/05_datasets.ipynb #bc53094d
-def to_tensor(im):
+def to_tensor(im: PIL.Image.Image | np.ndarray) -> torch.Tensor:
     "A PIL image or H×W(×C) uint8 array as a float C×H×W tensor in [0, 1], like torchvision's `TF.to_tensor`."
     t = torch.from_numpy(np.array(im))
     t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)
     return t.float().div_(255) if t.dtype == torch.uint8 else t.float()
 
 # %% ../nbs/05_datasets.ipynb #b4b3dc87
-def get_dls(train_ds, valid_ds, bs, **kwargs):
+def get_dls(train_ds: torch.utils.data.Dataset, valid_ds: torch.utils.data.Dataset, bs: int,
+            **kwargs: Any) -> tuple[DataLoader, DataLoader]:
     "Training (shuffled) and validation (batch size `2*bs`) `DataLoader`s."
     return (DataLoader(train_ds, batch_size=bs, shuffle=True, **kwargs),
             DataLoader(valid_ds, batch_size=bs*2, **kwargs))
@@ -211,25 +218,27 @@ def get_dls(train_ds, valid_ds, bs, **kwargs):
 # %% ../nbs/05_datasets.ipynb #c2103734
 class DataLoaders:
     "The training and validation data loaders, as `.train` and `.valid`."
-    def __init__(self, *dls):
+    from_dd_tensors: ClassVar[Callable[..., DataLoaders]]  # (added below, by `patch`)
+    def __init__(self, *dls: Any) -> None:
         if len(dls) < 2:
             raise ValueError(f"`DataLoaders` needs a training and a validation loader; got {len(dls)} loader(s)")
         self.train, self.valid = dls[:2]
 
     @classmethod
-    def from_dd(cls, dd, batch_size, as_tuple=True, **kwargs):
+    def from_dd(cls, dd: DatasetDict, batch_size: int, as_tuple: bool = True, **kwargs: Any) -> DataLoaders:
         """Loaders for the first two splits of `dd` (use `dd.with_transform` for per-item transforms); batches are
         tuples, or dicts if not `as_tuple`."""
         f = collate_dict(dd['train']) if as_tuple else default_collate
-        return cls(*get_dls(*list(dd.values())[:2], bs=batch_size, collate_fn=f, **kwargs))
+        trn, val = list(dd.values())[:2]
+        return cls(*get_dls(trn, val, bs=batch_size, collate_fn=f, **kwargs))
 
 # %% ../nbs/05_datasets.ipynb #ebaab091
-def _column(ds, c):
+def _column(ds: datasets.Dataset, c: str) -> np.ndarray:
     """Column `c` of `ds` as one NumPy array, read in one slice (indexing the column alone reads it row by row: 30×
     slower)."""
     return ds.select_columns([c]).with_format('numpy')[:][c]
 
-def ds_tensors(ds, x='image', y='label'):
+def ds_tensors(ds: datasets.Dataset, x: str = 'image', y: str = 'label') -> tuple[torch.Tensor, torch.Tensor]:
     """Split `ds` as tensors: its images `x` as uint8 N×C×H×W and its labels `y`; decoded once, then remembered
     by the split's fingerprint."""
     key = (ds._fingerprint, x, y)
@@ -257,20 +266,25 @@ def ds_tensors(ds, x='image', y='label'):
 # %% ../nbs/05_datasets.ipynb #f89b8033
 class ByteNorm:
     "Batch transform: uint8 images to float `(x/255 - mean) / std`, flattened to N×(C·H·W) if `flat`."
-    def __init__(self, mean=0., std=1., flat=False, dtype=torch.float32):
+    mean: float; std: float; flat: bool; dtype: torch.dtype  # (stored by `store_attr`)
+    def __init__(self, mean: float = 0., std: float = 1., flat: bool = False,
+                 dtype: torch.dtype = torch.float32) -> None:
         if not std > 0: raise ValueError(f"`std` should be positive; found std = {std}")
         fc.store_attr()
         # a 0-dim tensor: `add` then yields `dtype` from uint8 in one pass
         self._shift = torch.tensor(-mean/std, dtype=dtype)
-    def __call__(self, x):
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.add(self._shift, x, alpha=1/(255*self.std))
         return x.flatten(1) if self.flat else x
-    def __repr__(self): return f'ByteNorm(mean={self.mean}, std={self.std}, flat={self.flat})'
+    def __repr__(self) -> str: return f'ByteNorm(mean={self.mean}, std={self.std}, flat={self.flat})'
 
 # %% ../nbs/05_datasets.ipynb #565b5c02
 class TensorDataLoader:
     "Batches of in-memory `tensors`, one indexing op per tensor per batch, with per-batch `tfms`."
-    def __init__(self, *tensors, batch_size=64, shuffle=False, drop_last=False, tfms=None, device=None, generator=None):
+    batch_size: int; shuffle: bool; drop_last: bool; generator: torch.Generator | None  # (stored by `store_attr`)
+    def __init__(self, *tensors: torch.Tensor, batch_size: int = 64, shuffle: bool = False, drop_last: bool = False,
+                 tfms: Iterable[Callable[[torch.Tensor], Any] | None] | None = None,
+                 device: str | torch.device | None = None, generator: torch.Generator | None = None) -> None:
         if not tensors: raise ValueError("`tensors` should hold at least one tensor; found none")
         n = len(tensors[0])
         for i, t in enumerate(tensors):
@@ -289,7 +303,7 @@ class TensorDataLoader:
         fc.store_attr('batch_size,shuffle,drop_last,generator')
         self.rank, self.world, self.pad = 0, 1, False
 
-    def shard(self, rank, world, pad=True, seed=0):
+    def shard(self, rank: int, world: int, pad: bool = True, seed: int = 0) -> TensorDataLoader:
         """This loader's part on process `rank` of `world`: items `rank::world` of each epoch's order, the same order
         on every process."""
         if not (isinstance(world, int) and world >= 1 and isinstance(rank, int) and 0 <= rank < world):
@@ -300,16 +314,16 @@ class TensorDataLoader:
         if self.shuffle and self.generator is None: o.generator = torch.Generator().manual_seed(seed)
         return o
 
-    def _n(self):
+    def _n(self) -> int:
         "How many items this process sees per epoch."
         n, w = len(self.tensors[0]), self.world
         return -(-n//w) if self.pad else len(range(self.rank, n, w))
 
-    def __len__(self):
+    def __len__(self) -> int:
         n = self._n()
         return n//self.batch_size if self.drop_last else -(-n//self.batch_size)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
         bs, ts = self.batch_size, self.tensors
         n = len(ts[0])
         idxs = torch.randperm(n, generator=self.generator).to(ts[0].device) if self.shuffle else None
@@ -328,20 +342,23 @@ class TensorDataLoader:
 
 # %% ../nbs/05_datasets.ipynb #fe8a983c
 @patch(cls_method=True)
-def from_dd_tensors(cls:DataLoaders, dd, batch_size, x='image', y='label', mean=0., std=1., flat=False, device=None,
-                    generator=None, drop_last=False):
+def from_dd_tensors(cls:DataLoaders, dd: DatasetDict, batch_size: int, x: str = 'image',
+                    y: str | Sequence[str] = 'label', mean: float = 0., std: float = 1., flat: bool = False,
+                    device: str | torch.device | None = None, generator: torch.Generator | None = None,
+                    drop_last: bool = False) -> DataLoaders:
     """Tensor-backed loaders for the first two splits of `dd`: images `x` normalised per batch, labels `y` (a column,
     or several: batches `(x, y_1, ..., y_m)`)."""
     norm = ByteNorm(mean, std, flat)
     ys = [y] if isinstance(y, str) else list(y)
-    def tensors(ds):
+    def tensors(ds: datasets.Dataset) -> tuple[torch.Tensor, ...]:
         xs, y0 = ds_tensors(ds, x, ys[0])  # the images are decoded once, with the first label column
         for c in ys[1:]:
             if c not in ds.features:
                 raise KeyError(f"Column `{c}` is not in the dataset; its columns are {list(ds.features)}")
         return (xs, y0, *[torch.as_tensor(_column(ds, c)) for c in ys[1:]])
     trn, val = (tensors(dd[s]) for s in list(dd.keys())[:2])
-    return cls(
+    # (fastcore's `patch` reads the class from `cls`'s annotation, so it names the class, not `type[DataLoaders]`)
+    return cls(  # type: ignore[operator]
         TensorDataLoader(
             *trn,
             batch_size=batch_size,
@@ -356,7 +373,8 @@ def from_dd_tensors(cls:DataLoaders, dd, batch_size, x='image', y='label', mean=
 
 # %% ../nbs/05_datasets.ipynb #47a7cd06
 @fc.delegates(plt.Axes.imshow)
-def show_image(im, ax=None, figsize=None, title=None, noframe=True, **kwargs):
+def show_image(im: Any, ax: plt.Axes | None = None, figsize: tuple[float, float] | None = None,
+               title: str | None = None, noframe: bool = True, **kwargs: Any) -> plt.Axes:
     "Show a PIL image, array or (C×H×W) tensor on `ax`."
     if fc.hasattrs(im, ('cpu', 'permute', 'detach')):
         im = im.detach().cpu()
@@ -373,7 +391,8 @@ def show_image(im, ax=None, figsize=None, title=None, noframe=True, **kwargs):
 
 # %% ../nbs/05_datasets.ipynb #62d51920
 @fc.delegates(plt.subplots, keep=True)
-def subplots(nrows=1, ncols=1, figsize=None, imsize=3, suptitle=None, **kwargs):
+def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] | None = None, imsize: float = 3,
+             suptitle: str | None = None, **kwargs: Any) -> tuple[plt.Figure, np.ndarray]:
     "A figure and an array of axes, each `imsize` inches square unless `figsize` is given."
     if figsize is None: figsize = (ncols*imsize, nrows*imsize)
     fig, ax = plt.subplots(nrows, ncols, figsize=figsize, **kwargs)
@@ -383,7 +402,8 @@ def subplots(nrows=1, ncols=1, figsize=None, imsize=3, suptitle=None, **kwargs):
 
 # %% ../nbs/05_datasets.ipynb #e6e5384d
 @fc.delegates(subplots)
-def get_grid(n, nrows=None, ncols=None, title=None, weight='bold', size=14, **kwargs):
+def get_grid(n: int, nrows: int | None = None, ncols: int | None = None, title: str | None = None,
+             weight: str = 'bold', size: float = 14, **kwargs: Any) -> tuple[plt.Figure, np.ndarray]:
     "A grid of axes for `n` images, as square as possible unless `nrows` or `ncols` is given; unused axes are hidden."
     if nrows: ncols = ncols or int(np.ceil(n/nrows))
     elif ncols: nrows = int(np.ceil(n/ncols))
@@ -397,7 +417,9 @@ def get_grid(n, nrows=None, ncols=None, title=None, weight='bold', size=14, **kw
 
 # %% ../nbs/05_datasets.ipynb #0bf068df
 @fc.delegates(subplots)
-def show_images(ims, nrows=None, ncols=None, titles=None, **kwargs):
+def show_images(ims: Sequence[Any], nrows: int | None = None, ncols: int | None = None,
+                titles: Sequence[str] | None = None, **kwargs: Any) -> None:
+
     "Show `ims` in a grid, with optional `titles`."
     axs = get_grid(len(ims), nrows, ncols, **kwargs)[1].flat
     for im, t, ax in zip_longest(ims, titles or [], axs): show_image(im, ax=ax, title=t)

@@ -5,6 +5,8 @@
 # %% ../nbs/11_init.ipynb #5223de56
 from __future__ import annotations
 import gc, sys
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 import fastcore.all as fc
 import matplotlib.pyplot as plt
 import torch
@@ -21,7 +23,7 @@ __all__ = ['clean_ipython_hist', 'clean_tb', 'clean_mem', 'BatchTransformCB', 'G
            'init_weights', 'lsuv_init', 'conv']
 
 # %% ../nbs/11_init.ipynb #2e3ebd75
-def clean_ipython_hist():
+def clean_ipython_hist() -> None:
     "Clear IPython's input/output history (which keeps references to old results)."
     ip = sys.modules['IPython'].get_ipython() if 'IPython' in sys.modules else None
     if ip is None: return
@@ -35,12 +37,12 @@ def clean_ipython_hist():
         if hasattr(hm, nm): getattr(hm, nm)[:] = [''] * pc
     hm._i = hm._ii = hm._iii = hm._i00 = ''
 
-def clean_tb():
+def clean_tb() -> None:
     "Drop the last traceback (and the frames it keeps alive)."
     for attr in ('last_traceback', 'last_type', 'last_value', 'last_exc'):
         if hasattr(sys, attr): delattr(sys, attr)
 
-def clean_mem():
+def clean_mem() -> None:
     "Free what a notebook holds on to, then collect garbage and empty the CUDA cache."
     clean_tb()
     clean_ipython_hist()
@@ -50,28 +52,30 @@ def clean_mem():
 # %% ../nbs/11_init.ipynb #742d0f18
 class BatchTransformCB(Callback):
     "Apply `tfm` to each batch in `before_batch`, in training and/or validation."
-    def __init__(self, tfm, on_train=True, on_val=True):
+    tfm: Callable[[Any], Any]; on_train: bool; on_val: bool  # (stored by `store_attr`)
+    def __init__(self, tfm: Callable[[Any], Any], on_train: bool = True, on_val: bool = True) -> None:
         if not callable(tfm): raise TypeError(f"`tfm` should be a function of the batch; found {tfm!r}")
         fc.store_attr()
-    def before_batch(self, learn):
+    def before_batch(self, learn: Learner) -> None:
         if (self.on_train and learn.training) or (self.on_val and not learn.training):
             learn.batch = self.tfm(learn.batch)
 
 # %% ../nbs/11_init.ipynb #f85a4ce3
 class GeneralRelu(nn.Module):
     "ReLU with optional leak, downward shift `sub` and maximum `maxv`."
-    def __init__(self, leak=None, sub=None, maxv=None):
+    def __init__(self, leak: float | None = None, sub: float | None = None, maxv: float | None = None) -> None:
         super().__init__()
         self.leak, self.sub, self.maxv = leak, sub, maxv
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.leaky_relu(x, self.leak) if self.leak is not None else F.relu(x)
         if self.sub is not None: x = x - self.sub
         if self.maxv is not None: x = x.clamp_max(self.maxv)
         return x
-    def extra_repr(self): return f'leak={self.leak}, sub={self.sub}, maxv={self.maxv}'
+    def extra_repr(self) -> str: return f'leak={self.leak}, sub={self.sub}, maxv={self.maxv}'
 
 # %% ../nbs/11_init.ipynb #5342e31f
-def plot_func(f, start=-5., end=5., steps=100, ax=None):
+def plot_func(f: Callable[[torch.Tensor], torch.Tensor], start: float = -5., end: float = 5., steps: int = 100,
+              ax: plt.Axes | None = None) -> plt.Axes:
     "Plot `f` over [`start`, `end`] with axes through the origin."
     x = torch.linspace(start, end, steps)
     if ax is None: _, ax = plt.subplots(figsize=(4, 3))
@@ -84,7 +88,9 @@ def plot_func(f, start=-5., end=5., steps=100, ax=None):
 # %% ../nbs/11_init.ipynb #1bf6fd53
 _all_ = ['conv']  # the one `conv` (`07_conv`): its `norm` and `bias` are the course's later version
 
-def get_model(act=nn.ReLU, nfs=None, norm=None, bias=None):
+def get_model(act: bool | Callable[[], nn.Module] | None = nn.ReLU, nfs: Sequence[int] | None = None,
+              norm: Callable[[int], nn.Module] | Literal[False] | None = None,
+              bias: bool | str | None = None) -> nn.Sequential:
     """The course's CNN: `conv` layers through `nfs` channels (default 1, 8, 16, 32, 64), then a conv to 10 logits;
     `bias` as in `conv`."""
     if nfs is None: nfs = [1, 8, 16, 32, 64]
@@ -92,7 +98,7 @@ def get_model(act=nn.ReLU, nfs=None, norm=None, bias=None):
     return nn.Sequential(*layers, conv(nfs[-1], 10, act=None, norm=False, bias=True), nn.Flatten()).to(def_device)
 
 # %% ../nbs/11_init.ipynb #4a47e1b4
-def init_weights(m, leaky=0.):
+def init_weights(m: nn.Module, leaky: float = 0.) -> None:
     "Kaiming-normal initialisation of convolution weights, for a ReLU with negative slope `leaky`."
     if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)): init.kaiming_normal_(m.weight, a=leaky)
 
@@ -101,9 +107,11 @@ def _lsuv_stats(hook, mod, inp, outp):
     acts = outp.detach().float()
     hook.mean, hook.std = acts.mean().item(), acts.std().item()  # an init-time loop that decides on these values
 
-def lsuv_init(model, m, m_in, xb, tol=1e-3, max_iters=50):
+def lsuv_init(model: nn.Module, m: nn.Module, m_in: nn.Module, xb: torch.Tensor, tol: float = 1e-3,
+              max_iters: int = 50) -> None:
     "Scale `m_in`'s weight and shift its bias until the output of `m` on `xb` has mean 0 and std 1."
-    h = Hook(m, _lsuv_stats)
+    h: Any = Hook(m, _lsuv_stats)  # (`_lsuv_stats` sets its `mean` and `std`)
+
     try:
         with torch.no_grad():
             for _ in range(max_iters):

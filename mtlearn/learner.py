@@ -4,15 +4,18 @@
 
 # %% ../nbs/09_learner.ipynb #66328e2a
 from __future__ import annotations
-import difflib, io, math, numbers, re, shutil, sys, time, warnings
+import difflib, io, math, numbers, os, re, shutil, sys, time, warnings
 from contextlib import contextmanager
 from copy import copy, deepcopy
 from operator import attrgetter
 from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import fastcore.all as fc
 from fastcore.basics import patch
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -23,6 +26,7 @@ from fastprogress.fastprogress import master_bar, progress_bar, format_time, IN_
 from .datasets import show_images, ByteNorm
 from .conv import get_device, to_device, apply_tensors
 from .procs import *
+if TYPE_CHECKING: from mtlearn.sgd import RecorderCB  # (for a type hint only: `sgd` imports this module)
 
 # %% auto #0
 __all__ = ['CancelException', 'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'CancelBackwardException',
@@ -45,19 +49,20 @@ class CancelStepException(CancelException): "Skip the optimiser step this batch 
 # %% ../nbs/09_learner.ipynb #1a6587f9
 class Callback():
     "Base class for callbacks: methods named after events receive the learner; `order` sets who runs first."
-    order = 0
-    name = None  # the key of its state in a checkpoint (see `state_key`); set it to tell two of a kind apart
+    order: int = 0
+    # the key of its state in a checkpoint (see `state_key`); set it to tell two of a kind apart
+    name: str | None = None
 
-def state_key(cb):
+def state_key(cb: Callback) -> str:
     """The key of `cb`'s state in a checkpoint: its `name` if set, else its class name, with the `monitor` it watches
     if any."""
-    if getattr(cb, 'name', None) is not None: return cb.name
+    if (nm := getattr(cb, 'name', None)) is not None: return nm
     m = getattr(cb, 'monitor', None)
     return type(cb).__name__ + (f'({m})' if isinstance(m, str) else '')
 
-def state_keys(cbs):
+def state_keys(cbs: Iterable[Callback]) -> dict[str, Any]:
     "The callbacks of `cbs` that have state (`state_dict`), by `state_key`; two with one key are refused, naming both."
-    out = {}
+    out: dict[str, Any] = {}
     for cb in cbs:
         if not callable(getattr(cb, 'state_dict', None)): continue
         k = state_key(cb)
@@ -70,24 +75,25 @@ def state_keys(cbs):
     return out
 
 # %% ../nbs/09_learner.ipynb #a3c428ec
-def _call_cb(cb, nm, method, learn):
+def _call_cb(cb: Callback, nm: str, method: Callable[[Any], object], learn: Any) -> None:
     try: method(learn)
     except CancelException: raise
     except Exception as e:
         e.add_note(f"(raised in {type(cb).__name__}.{nm})")
         raise
 
-def run_cbs(cbs, method_nm, learn=None):
+def run_cbs(cbs: Iterable[Callback], method_nm: str, learn: Learner | None = None) -> None:
     "Call `method_nm(learn)` on every callback in `cbs` that has it, in `order`."
     for cb in sorted(cbs, key=attrgetter('order')):
         method = getattr(cb, method_nm, None)
         if method is not None: _call_cb(cb, method_nm, method, learn)
 
 # %% ../nbs/09_learner.ipynb #869196a3
-_cancels = {'fit': CancelFitException, 'epoch': CancelEpochException, 'batch': CancelBatchException,
-            'backward': CancelBackwardException, 'step': CancelStepException}
+_cancels: dict[str, type[CancelException]] = {
+    'fit': CancelFitException, 'epoch': CancelEpochException, 'batch': CancelBatchException,
+    'backward': CancelBackwardException, 'step': CancelStepException}
 
-def _cleanup(o, nm, exc=None):
+def _cleanup(o: Learner, nm: str, exc: BaseException | None = None) -> None:
     """Run every callback's `nm` even if some raise. With `exc` in flight (not a cancel), their errors become notes on
     it; else the first is raised."""
     errs = []
@@ -98,18 +104,19 @@ def _cleanup(o, nm, exc=None):
             errs.append(e)
     if not errs: return
     if exc is not None and not isinstance(exc, CancelException):
-        for e in errs: exc.add_note(f"(then, while cleaning up, {type(e).__name__}: {e} {' '.join(e.__notes__)})")
+        for err in errs:
+            exc.add_note(f"(then, while cleaning up, {type(err).__name__}: {err} {' '.join(err.__notes__)})")
         return
-    for e in errs[1:]: errs[0].add_note(f"(and {type(e).__name__}: {e} {' '.join(e.__notes__)})")
+    for err in errs[1:]: errs[0].add_note(f"(and {type(err).__name__}: {err} {' '.join(err.__notes__)})")
     raise errs[0]
 
 class with_cbs:
     """Decorator running `before_{nm}`, the method, `after_{nm}`; `Cancel{Nm}Exception` skips to `cleanup_{nm}`, which
     always runs, for every callback."""
-    def __init__(self, nm): self.nm, self.exc = nm, _cancels[nm]
-    def __call__(self, f):
+    def __init__(self, nm: str) -> None: self.nm, self.exc = nm, _cancels[nm]
+    def __call__(self, f: Callable[..., object]) -> Callable[..., None]:
         nm, exc = self.nm, self.exc
-        def _f(o, *args, **kwargs):
+        def _f(o: Learner, *args: Any, **kwargs: Any) -> None:
             try:
                 o.callback(f'before_{nm}')
                 f(o, *args, **kwargs)
@@ -122,13 +129,13 @@ class with_cbs:
         return _f
 
 # %% ../nbs/09_learner.ipynb #ac9192d9
-def cb_list(cbs):
+def cb_list(cbs: Callback | Iterable[Callback] | None) -> fc.L:
     """An `fc.L` of callbacks from None, one callback, or an iterable of them (a callback that is itself iterable, like
     `HooksCallback`, counts as one)."""
     return fc.L([cbs]) if isinstance(cbs, Callback) else fc.L(cbs)
 
 # %% ../nbs/09_learner.ipynb #b1a7c0de
-def split_batch(batch, n_inp=1):
+def split_batch(batch: Sequence[Any], n_inp: int = 1) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
     """A batch as `(inputs, targets)`, two tuples: its first `n_inp` items and the rest (a target may be a dict of per-
     task targets)."""
     if isinstance(batch, dict):
@@ -142,12 +149,13 @@ def split_batch(batch, n_inp=1):
     return tuple(batch[:n_inp]), tuple(batch[n_inp:])
 
 # %% ../nbs/09_learner.ipynb #c0de0102
-def _get_rng(dl=None):
+def _get_rng(dl: Any = None) -> dict[str, Any]:
     """Every random state a training run draws from: torch (CPU and each GPU), numpy, Python's, and the loader's own
     generator."""
     import numpy as np, random
     v, keys, gauss = random.getstate()
-    kind, nkeys, pos, has_gauss, cached = np.random.get_state()
+    state: Any = np.random.get_state()  # (numpy's legacy tuple)
+    kind, nkeys, pos, has_gauss, cached = state
     s = {'torch': torch.get_rng_state(), 'python': (v, torch.tensor(keys), gauss),
          'numpy': (kind, torch.from_numpy(nkeys.astype('int64')), pos, has_gauss, cached)}
     if torch.cuda.is_available(): s['cuda'] = torch.cuda.get_rng_state_all()
@@ -155,7 +163,7 @@ def _get_rng(dl=None):
     if isinstance(g, torch.Generator): s['loader'] = g.get_state()
     return s
 
-def _set_rng(s, dl=None):
+def _set_rng(s: dict[str, Any], dl: Any = None) -> None:
     import numpy as np, random
     torch.set_rng_state(s['torch'])
     v, keys, gauss = s['python']
@@ -166,7 +174,7 @@ def _set_rng(s, dl=None):
     g = getattr(dl, 'generator', None)
     if 'loader' in s and isinstance(g, torch.Generator): g.set_state(s['loader'])
 
-def _mine(states, path=None):
+def _mine(states: Any, path: Any = None) -> Any:
     """This process's random states from a checkpoint's list of every process's; a checkpoint of another number of
     processes gets a warning, since the resumed run then draws other numbers."""
     if states is None or isinstance(states, dict): return states  # (a dict: one process's, from an older mtlearn)
@@ -179,18 +187,21 @@ def _mine(states, path=None):
 class RunState:
     """Where a fit stands and what it resumes from, in one place: the position (epoch, batches done, phase), the random
     states, and what `Learner.load` read for the next fit. The learner's loop tells it each step; `save` asks it."""
-    def __init__(self):
-        self.loaded = {}  # from `load`, for the next fit: 'pos', 'state' (the callbacks'), 'opt'
-        self.resume = None  # the position this fit resumes from, until the loop reaches it
-        self.done = None  # (epoch, batches done, training phase done): what a checkpoint records
-        self.rng_epoch, self._at, self._trained = None, None, None
+    def __init__(self) -> None:
+        self.loaded: dict[str, Any] = {}  # from `load`, for the next fit: 'pos', 'state' (the callbacks'), 'opt'
+        self.resume: dict[str, Any] | None = None  # the position this fit resumes from, until the loop reaches it
+        # (epoch, batches done, training phase done): what a checkpoint records
+        self.done: tuple[int, int, bool] | None = None
+        self.rng_epoch: dict[str, Any] | None = None
+        self._at: dict[str, Any] | None = None
+        self._trained: int | None = None
 
-    def read(self, ckpt, with_opt=True):
+    def read(self, ckpt: dict[str, Any], with_opt: bool = True) -> None:
         "Keep what checkpoint `ckpt` (a dict, as `Learner.save` wrote it) holds for the next fit."
         self.loaded = {k: ckpt[k] for k in ('pos',) if k in ckpt}
         if 'state' in ckpt or 'cbs' in ckpt: self.loaded['state'] = ckpt.get('state', ckpt.get('cbs'))
         if with_opt and 'opt' in ckpt: self.loaded['opt'] = ckpt['opt']
-    def start(self, path=None):
+    def start(self, path: str | os.PathLike | None = None) -> dict[str, Any] | None:
         """The position a fit resumes from: that of the checkpoint loaded from `path`, or None without `path` (a plain
         `load` carries the state over, not the run's position)."""
         pos = self.loaded.pop('pos', None)
@@ -205,7 +216,7 @@ class RunState:
         self.resume = pos
         return pos
 
-    def begin_fit(self, learn):
+    def begin_fit(self, learn: Learner) -> None:
         """Give the callbacks their saved states; restore the random states now, unless the fit resumes inside an
         epoch (`begin_epoch` does it there, after the epoch's set-up)."""
         r = self.resume or {}
@@ -215,10 +226,10 @@ class RunState:
             self._restore(learn, r)
             if 'rng' in r: _set_rng(r['rng'], getattr(learn.dls, 'train', None))
             self.resume = None
-    def trained(self, epoch):
+    def trained(self, epoch: int) -> bool:
         "Whether `epoch`'s training phase was done before the checkpoint this fit resumes from."
         return epoch == self._trained
-    def begin_epoch(self, learn):
+    def begin_epoch(self, learn: Learner) -> None:
         "At the epoch a fit resumes inside: the same data order, then the states; remember the order for `save`."
         r, self.resume = (self.resume, None) if learn.training else (None, self.resume)
         if r is not None:
@@ -226,7 +237,7 @@ class RunState:
             self._restore(learn, r)
         if learn.training: self.rng_epoch = _get_rng(learn.dls.train)
         self._at = r
-    def skip(self, learn):
+    def skip(self, learn: Learner) -> bool:
         "Whether batch `learn.iter` was done before the checkpoint; at the first one that was not, the random states."
         r = self._at
         if r is None: return False
@@ -234,22 +245,24 @@ class RunState:
         _set_rng(r['rng'], learn.dls.train)
         self._at = None
         return False
-    def batch_done(self, learn): self.done = (learn.epoch, learn.iter + 1, False)
-    def end_epoch(self, learn):
+    def batch_done(self, learn: Learner) -> None: self.done = (learn.epoch, learn.iter + 1, False)
+    def end_epoch(self, learn: Learner) -> None:
         if self._at is not None: _set_rng(self._at['rng'], learn.dls.train)  # saved after the epoch's last batch
         self._at = None
-        if learn.training and learn._valid: self.done = (learn.epoch, self.done[1], True)
+        if learn.training and learn._valid:
+            assert self.done is not None  # (`batch_done` or `fit` set it)
+            self.done = (learn.epoch, self.done[1], True)
         else: self.done = (learn.epoch + 1, 0, False)
-    def end_fit(self): self.resume, self._at = None, None
+    def end_fit(self) -> None: self.resume, self._at = None, None
 
-    def _restore(self, learn, r):
+    def _restore(self, learn: Learner, r: dict[str, Any]) -> None:
         """Give the callbacks their saved state, and the optimiser's param groups their saved hyperparameters (which
         the callbacks' set-up may have changed)."""
         if r.get('state') is not None: learn._load_states(r['state'], resuming='epoch' in r)
         if r.get('opt') is not None:  # in place: schedulers and recorders hold these dicts
             for g, s in zip(learn.opt.param_groups, r['opt']['param_groups']):
                 g.update({k: v for k, v in s.items() if k != 'params'})
-    def position(self, dl=None):
+    def position(self, dl: Any = None) -> dict[str, Any] | None:
         """What a checkpoint records of the run (None outside a fit): the position, every process's random states (a
         collective), and inside an epoch the states its data order came from."""
         if self.done is None: return None
@@ -270,10 +283,39 @@ _EVENTS = tuple(
 class Learner():
     """Trains `model` on `dls` with `loss_func` and an optimiser from `opt_func(params, lr)`; callbacks `cbs` do the
     rest."""
-    _steps = ('predict', 'get_loss', 'backward', 'step', 'zero_grad')
+    _steps: tuple[str, ...] = ('predict', 'get_loss', 'backward', 'step', 'zero_grad')
     events = _EVENTS + _steps  # every method name a callback may have that the learner calls
     n_inp = 1
-    def __init__(self, model, dls=(0,), loss_func=F.mse_loss, lr=0.1, cbs=None, opt_func=optim.SGD):
+    # the constructor's arguments (kept by `store_attr`), and what the loop and the callbacks set on the learner
+    model: nn.Module
+    dls: Any  # anything with a `.train` and a `.valid` loader: a `DataLoaders`, say
+    loss_func: Callable[..., torch.Tensor]
+    lr: float | None
+    cbs: fc.L  # of `Callback`s
+    opt_func: Callable[..., optim.Optimizer] | None
+    epoch: int
+    n_epochs: int
+    epochs: Iterable[int]
+    dl: Any
+    iter: int
+    batch: Any
+    preds: Any
+    loss: torch.Tensor
+    losses: torch.Tensor | None
+    metrics: MetricsCB
+    guard: GuardCB | None
+    lr_finder: LRFinderCB
+    recorder: RecorderCB
+    opt: Any  # the optimiser (None before the first fit)
+    scaler: Any  # a gradient scaler, or None
+    run: RunState
+    history: list[dict[str, Any]]
+    _events: dict[Any, Any] | None
+    _sorted_cbs: list[Callback]
+    _do: dict[str, Any]
+    def __init__(self, model: nn.Module, dls: Any = (0,), loss_func: Callable[..., torch.Tensor] = F.mse_loss,
+                 lr: float | None = 0.1, cbs: Callback | Iterable[Callback] | None = None,
+                 opt_func: Callable[..., optim.Optimizer] | None = optim.SGD) -> None:
         cbs = cb_list(cbs)
         fc.store_attr()
         self.opt, self._events, self.scaler, self._unscaled, self.grad_factor = None, None, None, False, 1.
@@ -302,11 +344,11 @@ class Learner():
         self._stepped = True
 
     @property
-    def xb(self):
+    def xb(self) -> tuple[Any, ...]:
         "The batch's inputs, a tuple (the first `n_inp` items)."
         return split_batch(self.batch, self.n_inp)[0]
     @property
-    def yb(self):
+    def yb(self) -> tuple[Any, ...]:
         "The batch's targets, a tuple (the items after the inputs)."
         return split_batch(self.batch, self.n_inp)[1]
 
@@ -326,7 +368,7 @@ class Learner():
             if not self.run.skip(self): self._one_batch()
         self.run.end_epoch(self)
 
-    def one_epoch(self, training):
+    def one_epoch(self, training: bool) -> None:
         "One pass over the training (or validation) data."
         self.model.train(training)
         self.dl = self.dls.train if training else self.dls.valid
@@ -340,7 +382,9 @@ class Learner():
             if valid:
                 with torch.no_grad(): self.one_epoch(False)
 
-    def fit(self, n_epochs=1, train=True, valid=True, cbs=None, lr=None, resume=None):
+    def fit(self, n_epochs: int = 1, train: bool = True, valid: bool = True,
+            cbs: Callback | Iterable[Callback] | None = None, lr: float | None = None,
+            resume: str | os.PathLike | None = None) -> None:
         """Train for `n_epochs` with a fresh optimiser at `lr` (default `self.lr`); `cbs` are added for this fit only;
         `resume`: a checkpoint to continue from."""
         _check_fit(self, n_epochs, train, valid)
@@ -348,8 +392,8 @@ class Learner():
             self.load(resume)
             lr = None  # the saved learning rates and momenta are the run's, whatever `lr` says
         pos = self.run.start(resume)
-        cbs = cb_list(cbs)
-        for cb in cbs: self.cbs.append(cb)
+        added = cb_list(cbs)
+        for cb in added: self.cbs.append(cb)
         try:
             self.n_epochs, self.epochs, self._valid = n_epochs, range(pos['epoch'] if pos else 0, n_epochs), valid
             if pos is None: self.history = []
@@ -366,9 +410,9 @@ class Learner():
         finally:
             self._events = None
             self.run.end_fit()
-            for cb in cbs: self.cbs.remove(cb)
+            for cb in added: self.cbs.remove(cb)
 
-    def _methods(self, method_nm):
+    def _methods(self, method_nm: str) -> list[tuple[Callback, Callable[[Any], object]]]:
         "The (callback, method) pairs for event `method_nm`, in `order`; looked up once per fit."
         if self._events is None:
             return [
@@ -383,24 +427,24 @@ class Learner():
             ]
         return ms
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         # a plain Learner's training steps are its callbacks'
         if name in type(self)._steps and (fn := self._owner(name)[1]) is not None: return fn
         raise AttributeError(name)
 
-    def callback(self, method_nm):
+    def callback(self, method_nm: str) -> None:
         "Run event `method_nm` on the callbacks."
         for cb, m in self._methods(method_nm): _call_cb(cb, method_nm, m, self)
 
     @property
-    def training(self): return self.model.training
+    def training(self) -> bool: return self.model.training
     @property
-    def last_phase(self):
+    def last_phase(self) -> bool:
         "Whether the phase now running ends the epoch: validation, or training in a fit without validation."
         return not self.training or not self._valid
 
 # %% ../nbs/09_learner.ipynb #chk00001
-def _check_cbs(learn, train=True):
+def _check_cbs(learn: Learner, train: bool = True) -> None:
     """Refuse, before anything runs, a fit whose callbacks cannot work together: a step replaced twice or by a
     callback without it, a step nobody does, two states under one key, a misspelt event."""
     for cb in learn._sorted_cbs:
@@ -429,7 +473,7 @@ def _check_cbs(learn, train=True):
                 raise ValueError(f"{type(cb).__name__}.{nm} is not an event of the Learner, so it would never "
                                  f"run{hint}")
 
-def _check_fit(learn, n_epochs, train, valid):
+def _check_fit(learn: Learner, n_epochs: int, train: bool, valid: bool) -> None:
     "`fit`'s arguments checked before anything changes."
     if isinstance(n_epochs, bool) or not isinstance(n_epochs, int) or n_epochs < 0:
         raise ValueError(f"`n_epochs` should be a non-negative int; found n_epochs = {n_epochs!r}")
@@ -439,7 +483,7 @@ def _check_fit(learn, n_epochs, train, valid):
                              f"{type(learn.dls).__name__} without one")
 
 @patch
-def _new_opt(self:Learner, lr):
+def _new_opt(self:Learner, lr: float | None) -> None:
     """A fresh optimiser at `lr` (default `self.lr`) that takes over any state `load` left pending; an explicit
     `lr` wins over the loaded one."""
     explicit, state = lr is not None, self.run.loaded.pop('opt', None)
@@ -456,13 +500,13 @@ def _new_opt(self:Learner, lr):
 
 # %% ../nbs/09_learner.ipynb #stp00001
 @patch
-def step_owner(self:Learner, step):
+def step_owner(self:Learner, step: str) -> Learner | Callback | None:
     """Who does training step `step` (one of `Learner._steps`) in this fit: the callback that lists it in its
     `replaces`, else the learner (if its class has the method), else the first callback, in order, that has it;
     None if nobody does."""
     return self._owner(step)[0]
 @patch
-def _owner(self:Learner, step):
+def _owner(self:Learner, step: str) -> tuple[Learner | Callback | None, Callable[[], object] | None]:
     "`step`'s owner and the function that runs it; looked up once per fit."
     got = self._events.get(('owner', step)) if self._events is not None else None
     if got is not None: return got
@@ -477,20 +521,20 @@ def _owner(self:Learner, step):
     return who, fn
 
 @patch
-def scaled(self:Learner, t):
+def scaled(self:Learner, t: torch.Tensor) -> torch.Tensor:
     """What to back-propagate for `t`: `t` times `grad_factor` and the gradient scaler's scale (`learn.scaler`), if
     any."""
     if self.grad_factor != 1: t = t * self.grad_factor
     return t if self.scaler is None else self.scaler.scale(t)
 @patch
-def unscale_(self:Learner):
+def unscale_(self:Learner) -> None:
     """Turn the scaled `.grad`s into true gradients before they are read (once per step; nothing to do without a
     scaler)."""
     if self.scaler is not None and not self._unscaled:
         self.scaler.unscale_(self.opt)
         self._unscaled = True
 @patch
-def opt_step(self:Learner):
+def opt_step(self:Learner) -> None:
     """Step the optimiser, through `learn.scaler` if there is one (which skips a step whose gradients are not
     finite)."""
     if self.scaler is None: return self.opt.step()
@@ -500,22 +544,24 @@ def opt_step(self:Learner):
 # %% ../nbs/09_learner.ipynb #e719cd03
 class TrainCB(Callback):
     "The basic training steps, as a callback: model on the first `n_inp` batch items, loss on the rest."
-    def __init__(self, n_inp=1): self.n_inp = n_inp
-    def before_fit(self, learn):
+    def __init__(self, n_inp: int = 1) -> None: self.n_inp = n_inp
+    def before_fit(self, learn: Learner) -> None:
         # (the owner of the steps splits the batch: another TrainCB, or the learner's own steps, may)
         if getattr(learn, 'step_owner', lambda s: self)('predict') is self: learn.n_inp = self.n_inp
     # split with this callback's `n_inp`, and `scaled`/`opt_step` only where the learner has them: the course's
     # notebooks use these steps with learners they write themselves, which have none of mtlearn's additions
-    def predict(self, learn): learn.preds = learn.model(*split_batch(learn.batch, self.n_inp)[0])
-    def get_loss(self, learn): learn.loss = learn.loss_func(learn.preds, *split_batch(learn.batch, self.n_inp)[1])
-    def backward(self, learn): (learn.scaled(learn.loss) if hasattr(learn, 'scaled') else learn.loss).backward()
-    def step(self, learn): learn.opt_step() if hasattr(learn, 'opt_step') else learn.opt.step()
-    def zero_grad(self, learn): learn.opt.zero_grad()
+    def predict(self, learn: Learner) -> None: learn.preds = learn.model(*split_batch(learn.batch, self.n_inp)[0])
+    def get_loss(self, learn: Learner) -> None:
+        learn.loss = learn.loss_func(learn.preds, *split_batch(learn.batch, self.n_inp)[1])
+    def backward(self, learn: Learner) -> None:
+        (learn.scaled(learn.loss) if hasattr(learn, 'scaled') else learn.loss).backward()
+    def step(self, learn: Learner) -> None: learn.opt_step() if hasattr(learn, 'opt_step') else learn.opt.step()
+    def zero_grad(self, learn: Learner) -> None: learn.opt.zero_grad()
 
 # %% ../nbs/09_learner.ipynb #f3e288f2
-def to_cpu(x):
+def to_cpu(x: Any) -> Any:
     "Detach every tensor in `x` and move it to the CPU, with float16 made float32."
-    def _f(t):
+    def _f(t: torch.Tensor) -> torch.Tensor:
         t = t.detach().cpu()
         return t.float() if t.dtype == torch.float16 else t
     return apply_tensors(_f, x)
@@ -524,41 +570,43 @@ def to_cpu(x):
 class RunningMean:
     """Weighted mean of scalars: the sum stays on the device (one op per update), the total weight on the host; NaN
     before any update."""
-    def __init__(self, device='cpu'): self.total, self.weights = torch.zeros((), device=device), 0.
+    def __init__(self, device: str | torch.device = 'cpu') -> None:
+        self.total, self.weights = torch.zeros((), device=device), 0.
     @property
-    def device(self): return self.total.device
-    def update(self, x, weight=1.):
+    def device(self) -> torch.device: return self.total.device
+    def update(self, x: torch.Tensor, weight: float = 1.) -> RunningMean:
         self.total.add_(x.detach().to(self.total.dtype), alpha=weight)
         self.weights += weight
         return self
-    def compute(self):
+    def compute(self) -> torch.Tensor:
         total, weights = self.total, self.weights
         if world() > 1:  # over every process: one all-reduce of the sum and the weight
             tw = all_mean(torch.stack([total.float(), total.new_tensor(weights, dtype=torch.float32)])) * world()
             total, weights = tw[0], float(tw[1])
         return total/weights if weights else torch.full_like(total, math.nan)
-    def reset(self):
+    def reset(self) -> RunningMean:
         self.total.zero_()
         self.weights = 0.
         return self
-    def to(self, device):
+    def to(self, device: str | torch.device) -> RunningMean:
         self.total = self.total.to(device)
         return self
-    def state_dict(self): return {'total': self.total.clone(), 'weights': self.weights}
-    def load_state_dict(self, sd): self.total, self.weights = sd['total'].to(self.total), sd['weights']
+    def state_dict(self) -> dict[str, Any]: return {'total': self.total.clone(), 'weights': self.weights}
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.total, self.weights = sd['total'].to(self.total), sd['weights']
 
 # %% ../nbs/09_learner.ipynb #5d59b4af
-def _is_metric(m):
+def _is_metric(m: object) -> bool:
     return not isinstance(m, type) and all(callable(getattr(m, a, None)) for a in ('update', 'compute', 'reset'))
 
-def _floats(xs):
+def _floats(xs: list[Any]) -> list[Any]:
     "List `xs` with its scalar tensors replaced by floats, moved to the host in one transfer (other values unchanged)."
     idx = [i for i, x in enumerate(xs) if isinstance(x, torch.Tensor) and x.numel() == 1]
     if idx:
         for i, v in zip(idx, torch.stack([xs[i].detach().float().reshape(()) for i in idx]).cpu().tolist()): xs[i] = v
     return xs
 
-def _compute(m):
+def _compute(m: Any) -> Any:
     "A metric's value over every process (torcheval's own synchronisation of the metric's state)."
     if world() == 1 or isinstance(m, RunningMean): return m.compute()
     from torcheval.metrics.toolkit import sync_and_compute
@@ -568,7 +616,7 @@ class MetricsCB(Callback):
     """Torcheval `metrics` (and the running loss) updated each batch on the device, computed once per epoch into
     `learn.history`, and printed; with `train_metrics=False` (fastai's default) the metrics are left out of training
     epochs, which keep only the loss."""
-    def __init__(self, *ms, train_metrics=True, **metrics):
+    def __init__(self, *ms: Any, train_metrics: bool = True, **metrics: Any) -> None:
         if not isinstance(train_metrics, bool):
             raise ValueError(f"`train_metrics` should be True or False; found {train_metrics!r}")
         self.train_metrics = train_metrics
@@ -581,15 +629,16 @@ class MetricsCB(Callback):
         self.metrics = metrics
         self.all_metrics = copy(metrics)
         self.all_metrics['loss'] = self.loss = RunningMean()
-        self.log = {}
+        self.log: dict[str, Any] = {}
 
-    def before_fit(self, learn):
+    def before_fit(self, learn: Learner) -> None:
         learn.metrics = self
         # (with a progress callback, it shows the table)
         self.printing = not any(getattr(cb, 'shows_metrics', False) for cb in learn.cbs)
-    def before_epoch(self, learn): [o.reset() for o in self.all_metrics.values()]
+    def before_epoch(self, learn: Learner) -> None:
+        for o in self.all_metrics.values(): o.reset()
 
-    def after_epoch(self, learn):
+    def after_epoch(self, learn: Learner) -> None:
         phase = 'train' if learn.model.training else 'valid'
         if not self.loss.weights:
             warnings.warn(f"the {phase} data loader yielded no batch in epoch {learn.epoch}: its metrics are NaN")
@@ -608,14 +657,14 @@ class MetricsCB(Callback):
         if self.printing and getattr(learn, 'logging', True):
             main_print({k: f'{v:.3f}' if isinstance(v, float) else v for k, v in self.log.items()})
 
-    def _metrics_on(self, learn):
+    def _metrics_on(self, learn: Learner) -> bool:
         "Whether this phase updates and computes the metrics; the loss always is."
         return self.train_metrics or not learn.model.training
-    def _used(self, learn):
+    def _used(self, learn: Learner) -> list[str]:
         "The names of the metrics this phase computes: all, or only the loss."
         return list(self.all_metrics) if self._metrics_on(learn) else ['loss']
 
-    def after_batch(self, learn):
+    def after_batch(self, learn: Learner) -> None:
         xs, ys = split_batch(learn.batch, getattr(learn, 'n_inp', 1))
         dev = learn.loss.device
         if self.loss.device != dev: self.loss.to(dev)
@@ -626,11 +675,11 @@ class MetricsCB(Callback):
             if m.device != dev: m.to(dev)
             m.update(preds, *ys)
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """The metrics' accumulated state over every process (a collective): a resume on any number of processes goes
         on from it."""
         return {k: _global_state(m) for k, m in self.all_metrics.items() if hasattr(m, 'state_dict')}
-    def load_state_dict(self, sd):
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
         """The first process takes the saved (global) state, the others start from nothing: their sum is the global
         state."""
         for k, v in sd.items():
@@ -639,7 +688,7 @@ class MetricsCB(Callback):
             if is_main(): m.load_state_dict(v)
             else: m.reset()
 
-def _global_state(m):
+def _global_state(m: Any) -> dict[str, Any]:
     "The state of metric `m` summed over the processes (its own with one process)."
     if world() == 1: return m.state_dict()
     if isinstance(m, RunningMean):
@@ -652,16 +701,22 @@ def _global_state(m):
 class HostScalar:
     """Latest value of a device scalar, read without waiting: on CUDA through a non-blocking copy, shown once it has
     landed."""
-    def __init__(self, fmt='{:.3f}'): self.fmt, self.t, self.val, self._buf, self._ev = fmt, None, None, None, None
-    def put(self, t): self.t = t.detach()
-    def get(self):
+    def __init__(self, fmt: str = '{:.3f}') -> None:
+        self.fmt = fmt
+        self.t: torch.Tensor | None = None
+        self.val: float | None = None
+        self._buf: torch.Tensor | None = None
+        self._ev: torch.cuda.Event | None = None
+    def put(self, t: torch.Tensor) -> None: self.t = t.detach()
+    def get(self) -> float | None:
         "The newest value the host can read now (`None` before any)."
         t = self.t
         if t is None: return self.val
         if t.device.type != 'cuda':
             self.val = t.item()
             return self.val
-        if self._ev is not None and self._ev.query(): self.val, self._ev = self._buf.item(), None
+        if self._ev is not None and self._ev.query() and self._buf is not None:
+            self.val, self._ev = self._buf.item(), None
         if self._ev is None:
             if self._buf is None or self._buf.dtype != t.dtype:
                 self._buf = torch.empty((), dtype=t.dtype, pin_memory=True)
@@ -669,8 +724,8 @@ class HostScalar:
             self._ev = torch.cuda.Event()
             self._ev.record()
         return self.val
-    def __bool__(self): return self.t is not None
-    def __str__(self):
+    def __bool__(self) -> bool: return self.t is not None
+    def __str__(self) -> str:
         v = self.get()
         return '' if v is None else self.fmt.format(v)
 
@@ -678,10 +733,10 @@ class HostScalar:
 class CountSyncs(TorchDispatchMode):
     """Count the reads of a tensor's value by the host through `.item()`, `bool(t)`, `float(t)`, `int(t)` while active
     (not `.tolist()` or `.numpy()`): `with CountSyncs() as c: ...; c.n`."""
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.n = 0
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default): self.n += 1
         return func(*args, **(kwargs or {}))
 
@@ -689,60 +744,66 @@ class CountSyncs(TorchDispatchMode):
 class DeviceSeries:
     """The one recorder: per-step rows (1-D tensors, or numbers) kept on their device in preallocated chunks, moved to
     the host at most once per `flush`; the newest `max_records` are kept."""
-    def __init__(self, max_records=10_000, chunk=256):
+    host: torch.Tensor
+    full: list[torch.Tensor]
+    buf: torch.Tensor | None
+    n: int
+    def __init__(self, max_records: int = 10_000, chunk: int = 256) -> None:
         if not (isinstance(max_records, int) and max_records >= 1):
             raise ValueError(f"`max_records` should be a positive int; found max_records = {max_records!r}")
         self.max_records, self.chunk = max_records, chunk
         self.reset()
-    def reset(self):
+    def reset(self) -> None:
         "Forget every row."
         self.host, self.full, self.buf, self.n = torch.zeros(0, 0), [], None, 0
-    def append(self, row):
+    def append(self, row: torch.Tensor | float) -> None:
         "Add one row: one copy on the device, no host read (a number is a one-item row on the host, kept in float64)."
         row = row.detach() if isinstance(row, torch.Tensor) else torch.tensor([float(row)], dtype=torch.float64)
         b = self.buf
         if b is None or self.n == len(b) or b.shape[1:] != row.shape or b.device != row.device or b.dtype != row.dtype:
-            if self.buf is not None: self.full.append(self.buf[:self.n])
+            if b is not None: self.full.append(b[:self.n])
             while len(self.full) > 1 and sum(map(len, self.full[1:])) >= self.max_records:
                 self.full.pop(0)  # capped on the device too
-            self.buf, self.n = row.new_empty(self.chunk, *row.shape), 0
-        self.buf[self.n].copy_(row)
+            self.buf = b = row.new_empty(self.chunk, *row.shape)
+            self.n = 0
+        b[self.n].copy_(row)
         self.n += 1
-    def flush(self):
+    def flush(self) -> torch.Tensor:
         "Move the rows waiting on the device to the host (one read); returns the host tensor."
-        waiting = self.full + ([self.buf[:self.n]] if self.n else [])
+        waiting = self.full + ([self.buf[:self.n]] if self.n and self.buf is not None else [])
         if waiting:
             new = torch.cat([t.cpu() if t.dtype == torch.float64 else t.float().cpu() for t in waiting])
             self.host = torch.cat([self.host, new]) if self.host.numel() else new
             self.host = self.host[-self.max_records:]
             self.full, self.buf, self.n = [], None, 0
         return self.host
-    def values(self):
+    def values(self) -> torch.Tensor:
         "Every kept row, on the host (rows × width)."
         return self.flush()
-    def __len__(self): return len(self.host) + sum(map(len, self.full)) + self.n
+    def __len__(self) -> int: return len(self.host) + sum(map(len, self.full)) + self.n
     # read as a sequence, as the course reads its lists (`h.stats[0][i]`, `plt.plot(rec)`): each read flushes
-    def __getitem__(self, i): return self.values()[i]
-    def __iter__(self): return iter(self.values())
-    def __array__(self, dtype=None, copy=None):
+    def __getitem__(self, i: Any) -> torch.Tensor: return self.values()[i]
+    def __iter__(self) -> Iterator[torch.Tensor]: return iter(self.values())
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         a = self.values().numpy()
         return a if dtype is None else a.astype(dtype)
-    def tolist(self): return self.values().tolist()
-    def state_dict(self): return {'values': self.values().clone()}
-    def load_state_dict(self, sd):
+    def tolist(self) -> list: return self.values().tolist()
+    def state_dict(self) -> dict[str, Any]: return {'values': self.values().clone()}
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
         self.reset()
         self.host = sd['values'].clone()
 
-def ema(v, beta=0.9):
+def ema(v: Any, beta: float = 0.9) -> torch.Tensor:
     "Exponential moving average down the rows of `v` (debiased, as fastai smooths its losses)."
     v = torch.as_tensor(v, dtype=torch.float64)
-    out, avg = torch.empty_like(v), torch.zeros_like(v[0]) if len(v) else None
+    out, avg = torch.empty_like(v), v.new_zeros(v.shape[1:])
     for i in range(len(v)):
         avg = beta * avg + (1 - beta) * v[i]
         out[i] = avg / (1 - beta ** (i + 1))
     return out
 
-def plot_series(v, names=None, ax=None, xlabel='training step', ylabel='', title=None, smooth=None):
+def plot_series(v: Any, names: Iterable[Any] | None = None, ax: plt.Axes | None = None, xlabel: str = 'training step',
+                ylabel: str = '', title: str | None = None, smooth: float | None = None) -> plt.Axes:
     """Plot each column of `v` (rows × columns, as `DeviceSeries.values()` gives) as a line named by `names`: the one
     plot helper of the records. `smooth` (a β such as 0.9): the moving average drawn, the raw values faint behind."""
     if ax is None: _, ax = plt.subplots()
@@ -763,25 +824,25 @@ def plot_series(v, names=None, ax=None, xlabel='training step', ylabel='', title
 class _ConsoleBar:
     """A progress bar on one terminal line, redrawn at most every `every` seconds and erased by `clear`; nothing at all
     when `stream` is not a terminal (a log or a pipe gets no carriage-return frames)."""
-    def __init__(self, gen, prefix='', stream=None, every=0.2):
+    def __init__(self, gen: Any, prefix: str = '', stream: Any = None, every: float = 0.2) -> None:
         self.gen, self.prefix, self.stream, self.every = gen, prefix, stream or sys.stdout, every
         self.comment, self.width, self.t0, self.last = '', 0, time.perf_counter(), -1.
         self.tty = getattr(self.stream, 'isatty', lambda: False)()
 
-    def __len__(self): return len(self.gen)
-    def __iter__(self):
+    def __len__(self) -> int: return len(self.gen)
+    def __iter__(self) -> Iterator[Any]:
         self.t0, self.last = time.perf_counter(), -1.
         for i, o in enumerate(self.gen):
             yield o
             self.update(i+1)
 
-    def update(self, i):
+    def update(self, i: int) -> None:
         "Show `i` items done (redrawn at most every `every` seconds); fastprogress's bars have the same method."
         now = time.perf_counter()
         if self.tty and now - self.last >= self.every:
             self._draw(i, len(self.gen) if hasattr(self.gen, '__len__') else None, now-self.t0)
             self.last = now
-    def on_iter_end(self): self.clear()
+    def on_iter_end(self) -> None: self.clear()
 
     def _draw(self, i, n, elapsed):
         i = max(i, 1)
@@ -797,7 +858,7 @@ class _ConsoleBar:
         self.stream.flush()
         self.width = len(line)
 
-    def clear(self):
+    def clear(self) -> None:
         "Erase the bar's line."
         if self.width:
             self.stream.write('\r' + ' '*self.width + '\r')
@@ -811,10 +872,14 @@ class ProgressCB(Callback):
     order = MetricsCB.order + 1
     shows_metrics = True  # MetricsCB leaves the printing to this callback
     max_records = 100_000  # training losses kept for the plot
-    def __init__(self, plot=False, stream=None):
-        self.plot, self.stream, self.rec, self.val_losses = plot, stream, None, []
+    val_losses: list[float]
+    widths: list[int] | None
+    bar: _ConsoleBar | None
+    def __init__(self, plot: bool = False, stream: Any = None) -> None:
+        self.plot, self.stream = plot, stream
+        self.rec, self.val_losses = DeviceSeries(self.max_records), []
 
-    def before_fit(self, learn):
+    def before_fit(self, learn: Learner) -> None:
         self.on = is_main()  # one table, one bar: the first process's
         self.nb = IN_NOTEBOOK and self.stream is None and self.on
         self.out = self.stream or sys.stdout
@@ -834,7 +899,7 @@ class ProgressCB(Callback):
             print('  '.join(str(v).ljust(w) for v, w in zip(d.values(), self.widths)), file=self.out, flush=True)
         self.first = False
 
-    def before_epoch(self, learn):
+    def before_epoch(self, learn: Learner) -> None:
         if not self.on: return
         sized = hasattr(learn.dl, '__len__')
         if self.nb:
@@ -844,14 +909,14 @@ class ProgressCB(Callback):
                                                         f'{"train" if learn.model.training else "valid"} ', self.out)
         if not self.nb or sized: learn.dl.comment = self.loss
 
-    def after_batch(self, learn):
+    def after_batch(self, learn: Learner) -> None:
         self.loss.put(learn.loss)
         if self.plot and learn.model.training: self.rec.append(learn.loss.detach().reshape(1))
 
-    def cleanup_epoch(self, learn):
+    def cleanup_epoch(self, learn: Learner) -> None:
         if self.bar is not None: self.bar.clear()
 
-    def after_epoch(self, learn):
+    def after_epoch(self, learn: Learner) -> None:
         self.cleanup_epoch(learn)
         m = getattr(learn, 'metrics', None)
         if m is not None and getattr(learn, 'logging', True) and self.on: self._log(m.log)
@@ -866,15 +931,15 @@ class ProgressCB(Callback):
             self.mbar.update_graph(graphs)
 
     @property
-    def losses(self):
+    def losses(self) -> list[float]:
         "The training loss of every batch, as floats."
-        return [] if self.rec is None or not len(self.rec) else self.rec.values()[:, 0].tolist()
+        return [] if not len(self.rec) else self.rec.values()[:, 0].tolist()
 
-    def log_figures(self):
+    def log_figures(self) -> dict[str, Callable[..., Any]]:
         "The figures an experiment logger writes at the end of a fit: name → a function that draws one."
         return {'losses': self.plot_losses} if self.losses else {}
 
-    def plot_losses(self, ax=None):
+    def plot_losses(self, ax: plt.Axes | None = None) -> plt.Axes:
         "Training loss per batch, and validation loss per epoch."
         if ax is None: _, ax = plt.subplots()
         losses = self.losses
@@ -892,27 +957,29 @@ class DeviceCB(Callback):
     "Put the model on `device` (default: cuda, then mps, then cpu) before fitting, and each batch as it comes."
     # set-up first: the process callbacks (-15, -10) shard the loaders before any callback of order ≥ 0 reads them
     order = -20
-    def __init__(self, device=None): self.device = get_device(device)
-    def before_fit(self, learn):
+    def __init__(self, device: str | torch.device | None = None) -> None: self.device = get_device(device)
+    def before_fit(self, learn: Learner) -> None:
         if hasattr(learn.model, 'to'): learn.model.to(self.device)
-    def before_batch(self, learn): learn.batch = to_device(learn.batch, self.device, non_blocking=True)
+    def before_batch(self, learn: Learner) -> None: learn.batch = to_device(learn.batch, self.device, non_blocking=True)
 
 # %% ../nbs/09_learner.ipynb #7c863fb1
 class TrainLearner(Learner):
     "A `Learner` whose training steps are methods: override them to change the loop."
-    def predict(self): self.preds = self.model(*self.xb)
-    def get_loss(self): self.loss = self.loss_func(self.preds, *self.yb)
-    def backward(self): self.scaled(self.loss).backward()
-    def step(self): self.opt_step()
-    def zero_grad(self): self.opt.zero_grad()
+    def predict(self) -> None: self.preds = self.model(*self.xb)
+    def get_loss(self) -> None: self.loss = self.loss_func(self.preds, *self.yb)
+    def backward(self) -> None: self.scaled(self.loss).backward()
+    def step(self) -> None: self.opt_step()
+    def zero_grad(self) -> None: self.opt.zero_grad()
 
 # %% ../nbs/09_learner.ipynb #dc5c5dd6
 class MomentumLearner(TrainLearner):
     "A `TrainLearner` that scales gradients by `mom` instead of zeroing them, so they accumulate as momentum."
-    def __init__(self, model, dls, loss_func, lr=None, cbs=None, opt_func=optim.SGD, mom=0.85):
+    def __init__(self, model: nn.Module, dls: Any, loss_func: Callable[..., torch.Tensor], lr: float | None = None,
+                 cbs: Callback | Iterable[Callback] | None = None,
+                 opt_func: Callable[..., optim.Optimizer] | None = optim.SGD, mom: float = 0.85) -> None:
         self.mom = mom
         super().__init__(model, dls, loss_func, lr, cbs, opt_func)
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         with torch.no_grad():
             for p in self.model.parameters():
                 if p.grad is not None: p.grad *= self.mom
@@ -921,17 +988,25 @@ class MomentumLearner(TrainLearner):
 class SingleBatchCB(Callback):
     "Stop the fit after one batch."
     order = 1
-    def after_batch(self, learn): raise CancelFitException()
+    def after_batch(self, learn: Learner) -> None: raise CancelFitException()
 
 # %% ../nbs/09_learner.ipynb #4535b939
 class LRFinderCB(Callback):
     """Grow the learning rate by `gamma` each batch; stop when the loss passes `max_mult` × its minimum or is
     not finite."""
-    def __init__(self, gamma=1.3, max_mult=3): fc.store_attr()
-    def before_fit(self, learn): self.rec, self.min, self.stopped = DeviceSeries(100_000), math.inf, False
-    lrs = property(lambda self: self.rec.values()[:, 0].tolist(), doc="The learning rates tried, one per batch.")
-    losses = property(lambda self: self.rec.values()[:, 1].tolist(), doc="The loss at each of them.")
-    def after_batch(self, learn):
+    gamma: float; max_mult: float  # (stored by `store_attr`)
+    def __init__(self, gamma: float = 1.3, max_mult: float = 3) -> None: fc.store_attr()
+    def before_fit(self, learn: Learner) -> None:
+        self.rec, self.min, self.stopped = DeviceSeries(100_000), math.inf, False
+    @property
+    def lrs(self) -> list[float]:
+        "The learning rates tried, one per batch."
+        return self.rec.values()[:, 0].tolist()
+    @property
+    def losses(self) -> list[float]:
+        "The loss at each of them."
+        return self.rec.values()[:, 1].tolist()
+    def after_batch(self, learn: Learner) -> None:
         pgs = getattr(learn.opt, 'param_groups', None)
         # the decision to stop needs the value (of every process): one sync per batch, in a diagnostic run only
         loss = to_cpu(all_mean(learn.loss.detach())).item()
@@ -945,7 +1020,7 @@ class LRFinderCB(Callback):
         else: learn.opt.lr *= self.gamma
 
 # %% ../nbs/09_learner.ipynb #8ee120fb
-def valley(lrs, losses, beta=0.98):
+def valley(lrs: Sequence[float], losses: Sequence[float], beta: float = 0.98) -> float:
     "Suggested learning rate: a point past the middle of the longest run of falling (smoothed, finite) losses."
     pts = [(lr, l) for lr, l in zip(lrs, losses) if math.isfinite(l)]
     if len(pts) < 2:
@@ -964,7 +1039,8 @@ def valley(lrs, losses, beta=0.98):
 # %% ../nbs/09_learner.ipynb #f31a50ce
 @patch
 @contextmanager
-def aside(self:Learner, weights=False, cbs=None, dls=None):
+def aside(self:Learner, weights: bool = False, cbs: Iterable[Callback] | None = None,
+          dls: Any = None) -> Iterator[Learner]:
     """A run that leaves the learner as it was: its optimiser, run state (what `load` left waits for the next fit),
     history and mode, with no metric rows logged; `weights`: the model's weights put back too; `cbs`, `dls`: the
     callbacks and loaders of the run instead of the learner's."""
@@ -980,7 +1056,8 @@ def aside(self:Learner, weights=False, cbs=None, dls=None):
         self.model.train(training)
 
 @patch
-def lr_find(self:Learner, gamma=1.3, max_mult=3, start_lr=1e-5, max_epochs=10, plot=True, cbs=None):
+def lr_find(self:Learner, gamma: float = 1.3, max_mult: float = 3, start_lr: float = 1e-5, max_epochs: int = 10,
+            plot: bool = True, cbs: Callback | Iterable[Callback] | None = None) -> float | None:
     """Run an LR range test from `start_lr`, plot loss against lr, and return the suggested learning rate (None, with a
     warning, if the loss never fell); weights, optimiser and mode are restored; `cbs` (a `ProgressCB`, say) join its
     run."""
@@ -996,7 +1073,7 @@ def lr_find(self:Learner, gamma=1.3, max_mult=3, start_lr=1e-5, max_epochs=10, p
         warnings.warn(f"lr_find: the loss did not diverge within `max_epochs` = {max_epochs} epochs ({len(cb.losses)} "
                       f"batches, up to lr {cb.lrs[-1]:.2e}); "
                       "the suggestion may be too low: raise `max_epochs` or `gamma`")
-    sugg = valley(cb.lrs, cb.losses)
+    sugg: float | None = valley(cb.lrs, cb.losses)
     if sugg == fin[0][0]:
         warnings.warn(f"lr_find: the loss did not fall from its first value ({fin[0][1]:.4g}) at any learning rate "
                       "tried, so there is no suggestion "
@@ -1011,7 +1088,7 @@ def lr_find(self:Learner, gamma=1.3, max_mult=3, start_lr=1e-5, max_epochs=10, p
     return sugg
 
 # %% ../nbs/09_learner.ipynb #prd00001
-def _cat_tree(xs):
+def _cat_tree(xs: list[Any]) -> Any:
     """Concatenate a list of batches' tensors, or of tuples or dicts of them (one per task), along the first dimension;
     then one move to the CPU."""
     x = xs[0]
@@ -1019,7 +1096,7 @@ def _cat_tree(xs):
     if isinstance(x, (tuple, list)): return tuple(_cat_tree([o[i] for o in xs]) for i in range(len(x)))
     return to_cpu(torch.cat(xs))
 
-def _item_losses(learn, preds, ys):
+def _item_losses(learn: Learner, preds: Any, ys: tuple[Any, ...]) -> torch.Tensor:
     "Per-item losses: `loss_func(..., reduction='none')`."
     try: return learn.loss_func(preds, *ys, reduction='none')
     except TypeError as e:
@@ -1031,9 +1108,15 @@ class CapturePreds(Callback):
     """Collect predictions (and targets, inputs, per-item losses, as asked) of every batch on the device; concatenated
     and moved to the CPU once, after the fit (tuples and dicts of tensors too). The loop's own loss is skipped."""
     order = 110  # after_predict once autocast (MixedPrecision) has run the forward pass
-    def __init__(self, inps=False, targs=True, losses=False): self.inps, self.targs, self.losses = inps, targs, losses
-    def before_fit(self, learn): self.all_inps, self.all_preds, self.all_targs, self.all_losses = [], [], [], []
-    def after_predict(self, learn):
+    def __init__(self, inps: bool = False, targs: bool = True, losses: bool = False) -> None:
+        self.inps, self.targs, self.losses = inps, targs, losses
+    def before_fit(self, learn: Learner) -> None:
+        # lists of every batch's, during the fit; after it, each concatenated (None if not collected)
+        self.all_inps: Any = []
+        self.all_preds: Any = []
+        self.all_targs: Any = []
+        self.all_losses: Any = []
+    def after_predict(self, learn: Learner) -> None:
         xs, ys = split_batch(learn.batch, learn.n_inp)
         detach = lambda o: apply_tensors(torch.Tensor.detach, o)
         if self.inps: self.all_inps.append(detach(xs[0] if len(xs) == 1 else xs))
@@ -1041,17 +1124,18 @@ class CapturePreds(Callback):
         if self.targs: self.all_targs.append(detach(ys[0] if len(ys) == 1 else ys))
         if self.losses: self.all_losses.append(_item_losses(learn, learn.preds, ys).detach())
         raise CancelBatchException()  # no loss needed: batches without targets work too
-    def after_fit(self, learn):
+    def after_fit(self, learn: Learner) -> None:
         cat = lambda xs: _cat_tree(xs) if xs else None
         self.all_preds, self.all_targs = cat(self.all_preds), cat(self.all_targs)
         self.all_inps, self.all_losses = cat(self.all_inps), cat(self.all_losses)
 
 class _Loaders:
     "A validation loader on its own, for a run over `dl`."
-    def __init__(self, dls, dl): self.train, self.valid = getattr(dls, 'train', None), dl
+    def __init__(self, dls: Any, dl: Iterable[Any]) -> None: self.train, self.valid = getattr(dls, 'train', None), dl
 
 @patch
-def get_preds(self:Learner, dl=None, with_targets=True, with_loss=False, with_input=False, cbs=None):
+def get_preds(self:Learner, dl: Iterable[Any] | None = None, with_targets: bool = True, with_loss: bool = False,
+              with_input: bool = False, cbs: Callback | Iterable[Callback] | None = None) -> tuple[Any, ...]:
     """Predictions over loader `dl` (default the validation loader) in eval mode without gradients; then, as asked, the
     targets, the per-item losses and the inputs (fastai's order). Runs with the set-up callbacks, the `predict` step's
     owner and `cbs` only; the learner is left as it was."""
@@ -1064,26 +1148,28 @@ def get_preds(self:Learner, dl=None, with_targets=True, with_loss=False, with_in
     return res + ((cp.all_inps,) if with_input else ())
 
 @patch
-def capture_preds(self:Learner, cbs=None, inps=False):
+def capture_preds(self:Learner, cbs: Callback | Iterable[Callback] | None = None,
+                  inps: bool = False) -> tuple[Any, ...]:
     "The course's name: predictions and targets (and inputs, if `inps`) over the validation set."
     return self.get_preds(with_input=inps, cbs=cbs)
 
 @patch
-def predict_item(self:Learner, x):
+def predict_item(self:Learner, x: Any) -> Any:
     "The prediction for one item `x` (its inputs without the batch dimension; a tuple for several inputs)."
     batch = tuple(apply_tensors(lambda t: t[None], o) for o in (x if isinstance(x, tuple) else (x,)))
     p, = self.get_preds(dl=[batch], with_targets=False)
     return apply_tensors(lambda t: t[0], p)
 
-def _flops(w, h, wd):
+def _flops(w: torch.Tensor, h: int, wd: int) -> int:
     "Multiply-adds of weight `w` used at each position of an h×wd output (vectors and matrices: once)."
     return w.numel() if w.dim() < 3 else w.numel()*h*wd
 
 @patch
-def summary(self:Learner):
+def summary(self:Learner) -> Any:
     "A table of each top-level module's input and output shapes, parameters and MFLOPS, from one validation batch."
-    rows, tot = [], [0, 0.]
-    def _f(mod, inp, outp):
+    rows: list[str] = []
+    tot = [0., 0.]
+    def _f(mod: nn.Module, inp: tuple[Any, ...], outp: torch.Tensor) -> None:
         nparms = sum(o.numel() for o in mod.parameters())
         h, wd = (outp.shape[-2], outp.shape[-1]) if outp.dim() >= 3 else (1, 1)
         # as the course: every weight applied at each output position
@@ -1104,20 +1190,23 @@ def summary(self:Learner):
 class _PeekCB(Callback):
     "Keep the batch as the model would receive it, then stop the fit before anything is trained."
     order = 1000
-    def before_batch(self, learn):
+    def before_batch(self, learn: Learner) -> None:
         self.batch = learn.batch
         raise CancelFitException()
 
 @patch
 @fc.delegates(show_images)
-def show_image_batch(self:Learner, max_n=9, cbs=None, **kwargs):
+def show_image_batch(self:Learner, max_n: int = 9, cbs: Callback | Iterable[Callback] | None = None,
+                     **kwargs: Any) -> None:
     "Show up to `max_n` images of the first training batch, after the batch callbacks (and `cbs`)."
     peek = _PeekCB()
     with self.aside(): self.fit(1, valid=False, cbs=[peek]+list(cb_list(cbs)))
     show_images(peek.batch[0][:max_n].float(), **kwargs)
 
 @patch
-def fit_one_cycle(self:Learner, n_epochs, lr_max=None, pct_start=0.25, cbs=None, record=True, resume=None, **kwargs):
+def fit_one_cycle(self:Learner, n_epochs: int, lr_max: float | None = None, pct_start: float = 0.25,
+                  cbs: Callback | Iterable[Callback] | None = None, record: bool = True,
+                  resume: str | os.PathLike | None = None, **kwargs: Any) -> None:
     """Fit `n_epochs` with a one-cycle schedule peaking at `lr_max` (default `self.lr`); lr and momentum go to
     `self.recorder`; `resume` as `fit`'s."""
     from torch.optim import lr_scheduler
@@ -1127,7 +1216,7 @@ def fit_one_cycle(self:Learner, n_epochs, lr_max=None, pct_start=0.25, cbs=None,
         return lr_scheduler.OneCycleLR(
             opt, max_lr=lr_max, total_steps=n_epochs * len(self.dls.train), pct_start=pct_start, **kwargs
         )
-    extra = [BatchSchedCB(sched)]
+    extra: list[Callback] = [BatchSchedCB(sched)]
     if record:
         self.recorder = RecorderCB(lr=lambda cb: cb.pg['lr'], mom=lambda cb: _mom(cb.pg))
         extra.append(self.recorder)
@@ -1136,25 +1225,26 @@ def fit_one_cycle(self:Learner, n_epochs, lr_max=None, pct_start=0.25, cbs=None,
 # %% ../nbs/09_learner.ipynb #exp00001
 class _Exported(nn.Module):
     "The model behind the training loader's input transform (`ByteNorm`'s arithmetic, as tensor operations)."
-    def __init__(self, model, norm=None):
+    scale: torch.Tensor; shift: torch.Tensor  # (buffers)
+    def __init__(self, model: nn.Module, norm: ByteNorm | None = None) -> None:
         super().__init__()
         self.model, self.norm = model, norm is not None
         if norm is not None:
             self.register_buffer('scale', torch.tensor(1 / (255 * norm.std), dtype=norm.dtype))
             self.register_buffer('shift', torch.tensor(-norm.mean / norm.std, dtype=norm.dtype))
             self.flat = norm.flat
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.norm:
             x = x.to(self.scale.dtype) * self.scale + self.shift
             if self.flat: x = x.flatten(1)
         return self.model(x)
 
 @patch
-def export(self:Learner, path, example=None):
+def export(self:Learner, path: str | os.PathLike, example: torch.Tensor | None = None) -> Path:
     """Write the model, behind the training loader's input transform, as a `torch.export` program at `path`
     (atomically): it loads with plain PyTorch, `torch.export.load(path).module()`, and predicts from raw inputs.
     `example`: a raw input batch (default: two validation items as the loader holds them)."""
-    dl = getattr(self.dls, 'valid', None) or getattr(self.dls, 'train', None)
+    dl: Any = getattr(self.dls, 'valid', None) or getattr(self.dls, 'train', None)
     tfm = (getattr(dl, 'tfms', None) or [None])[0]
     if example is None:
         if not hasattr(dl, 'tensors'):
@@ -1173,13 +1263,13 @@ def export(self:Learner, path, example=None):
     write_atomic(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
     return Path(path)
 
-def load_exported(path):
+def load_exported(path: str | os.PathLike) -> nn.Module:
     "The callable that `Learner.export` wrote to `path`: raw inputs in, predictions out (plain PyTorch)."
     return torch.export.load(path).module().requires_grad_(False)
 
 # %% ../nbs/09_learner.ipynb #ea2b99f9
 @patch
-def _load_states(self:Learner, saved, resuming=False):
+def _load_states(self:Learner, saved: dict[str, Any], resuming: bool = False) -> None:
     """Give each callback the state saved under its key; a saved state of another kind of callback is refused, one with
     no owner is named in a warning (when resuming)."""
     own = state_keys(self.cbs)
@@ -1198,7 +1288,7 @@ def _load_states(self:Learner, saved, resuming=False):
 
 _PLAIN = (bool, int, float, str, type(None), torch.Tensor, torch.dtype, torch.device, torch.Size)
 
-def _plain(o, where):
+def _plain(o: Any, where: str) -> Any:
     """`o` with NumPy scalars and arrays made Python numbers and tensors; anything that `torch.load(weights_only=True)`
     would refuse raises, naming where it is."""
     if type(o) in _PLAIN or isinstance(o, torch.Tensor): return o
@@ -1215,7 +1305,7 @@ def _plain(o, where):
                      "weights_only=True): keep numbers, strings, tensors, lists and dicts there")
 
 @patch
-def save(self:Learner, path, with_opt=True):
+def save(self:Learner, path: str | os.PathLike, with_opt: bool = True) -> None:
     """Save a checkpoint to `path`, atomically: the model, the optimiser, every callback's state, and (inside a fit)
     the position and every process's random states to resume from. A collective: every process calls it; the first
     writes."""
@@ -1230,7 +1320,7 @@ def save(self:Learner, path, with_opt=True):
     if world() > 1: dist.barrier()  # the others wait until the file is whole
 
 @patch
-def load(self:Learner, path, with_opt=True):
+def load(self:Learner, path: str | os.PathLike, with_opt: bool = True) -> None:
     """Load a checkpoint written by `save` into the model, after checking it fits; optimiser and callback state wait
     for the next `fit`."""
     path = Path(path)
@@ -1258,12 +1348,12 @@ def load(self:Learner, path, with_opt=True):
 class _Undo:
     """What an optimiser step changes, kept on the device before it and put back after it where `bad` holds: no host
     read."""
-    def __init__(self, opt, modules=()):
+    def __init__(self, opt: optim.Optimizer, modules: Sequence[tuple[nn.Module, str, torch.Tensor]] = ()) -> None:
         self.kept = [(t, t.detach().clone()) for g in opt.param_groups for p in g['params'] for t in [p] + [
             v for v in opt.state.get(p, {}).values() if isinstance(v, torch.Tensor) and v.device == p.device]]
         # (a step counter kept on the CPU beside parameters on a GPU is left alone: restoring it would wait for the GPU)
         self.mods = modules
-    def __call__(self, bad):
+    def __call__(self, bad: torch.Tensor) -> None:
         ok = ~bad
         with torch.no_grad():
             for t, old in self.kept: t.copy_(torch.where(ok, t, old))
@@ -1277,46 +1367,52 @@ class GuardCB(Callback):
     value: 'raise' (FloatingPointError), 'stop' (end the fit) or 'skip' (that step is not taken). A non-finite value
     never reaches the parameters."""
     order = 92  # before_step once MultiTaskGradCB (90) has written the gradients, before GradientClip (95)
-    def __init__(self, on='raise', undo=None):
+    # set at the start of each fit
+    learn: Learner | None
+    first: torch.Tensor | None
+    lbad: torch.Tensor | None
+    _undo: _Undo | None
+    _mods: Sequence[tuple[nn.Module, str, torch.Tensor]]
+    def __init__(self, on: str = 'raise', undo: bool | None = None) -> None:
         if on not in ('raise', 'stop', 'skip'):
             raise ValueError(f"`on` should be 'raise', 'stop' or 'skip'; found on = {on!r}")
         if undo not in (None, True):
             raise ValueError(f"`undo` should be None (on accelerators) or True; found {undo!r}")
         self.on, self.undo = on, undo
 
-    def before_fit(self, learn):
+    def before_fit(self, learn: Learner) -> None:
         self.learn, learn.guard = learn, self
         self.first, self.flag, self.n_skipped, self._undo, self._mods, self.lbad = None, HostScalar(), 0, None, (), None
         self.n_step = 0  # (a resumed fit's count is loaded after this)
         self.params = [(n, p) for n, p in unwrap(learn.model).named_parameters() if p.requires_grad]
-    def cleanup_fit(self, learn):
+    def cleanup_fit(self, learn: Learner) -> None:
         if getattr(learn, 'guard', None) is self: learn.guard = None
         self.learn = self._undo = None
         if self.n_skipped: warnings.warn(f"GuardCB skipped {self.n_skipped} optimiser step(s) with non-finite values")
 
-    def _undoing(self, t): return self.undo is True or t.device.type != 'cpu'
-    def keep_modules(self, *modules):
+    def _undoing(self, t: torch.Tensor) -> bool: return self.undo is True or t.device.type != 'cpu'
+    def keep_modules(self, *modules: Any) -> None:
         """Also put back the buffers of these modules (an aggregator's state) when a step is undone; callers run it
         before the modules do."""
         self._mods = [(m, k, b) for mod in modules if isinstance(mod, torch.nn.Module)
                       for m in mod.modules() for k, b in m.named_buffers(recurse=False)]
 
-    def after_loss(self, learn):
+    def after_loss(self, learn: Learner) -> None:
         if not learn.training: return
         self.n_step += 1
         self.losses = (learn.losses if learn.losses is not None else learn.loss.reshape(1)).detach()
         self.lbad = ~torch.isfinite(self.losses)
         if not self._undoing(self.losses) and bool(any_rank(self.lbad.any())): self._act(self._report(None), batch=True)
 
-    def before_step(self, learn):
+    def before_step(self, learn: Learner) -> None:
         if self.lbad is None: return  # (a learner without `after_loss`: a course notebook's)
         ps = [(n, p) for n, p in self.params if p.grad is not None]
         self.names = [n for n, _ in ps]
         if not ps or learn.scaler is not None:  # (a gradient scaler skips the steps of non-finite gradients itself)
             gbad = torch.zeros(0, dtype=torch.bool, device=self.losses.device)
         else:  # the largest |g| of each parameter: not finite exactly when one of its entries is not
-            norms = torch._foreach_norm([p.grad for _, p in ps], float('inf'))
-            if len({n.dtype for n in norms}) > 1: norms = [n.float() for n in norms]
+            norms = torch._foreach_norm([p.grad for _, p in ps if p.grad is not None], float('inf'))
+            if len({n.dtype for n in norms}) > 1: norms = tuple(n.float() for n in norms)
             gbad = ~torch.stack(norms).isfinite().to(self.losses.device)
         bad = any_rank(self.lbad.any() | gbad.any())
         if not self._undoing(self.losses):
@@ -1331,8 +1427,8 @@ class GuardCB(Callback):
         self.first_losses = torch.where(new, self.losses, self.first_losses)
         if gbad.shape == self.first_gbad.shape: self.first_gbad = torch.where(new, gbad, self.first_gbad)
 
-    def cleanup_step(self, learn):
-        if self._undo is None: return
+    def cleanup_step(self, learn: Learner) -> None:
+        if self._undo is None or self.first is None: return  # (`before_step` set both, or neither)
         self._undo(self.bad)
         self._undo, self._mods = None, ()
         self.flag.put(self.first)
@@ -1373,10 +1469,11 @@ class GuardCB(Callback):
             raise CancelFitException()
         raise FloatingPointError(f"GuardCB: {msg}; that step's update was not applied")
 
-    def state_dict(self): return {'n_step': self.n_step}
-    def load_state_dict(self, sd): self.n_step = sd['n_step']
+    def state_dict(self) -> dict[str, Any]: return {'n_step': self.n_step}
+    def load_state_dict(self, sd: dict[str, Any]) -> None: self.n_step = sd['n_step']
 
 class TerminateOnNaNCB(GuardCB):
     """Stop the fit (`CancelFitException`) at the first training step whose loss or gradients are not finite: a
     `GuardCB(on='stop')`."""
-    def __init__(self): super().__init__('stop')
+    def __init__(self) -> None: super().__init__('stop')
+    

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import importlib, json, os, re, struct, time, warnings
 from pathlib import Path
+from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ def _setting(v):
     r = repr(v)
     return r if len(r) <= 200 and '\n' not in r and ' at 0x' not in r else None
 
-def hparams(learn):
+def hparams(learn: Learner) -> dict[str, Any]:
     """The run's hyperparameters as a flat dict of numbers and strings: the model and its size, the loss, the
     optimiser and its first parameter group, the batch size, the epochs, and each callback's settings."""
     model = unwrap(learn.model)
@@ -57,7 +58,11 @@ class LoggerCB(Callback):
     The first process writes; a resumed fit goes on in the same run. A logger says how in five methods."""
     order = 105  # after every callback that writes the step's or the epoch's values (MixedPrecision: 100)
     flush_every = 100  # sampled steps between host reads (and at each epoch's end)
-    def __init__(self, log_every_n_steps=50, log_figures=True):
+    run_id: str | None  # the run's id, once it is open (kept in the checkpoints: a resumed fit goes on in that run)
+    resumed_at: int | None
+    _names: list[str] | None
+    _at: list[tuple[int, dict[str, Any]]]
+    def __init__(self, log_every_n_steps: int = 50, log_figures: bool = True) -> None:
         n = log_every_n_steps
         if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
             raise ValueError(f"`log_every_n_steps` should be an int ≥ 1; found log_every_n_steps = {n!r}")
@@ -75,7 +80,7 @@ class LoggerCB(Callback):
     def _figure(self, name, fig, step): raise NotImplementedError
     def _finish(self, ok): raise NotImplementedError
 
-    def before_fit(self, learn):
+    def before_fit(self, learn: Learner) -> None:
         self._on = getattr(learn, 'logging', True)  # (off in `learn.aside()`: the LR finder, predictions)
         self._names, self._rows, self._at, self._ok = None, DeviceSeries(10 * self.flush_every), [], False
     def _ensure(self, learn):
@@ -86,7 +91,7 @@ class LoggerCB(Callback):
         self.resumed_at = None
         if new: self._hparams(hparams(learn))
 
-    def before_batch(self, learn):
+    def before_batch(self, learn: Learner) -> None:
         "Count the step (before any checkpoint of it is written); at a logged one, the rates it is taken with."
         if not (self._on and learn.training): return
         self.step += 1
@@ -95,10 +100,10 @@ class LoggerCB(Callback):
         self._host = {('lr' if i == 0 else f'lr/{i}'): g['lr'] for i, g in enumerate(pgs)}
         if 'betas' in pgs[0] or 'momentum' in pgs[0]:
             self._host['mom'] = pgs[0]['betas'][0] if 'betas' in pgs[0] else pgs[0]['momentum']
-    def after_batch(self, learn):
+    def after_batch(self, learn: Learner) -> None:
         if not (self._on and learn.training) or self.step % self.log_every_n_steps or not is_main(): return
         self._ensure(learn)
-        vals = {'train_loss_step': learn.loss}  # (Lightning's name: 'train_loss' is the epoch's mean)
+        vals: dict[str, Any] = {'train_loss_step': learn.loss}  # (Lightning's name: 'train_loss' is the epoch's mean)
         for cb in learn.cbs:
             if callable(getattr(cb, 'log_step', None)): vals.update(cb.log_step())
         names = list(vals)
@@ -115,7 +120,7 @@ class LoggerCB(Callback):
         for (step, host), row in zip(self._at, rows): self._scalars({**dict(zip(self._names, row)), **host}, step)
         self._rows.reset(); self._at = []
 
-    def after_epoch(self, learn):
+    def after_epoch(self, learn: Learner) -> None:
         if not (self._on and learn.last_phase) or not is_main(): return
         self._ensure(learn)
         self._flush()
@@ -125,7 +130,7 @@ class LoggerCB(Callback):
         for cb in learn.cbs:
             if callable(getattr(cb, 'log_epoch', None)): vals.update(cb.log_epoch(learn))
         self._scalars({**vals, 'epoch': learn.epoch}, self.step)
-    def after_fit(self, learn):
+    def after_fit(self, learn: Learner) -> None:
         if not self._on or not is_main(): return
         self._ensure(learn)
         self._flush()
@@ -136,7 +141,7 @@ class LoggerCB(Callback):
                     self._figure(name, fig, self.step)
                     plt.close(fig)
         self._ok = True
-    def cleanup_fit(self, learn):
+    def cleanup_fit(self, learn: Learner) -> None:
         "Whatever happened, what was sampled is written and the run closed (marked failed if the fit did not end)."
         if not (self._on and self._open): return
         try: self._flush()
@@ -144,12 +149,13 @@ class LoggerCB(Callback):
             self._open = False
             self._finish(self._ok)
 
-    where = ()  # the settings that say where the run lives, kept with its id: a resumed run goes on there
-    def state_dict(self):
+    # the settings that say where the run lives, kept with its id: a resumed run goes on there
+    where: tuple[str, ...] = ()
+    def state_dict(self) -> dict[str, Any]:
         where = {k: getattr(self, k) for k in self.where}
         where = {k: str(v) if isinstance(v, Path) else v for k, v in where.items()}
         return {'run_id': self.run_id, 'step': self.step, **where}
-    def load_state_dict(self, sd):
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
         self.run_id, self.step = sd['run_id'], sd['step']
         for k in self.where:
             if k in sd: setattr(self, k, Path(sd[k]) if isinstance(getattr(self, k), Path) else sd[k])
@@ -159,7 +165,9 @@ class LoggerCB(Callback):
 class TensorBoardLogger(LoggerCB):
     """Log to TensorBoard event files in `save_dir`/`name` (default: the first free `version_N`, as Lightning names
     them); view with `tensorboard --logdir save_dir`. Needs `pip install "mtlearn[tensorboard]"`."""
-    def __init__(self, save_dir='runs', name=None, log_every_n_steps=50, log_figures=True):
+    writer: Any  # the run's `SummaryWriter`, while it is open
+    def __init__(self, save_dir: str | os.PathLike = 'runs', name: str | None = None, log_every_n_steps: int = 50,
+                 log_figures: bool = True) -> None:
         super().__init__(log_every_n_steps, log_figures)
         self.save_dir, self.run_name, self.writer = Path(save_dir), name, None  # (`name` would be the state's key)
     def _start(self, learn, run_id):
@@ -176,7 +184,7 @@ class TensorBoardLogger(LoggerCB):
         self.writer = SummaryWriter(run_id, purge_step=None if self.resumed_at is None else self.resumed_at + 1)
         return run_id
     @property
-    def log_dir(self): return self.run_id
+    def log_dir(self) -> str | None: return self.run_id
     def _hparams(self, h):
         from torch.utils.tensorboard.summary import hparams as hp
         for s in hp({k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in h.items()}, {}):
@@ -187,7 +195,7 @@ class TensorBoardLogger(LoggerCB):
     def _finish(self, ok):
         self.writer.close()
         self.writer = None
-    def read(self):
+    def read(self) -> dict[str, list[tuple[int, float]]]:
         "The logged scalars, read back with TensorBoard's own reader: name → [(step, value), ...]."
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
         ea = EventAccumulator(self.log_dir, size_guidance={'scalars': 0})
@@ -200,8 +208,10 @@ class WandbLogger(LoggerCB):
     upload later with `wandb sync`), or `mode='online'`; other `wandb.init` arguments in `init_kwargs`. Needs
     `pip install "mtlearn[wandb]"`."""
     where = ('project', 'save_dir', 'mode')
-    def __init__(self, project='mtlearn', name=None, save_dir='.', mode='offline', log_every_n_steps=50,
-                 log_figures=True, **init_kwargs):
+    wb_run: Any  # the W&B run, while it is open
+    def __init__(self, project: str = 'mtlearn', name: str | None = None, save_dir: str | os.PathLike = '.',
+                 mode: str = 'offline', log_every_n_steps: int = 50, log_figures: bool = True,
+                 **init_kwargs: Any) -> None:
         super().__init__(log_every_n_steps, log_figures)
         if mode not in ('offline', 'online', 'disabled'):
             raise ValueError(f"`mode` should be 'offline', 'online' or 'disabled'; found mode = {mode!r}")
@@ -238,10 +248,11 @@ class WandbLogger(LoggerCB):
                 break
             time.sleep(wait)
             wait = min(2 * wait, 0.5)
-    def read(self):
+    def read(self) -> dict[str, list[tuple[int, float]]]:
         """The logged scalars, read back from the run's files (`run-<id>.wandb` under `save_dir`/wandb, one folder per
         fit that wrote to the run, `<mode>-run-<time>-<id>[-k]`): name → [(step, value), ...]."""
-        out, id_ = {}, self.run_id
+        out: dict[str, list[tuple[int, float]]] = {}
+        id_ = self.run_id
         def when(f):  # (a folder's time, to the second, then W&B's -1, -2 ... for folders made within one second)
             m = re.fullmatch(rf'.*-(\d{{8}}_\d{{6}})-{re.escape(id_)}(?:-(\d+))?', f.parent.name)
             return (m[1], int(m[2] or 0)) if m else ('', 0)
@@ -291,8 +302,10 @@ class MLflowLogger(LoggerCB):
     ./mlruns; a server's URL or `sqlite:///mlflow.db` with the full `mlflow` package); view with `mlflow ui`. Needs
     `pip install "mtlearn[mlflow]"`."""
     where = ('tracking_uri',)
-    def __init__(self, experiment_name='mtlearn', run_name=None, tracking_uri='mlruns', log_every_n_steps=50,
-                 log_figures=True):
+    client: Any  # the tracking store's `MlflowClient`, once connected
+    def __init__(self, experiment_name: str = 'mtlearn', run_name: str | None = None,
+                 tracking_uri: str | os.PathLike = 'mlruns', log_every_n_steps: int = 50,
+                 log_figures: bool = True) -> None:
         super().__init__(log_every_n_steps, log_figures)
         self.experiment_name, self.run_name, self.tracking_uri = experiment_name, run_name, tracking_uri
         self.client = None
@@ -326,8 +339,9 @@ class MLflowLogger(LoggerCB):
         for i in range(0, len(ms), 1000): self.client.log_batch(self.run_id, metrics=ms[i:i + 1000])
     def _figure(self, name, fig, step): self.client.log_figure(self.run_id, fig, f'{name}.png')
     def _finish(self, ok): self.client.set_terminated(self.run_id, status='FINISHED' if ok else 'FAILED')
-    def read(self):
+    def read(self) -> dict[str, list[tuple[int, float]]]:
         "The logged metrics, read back with MLflow's client: name → [(step, value), ...]."
+    
         if self.client is None: self._connect()
         keys = self.client.get_run(self.run_id).data.metrics
         return {k: [(m.step, m.value) for m in sorted(self.client.get_metric_history(self.run_id, k),

@@ -4,9 +4,11 @@
 
 # %% ../nbs/22_loss_weighting.ipynb #0df9eb95
 from __future__ import annotations
+from collections.abc import Callable, Sequence
+from typing import Any
 import torch
 from torch import nn, optim
-from .learner import Callback
+from .learner import Callback, Learner
 from .aggregators import _ResizableState  # (checkpointed state sized by the number of tasks)
 
 # %% auto #0
@@ -21,26 +23,29 @@ class LossWeighting(_ResizableState, nn.Module):
     update_first = False
     # True: after the model's step, the batch's losses again, for `objective_after` (FAMO's same_batch)
     reevaluate = False
-    opt_defaults = {}  # the optimiser's settings the method's paper uses, when `LossWeightingCB` is given none
+    # the optimiser's settings the method's paper uses, when `LossWeightingCB` is given none
+    opt_defaults: dict[str, Any] = {}
     # True: `LossWeightingCB` sets `grad_norms`, each task loss's gradient norm on the last shared layer
     needs_grad_norms = False
-    def after_update(self): "Called after the parameters' step (GradNorm renormalises its weights there)."
-    def weights(self, losses): raise NotImplementedError
-    def objective(self, losses): return None
-    def objective_after(self, losses):
+    def after_update(self) -> None: "Called after the parameters' step (GradNorm renormalises its weights there)."
+    def weights(self, losses: torch.Tensor) -> torch.Tensor: raise NotImplementedError
+    def objective(self, losses: torch.Tensor) -> torch.Tensor | None: return None
+    def objective_after(self, losses: torch.Tensor) -> torch.Tensor | None:
         "T for the parameters from the batch's `losses` after the model's step (`reevaluate`)."
-    def end_epoch(self, mean_losses): "Called with the training epoch's mean task losses (DWA uses them)."
-    def reset(self): "Forget what was learnt or recorded."
-    def __repr__(self):
+    def end_epoch(self, mean_losses: torch.Tensor) -> None:
+        "Called with the training epoch's mean task losses (DWA uses them)."
+    def reset(self) -> None: "Forget what was learnt or recorded."
+    def __repr__(self) -> str:
         args = ', '.join(f'{k}={v!r}' for k, v in self._args().items())
         return f'{type(self).__name__}({args})'
-    def _args(self): return {}
+    def _args(self) -> dict[str, Any]: return {}
 
-def _check_losses(losses):
+def _check_losses(losses: Any) -> torch.Tensor:
     if not isinstance(losses, torch.Tensor) or losses.ndim != 1 or len(losses) == 0:
         found = f'shape {tuple(losses.shape)}' if isinstance(losses, torch.Tensor) else f'a {type(losses).__name__}'
         raise ValueError("loss weighting needs a 1-D tensor of per-task losses (a `MultiTaskLoss` gives one); found "
                          f"{found}")
+    return losses
 
 def _n_tasks(n_tasks):
     if not (isinstance(n_tasks, int) and not isinstance(n_tasks, bool) and n_tasks >= 1):
@@ -52,66 +57,71 @@ class UW(LossWeighting):
     """Uncertainty weighting (Kendall et al., CVPR 2018): T = Σ ½e^(−sᵢ)Lᵢ + ½sᵢ with learnt log-variances s
     (initially `init`)."""
     learnable = True
-    def __init__(self, n_tasks, init=-0.5):
+    def __init__(self, n_tasks: int, init: float = -0.5) -> None:
         super().__init__()
         self.init = float(init)
         self.s = nn.Parameter(torch.full((_n_tasks(n_tasks),), self.init))
-    def weights(self, losses): return (0.5 * torch.exp(-self.s)).detach().to(losses.dtype)
-    def objective(self, losses): return (0.5 * torch.exp(-self.s) * losses + 0.5 * self.s).sum()
-    def reset(self):
+    def weights(self, losses: torch.Tensor) -> torch.Tensor: return (0.5 * torch.exp(-self.s)).detach().to(losses.dtype)
+    def objective(self, losses: torch.Tensor) -> torch.Tensor:
+        return (0.5 * torch.exp(-self.s) * losses + 0.5 * self.s).sum()
+    def reset(self) -> None:
         with torch.no_grad(): self.s.fill_(self.init)
-    def _args(self): return {'n_tasks': len(self.s), 'init': self.init}
+    def _args(self) -> dict[str, Any]: return {'n_tasks': len(self.s), 'init': self.init}
 
 class IMTLL(LossWeighting):
     "IMTL-L (Liu et al., ICLR 2021): T = Σ e^(sᵢ)Lᵢ − sᵢ with learnt scales s (initially 0)."
     learnable = True
-    def __init__(self, n_tasks):
+    def __init__(self, n_tasks: int) -> None:
         super().__init__()
         self.s = nn.Parameter(torch.zeros(_n_tasks(n_tasks)))
-    def weights(self, losses): return torch.exp(self.s).detach().to(losses.dtype)
-    def objective(self, losses): return (torch.exp(self.s) * losses - self.s).sum()
-    def reset(self):
+    def weights(self, losses: torch.Tensor) -> torch.Tensor: return torch.exp(self.s).detach().to(losses.dtype)
+    def objective(self, losses: torch.Tensor) -> torch.Tensor: return (torch.exp(self.s) * losses - self.s).sum()
+    def reset(self) -> None:
         with torch.no_grad(): self.s.zero_()
-    def _args(self): return {'n_tasks': len(self.s)}
+    def _args(self) -> dict[str, Any]: return {'n_tasks': len(self.s)}
 
 # %% ../nbs/22_loss_weighting.ipynb #07ffdd1e
 class DWA(LossWeighting):
     """Dynamic weight average (Liu et al., CVPR 2019): wᵢ = m·softmax(rᵢ/T), rᵢ the ratio of the last two
     epochs' mean losses; 1 for the first two epochs."""
-    def __init__(self, T=2.0):
+    hist: torch.Tensor  # (a buffer)
+    def __init__(self, T: float = 2.0) -> None:
         super().__init__()
         if not (isinstance(T, (int, float)) and T > 0): raise ValueError(f"`T` should be a number > 0; found T = {T!r}")
         self.T = float(T)
         self.register_buffer('hist', torch.zeros(0))  # the last two epochs' mean losses, oldest first
-    def weights(self, losses):
+    def weights(self, losses: torch.Tensor) -> torch.Tensor:
         m = len(losses)
         if self.hist.shape != (2, m): return losses.new_ones(m)
         r = self.hist[1] / self.hist[0]
         return (m * torch.softmax(r / self.T, 0)).to(losses.dtype)
-    def end_epoch(self, mean_losses):
+    def end_epoch(self, mean_losses: torch.Tensor) -> None:
         h = mean_losses.detach()[None]
         self.hist = (
             torch.cat([self.hist[-1:], h]) if self.hist.ndim == 2 and self.hist.shape[1] == len(mean_losses) else h
         )
-    def reset(self): self.hist = torch.zeros(0)
+    def reset(self) -> None: self.hist = torch.zeros(0)
     _resizable = ('hist',)  # state sized by the number of tasks: loaded at the stored size
-    def _args(self): return {'T': self.T}
+    def _args(self) -> dict[str, Any]: return {'T': self.T}
 
 class RLW(LossWeighting):
     "Random loss weighting (Lin et al., TMLR 2022): w = softmax(z), z ~ N(0, I) drawn at every step."
-    def weights(self, losses): return torch.randn(len(losses), device=losses.device, dtype=losses.dtype).softmax(0)
+    def weights(self, losses: torch.Tensor) -> torch.Tensor:
+        return torch.randn(len(losses), device=losses.device, dtype=losses.dtype).softmax(0)
 
 class GLS(LossWeighting):
     """Geometric loss strategy (Chennupati et al., CVPRW 2019): T = (Π Lᵢ)^(1/m), so wᵢ = T/(m·Lᵢ). The losses
     should be positive."""
-    def weights(self, losses):
+    def weights(self, losses: torch.Tensor) -> torch.Tensor:
         L = losses.clamp_min(torch.finfo(losses.dtype).tiny)
         return torch.exp(torch.log(L).mean()) / (len(L) * L)
 
 class STCH(LossWeighting):
     """Smooth Tchebycheff scalarisation (Lin et al., ICML 2024): T = μ·log Σ exp(pᵢ(Lᵢ − zᵢ)/μ);
     wᵢ = pᵢ·softmax(p(L − z)/μ)ᵢ."""
-    def __init__(self, mu=1.0, pref_vector=None, ideal=None):
+    pref_vector: torch.Tensor | None; ideal: torch.Tensor | None  # (buffers)
+    def __init__(self, mu: float = 1.0, pref_vector: torch.Tensor | None = None,
+                 ideal: torch.Tensor | None = None) -> None:
         super().__init__()
         if not (isinstance(mu, (int, float)) and mu > 0):
             raise ValueError(f"`mu` should be a number > 0; found mu = {mu!r}")
@@ -120,13 +130,13 @@ class STCH(LossWeighting):
             if v is not None and not (isinstance(v, torch.Tensor) and v.ndim == 1):
                 raise ValueError(f"`{nm}` should be a 1-D tensor, one value per task, or None; found {v!r}")
             self.register_buffer(nm, None if v is None else v.detach().clone())
-    def weights(self, losses):
+    def weights(self, losses: torch.Tensor) -> torch.Tensor:
         m = len(losses)
         p = losses.new_full((m,), 1 / m) if self.pref_vector is None else self.pref_vector.to(losses)
         z = 0. if self.ideal is None else self.ideal.to(losses)
         if len(p) != m: raise ValueError(f"`pref_vector` has {len(p)} values for {m} tasks")
         return p * torch.softmax(p * (losses - z) / self.mu, 0)
-    def _args(self): return {'mu': self.mu, 'pref_vector': self.pref_vector, 'ideal': self.ideal}
+    def _args(self) -> dict[str, Any]: return {'mu': self.mu, 'pref_vector': self.pref_vector, 'ideal': self.ideal}
 
 # %% ../nbs/22_loss_weighting.ipynb #c0de2202
 class FAMO(LossWeighting):
@@ -136,9 +146,13 @@ class FAMO(LossWeighting):
     opt_defaults = {'lr': 0.025, 'weight_decay': 1e-3}  # the paper's Adam settings for ξ
     # δ: consecutive batches' losses, ξ moved before this batch's weights (default: no extra forward pass); or
     # `same_batch`: this batch's losses before and after the model's step (the authors' and LibMTL's: one more forward)
-    update_first = property(lambda self: not self.same_batch)
-    reevaluate = property(lambda self: self.same_batch)
-    def __init__(self, n_tasks, min_losses=None, same_batch=False):
+    @property  # (a class attribute of the other weightings: here it follows `same_batch`)
+    def update_first(self) -> bool: return not self.same_batch  # type: ignore[override]
+    @property
+    def reevaluate(self) -> bool: return self.same_batch  # type: ignore[override]
+    min_losses: torch.Tensor | None; prev: torch.Tensor  # (buffers)
+    def __init__(self, n_tasks: int, min_losses: torch.Tensor | Sequence[float] | None = None,
+                 same_batch: bool = False) -> None:
         super().__init__()
         if same_batch not in (True, False):
             raise ValueError(f"`same_batch` should be True or False; found same_batch = {same_batch!r}")
@@ -148,25 +162,27 @@ class FAMO(LossWeighting):
             'min_losses', None if min_losses is None else torch.as_tensor(min_losses, dtype=torch.float32).clone()
         )
         self.register_buffer('prev', torch.zeros(0))  # the last step's losses
-    def _D(self, losses):
+    def _D(self, losses: torch.Tensor) -> torch.Tensor:
         return (losses - (0. if self.min_losses is None else self.min_losses.to(losses))).clamp_min(0) + 1e-8
-    def weights(self, losses):
+    def weights(self, losses: torch.Tensor) -> torch.Tensor:
         z, D = torch.softmax(self.xi.detach(), 0).to(losses.dtype), self._D(losses)
         c = (z / D).sum()
         return z / (c * D)
-    def objective(self, losses):
+    def objective(self, losses: torch.Tensor) -> torch.Tensor | None:
         D, prev = self._D(losses), self.prev
         self.prev = D.detach().clone()
         if self.same_batch or prev.shape != D.shape: return None  # (same_batch: see `objective_after`) the first step
         return self._follow(prev, D)
-    def objective_after(self, losses): return self._follow(self.prev, self._D(losses))
-    def _follow(self, before, after):
+    def objective_after(self, losses: torch.Tensor) -> torch.Tensor | None:
+        return self._follow(self.prev, self._D(losses))
+    def _follow(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         return (torch.softmax(self.xi, 0) * (before.log() - after.log()).to(self.xi.dtype)).sum()
-    def reset(self):
+    def reset(self) -> None:
         with torch.no_grad(): self.xi.zero_()
         self.prev = torch.zeros(0)
     _resizable = ('prev',)  # state sized by the number of tasks: loaded at the stored size
-    def _args(self): return {'n_tasks': len(self.xi), 'min_losses': self.min_losses, 'same_batch': self.same_batch}
+    def _args(self) -> dict[str, Any]:
+        return {'n_tasks': len(self.xi), 'min_losses': self.min_losses, 'same_batch': self.same_batch}
 
 
 # %% ../nbs/22_loss_weighting.ipynb #cb5a378d
@@ -174,7 +190,11 @@ class LossWeightingCB(Callback):
     """Weight the task losses with `weighting` in training: `learn.losses` ← (wᵢLᵢ), `learn.loss` ← Σ wᵢLᵢ;
     learnt parameters stepped by `opt_func` (at `lr`, default the learner's)."""
     order = 5  # after_loss early, so that every later callback sees the weighted losses
-    def __init__(self, weighting, lr=None, opt_func=optim.Adam, shared=None):
+    opt: optim.Optimizer | None  # the weighting's learnt parameters' (None if it has none)
+    sum: torch.Tensor | None  # the training epoch's summed task losses, so far
+    _w: torch.Tensor | None  # this step's weights
+    def __init__(self, weighting: LossWeighting, lr: float | None = None,
+                 opt_func: Callable[..., optim.Optimizer] = optim.Adam, shared: nn.Module | str | None = None) -> None:
         if not isinstance(weighting, LossWeighting):
             raise ValueError("`weighting` should be a LossWeighting such as UW(n_tasks) or DWA(); found a "
                              f"{type(weighting).__name__}")
@@ -198,7 +218,7 @@ class LossWeightingCB(Callback):
         layers = [m for m in mod.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
         if not layers: raise ValueError("the shared module has no parameters that require grad")
         return [p for p in layers[-1].parameters(recurse=False) if p.requires_grad]
-    def before_fit(self, learn):
+    def before_fit(self, learn: Learner) -> None:
         self._w = None
         if self.weighting.needs_grad_norms: self._W = self._last_shared(getattr(learn.model, 'module', learn.model))
         p = next(iter(learn.model.parameters()), None)
@@ -209,12 +229,11 @@ class LossWeightingCB(Callback):
             if self.lr is None and not self.weighting.opt_defaults:  # the learner's rate
                 for g in self.opt.param_groups: g['lr'] = self._lr(learn)
     def _lr(self, learn): return self.lr if self.lr is not None else learn.opt.param_groups[0]['lr']
-    def before_epoch(self, learn):
+    def before_epoch(self, learn: Learner) -> None:
         if learn.model.training: self.sum, self.n = None, 0
-    def after_loss(self, learn):
+    def after_loss(self, learn: Learner) -> None:
         if not learn.model.training: return
-        L = getattr(learn, 'losses', None)
-        _check_losses(L)
+        L = _check_losses(getattr(learn, 'losses', None))
         Ld = L.detach()
         self.sum, self.n = (Ld if self.sum is None else self.sum + Ld), self.n + 1
         wt = self.weighting
@@ -231,7 +250,7 @@ class LossWeightingCB(Callback):
         if wt.learnable and not wt.update_first: self._objective(Ld, step=False)
         learn.losses = w * L
         learn.loss = learn.losses.sum()
-    def log_step(self):
+    def log_step(self) -> dict[str, torch.Tensor]:
         "This step's loss weights, on the device: an experiment logger's per-step record."
         w = getattr(self, '_w', None)
         return {} if w is None else {f'loss_weight/{i}': x for i, x in enumerate(w.detach())}
@@ -241,7 +260,7 @@ class LossWeightingCB(Callback):
         if obj is not None:
             obj.backward()
             if step: self.opt.step(); self.weighting.after_update()
-    def after_step(self, learn):
+    def after_step(self, learn: Learner) -> None:
         if self.opt is None or self.weighting.update_first: return
         if self.lr is None and not self.weighting.opt_defaults:
             # the learner's schedule, followed
@@ -255,12 +274,12 @@ class LossWeightingCB(Callback):
             obj.backward()
         self.opt.step()
         self.weighting.after_update()
-    def after_epoch(self, learn):
-        if learn.model.training and self.n: self.weighting.end_epoch(self.sum / self.n)
-    def state_dict(self):
+    def after_epoch(self, learn: Learner) -> None:
+        if learn.model.training and self.n and self.sum is not None: self.weighting.end_epoch(self.sum / self.n)
+    def state_dict(self) -> dict[str, Any]:
         return {'weighting': self.weighting.state_dict(), 'opt': None if self.opt is None else self.opt.state_dict(),
                 'sum': self.sum, 'n': self.n}
-    def load_state_dict(self, sd):
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
         self.weighting.load_state_dict(sd['weighting'])
         if sd['opt'] is not None and self.opt is not None: self.opt.load_state_dict(sd['opt'])
         self.sum, self.n = sd['sum'], sd['n']
@@ -271,26 +290,29 @@ class GradNorm(LossWeighting):
     relative inverse training rate); Σw = m."""
     learnable, needs_grad_norms = True, True
     opt_defaults = {'lr': 0.025}  # the paper's learning rate for the weights
-    def __init__(self, n_tasks, alpha=1.5):
+    L0: torch.Tensor  # (a buffer)
+    def __init__(self, n_tasks: int, alpha: float = 1.5) -> None:
         super().__init__()
         if not (isinstance(alpha, (int, float)) and alpha >= 0):
             raise ValueError(f"`alpha` should be a number ≥ 0; found alpha = {alpha!r}")
         self.alpha = float(alpha)
         self.w = nn.Parameter(torch.ones(_n_tasks(n_tasks)))
         self.register_buffer('L0', torch.zeros(0))  # the first step's losses
-        self.grad_norms = None
-    def weights(self, losses): return self.w.detach().to(losses.dtype)
-    def objective(self, losses):
+        self.grad_norms: torch.Tensor | None = None  # set by `LossWeightingCB` before each `objective`
+    def weights(self, losses: torch.Tensor) -> torch.Tensor: return self.w.detach().to(losses.dtype)
+    def objective(self, losses: torch.Tensor) -> torch.Tensor:
         if self.L0.shape != losses.shape: self.L0 = losses.detach().clone()
+        assert self.grad_norms is not None, "GradNorm needs `grad_norms` (LossWeightingCB sets them)"
         n = self.grad_norms.to(self.w.dtype)
         G = self.w * n
         rate = losses.detach() / self.L0
         target = (G.mean() * (rate / rate.mean()) ** self.alpha).detach()
         return (G - target).abs().sum()
-    def after_update(self):
+    def after_update(self) -> None:
         with torch.no_grad(): self.w.mul_(len(self.w) / self.w.sum())
-    def reset(self):
+    
+    def reset(self) -> None:
         with torch.no_grad(): self.w.fill_(1.)
         self.L0 = torch.zeros(0)
     _resizable = ('L0',)  # state sized by the number of tasks: loaded at the stored size
-    def _args(self): return {'n_tasks': len(self.w), 'alpha': self.alpha}
+    def _args(self) -> dict[str, Any]: return {'n_tasks': len(self.w), 'alpha': self.alpha}

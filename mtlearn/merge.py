@@ -7,7 +7,9 @@ from __future__ import annotations
 import math, time, warnings
 from copy import deepcopy
 from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
+from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,9 +28,9 @@ __all__ = ['loss_hessians', 'LossHessian', 'register_loss_hessian', 'loss_hessia
 class LossHessian:
     """The Hessian of a loss with respect to the model's output: `hvp(out, y, v, scale)` = H v, `sqrt(out, y, scale)` =
     S with H = S Sᵀ per item (shape: items × outputs × columns)."""
-    hvp: callable
-    sqrt: callable
-    scale: callable  # (out, reduction) -> the factor `mean` puts on a summed loss
+    hvp: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]  # (out, y, v, scale) -> H v
+    sqrt: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]  # (out, y, scale) -> S
+    scale: Callable[[torch.Tensor, str], float]  # (out, reduction) -> the factor `mean` puts on a summed loss
     # how the loss reduces a batch, 'mean' or 'sum'; None: read it from the loss (default 'mean')
     reduction: str | None = None
 
@@ -70,7 +72,7 @@ _loss_kinds = {
 }
 
 # %% ../nbs/30_merge.ipynb #ef0ab854
-def register_loss_hessian(loss, hessian:LossHessian):
+def register_loss_hessian(loss: Callable[..., Any], hessian: LossHessian) -> None:
     """Teach the GGN a new `loss` (a class or a function): `hessian` gives its Hessian with respect to the model's
     output."""
     if not isinstance(hessian, LossHessian):
@@ -81,10 +83,11 @@ def register_loss_hessian(loss, hessian:LossHessian):
 def _supported():
     return ', '.join(getattr(k, '__name__', repr(k)) for k in _loss_kinds)
 
-def loss_hessian(loss_func, name='loss_func'):
+def loss_hessian(loss_func: Callable[..., Any], name: str = 'loss_func') -> tuple[LossHessian, str]:
     """The `LossHessian` and reduction of `loss_func`, or an error that says which losses are supported and how to add
     one."""
-    f, kw = loss_func, {}
+    f: Any = loss_func
+    kw: dict[str, Any] = {}
     if isinstance(f, partial): f, kw = f.func, f.keywords
     kind = _loss_kinds.get(type(f) if isinstance(f, nn.Module) else f)
     if kind is None:
@@ -119,14 +122,14 @@ class _Flat:
     def split(self, v): return {n: t.view(s) for n, t, s in zip(self.names, v.split(self.numels), self.shapes)}
     def cat(self, d): return torch.cat([d[n].reshape(-1) for n in self.names])
 
-def flat_params(model):
+def flat_params(model: nn.Module) -> torch.Tensor:
     "`model`'s parameters as one detached vector, in `named_parameters` order."
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 class GGN:
     """The GGN (the Fisher, for MSE, cross-entropy and BCE) of `model` with `loss_func` over the batches of `dl`, as a
     matrix-free operator: `ggn @ v`."""
-    def __init__(self, model, dl, loss_func, name='model'):
+    def __init__(self, model: nn.Module, dl: Iterable[Any], loss_func: Callable[..., Any], name: str = 'model') -> None:
         self.model, self.dl, self.name = model, dl, name
         self.hess, self.reduction = loss_hessian(loss_func)
         self.flat = _Flat(model)
@@ -135,7 +138,7 @@ class GGN:
         self.device, self.dtype, self.n_products = self.theta.device, self.theta.dtype, 0
 
     @property
-    def shape(self): return (len(self.theta), len(self.theta))
+    def shape(self) -> tuple[int, int]: return (len(self.theta), len(self.theta))
     def _f(self, x): return lambda p: functional_call(self.model, (p, self.buffers), (x,))
     def _batches(self):
         """(x, y) per batch, on the model's device, counting the items (a mean-reduced loss weights batch b by n_b/N:
@@ -153,7 +156,7 @@ class GGN:
     def _finish(self, total): return total / self.n_items if self.reduction == 'mean' else total
 
     @torch.no_grad()
-    def __matmul__(self, v):
+    def __matmul__(self, v: torch.Tensor) -> torch.Tensor:
         "G v for a flat vector `v`."
         was = self.model.training
         self.model.eval()
@@ -162,16 +165,16 @@ class GGN:
             params = self.flat.split(self.theta)
             for x, y in self._batches():
                 f = self._f(x)
-                out, jv = jvp(f, (params,), (vd,))
+                out, jv = jvp(f, (params,), (vd,))  # type: ignore[misc]  # (three values only with has_aux)
                 hjv = self.hess.hvp(out, y, jv, self.hess.scale(out, self.reduction))
-                _, back = vjp(f, params)
+                _, back = vjp(f, params)  # type: ignore[misc]  # (three values only with has_aux)
                 total += self._weight(out) * self.flat.cat(back(hjv)[0])
         finally: self.model.train(was)
         self.n_products += 1
         return self._finish(total)
 
     @torch.no_grad()
-    def diagonal(self, chunk_size=32):
+    def diagonal(self, chunk_size: int = 32) -> torch.Tensor:
         """The exact diagonal of the GGN: per-item gradients of the columns of the loss Hessian's square root (for
         cross-entropy: the expectation over classes under the model's own prediction, no sampled labels)."""
         was = self.model.training
@@ -202,7 +205,9 @@ class CGInfo:
     converged: bool
     reason: str
 
-def cg_solve(matvec, b, x0=None, rtol=1e-6, atol=0., max_iter=None, patience=20, progress=False):
+def cg_solve(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, x0: torch.Tensor | None = None,
+             rtol: float = 1e-6, atol: float = 0., max_iter: int | None = None, patience: int = 20,
+             progress: bool = False) -> tuple[torch.Tensor, CGInfo]:
     """Solve A x = b (A symmetric positive-definite, given as `matvec`) by conjugate gradients; returns `x` and a
     `CGInfo`."""
     if not isinstance(b, torch.Tensor) or b.ndim != 1:
@@ -251,7 +256,7 @@ def cg_solve(matvec, b, x0=None, rtol=1e-6, atol=0., max_iter=None, patience=20,
         while it < max_iter:
             it += 1
             Ap = A(p)
-            pAp = torch.dot(p, Ap)
+            pAp: Any = torch.dot(p, Ap)  # (a tensor, then its value)
             alpha = rr / pAp  # a 0-d tensor: the updates below need no read
             x.add_(p * alpha); r.sub_(Ap * alpha)
             rr_new, pAp = torch.dot(r, r).item(), pAp.item()  # the one read per iteration, for the stopping test
@@ -302,7 +307,7 @@ def _check_same_architecture(models):
                 raise ValueError(f"`models` should keep parameters on one device and dtype; {n!r} is {p.dtype} on "
                                  f"{p.device} in models[0], {q.dtype} on {q.device} in models[{i}]")
 
-def _merge_inputs(models, dls, loss_funcs):
+def _merge_inputs(models: Iterable[Any], dls: Any, loss_funcs: Any) -> tuple[list[nn.Module], list[Any], list[Any]]:
     models = list(models)
     if not models: raise ValueError("`models` should hold at least one model; found none")
     if all(isinstance(o, Learner) for o in models) and dls is None and loss_funcs is None:
@@ -327,8 +332,11 @@ def _merge_inputs(models, dls, loss_funcs):
 def _check_finite_vec(v, what):
     if not torch.isfinite(v).all(): raise ValueError(f"{what} has non-finite values: check the model and its data")
 
-def fisher_merge(models, dls=None, loss_funcs=None, damping=1e-3, method='exact', damp_to='mean', fisher_floor=1e-6,
-                 rtol=1e-5, max_iter=None, progress=True):
+def fisher_merge(models: Iterable[nn.Module | Learner], dls: Iterable[Iterable[Any]] | None = None,
+                 loss_funcs: Callable[..., Any] | Iterable[Callable[..., Any]] | None = None, damping: float = 1e-3,
+                 method: str = 'exact', damp_to: str = 'mean', fisher_floor: float = 1e-6, rtol: float = 1e-5,
+                 max_iter: int | None = None, progress: bool = True) -> nn.Module:
+
     """A new model with the Fisher-weighted average of `models`' parameters, each model's Fisher from its loader in
     `dls` and loss in `loss_funcs` (or Learners)."""
     if method not in ('exact', 'diagonal'):
@@ -358,5 +366,5 @@ def fisher_merge(models, dls=None, loss_funcs=None, damping=1e-3, method='exact'
         for p, t in zip(merged.parameters(), ggns[0].flat.split(theta).values()): p.copy_(t)
         for (n, buf), *others in zip(merged.named_buffers(), *[m.buffers() for m in models[1:]]):
             if torch.is_floating_point(buf): buf.copy_(torch.stack([buf, *others]).mean(0))
-    merged.merge_info = info
+    merged.merge_info = info  # type: ignore[assignment]  # (torch types module attributes as tensors or modules)
     return merged

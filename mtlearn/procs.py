@@ -5,34 +5,37 @@
 # %% ../nbs/08_procs.ipynb #p0000003
 from __future__ import annotations
 import os, time
+from collections.abc import Callable
+from typing import Any
 from datetime import timedelta
 from pathlib import Path
 import torch
 import torch.distributed as dist
+from torch import nn
 
 # %% auto #0
 __all__ = ['DEFAULT_TIMEOUT', 'world', 'rank', 'is_main', 'main_print', 'write_atomic', 'all_sum', 'all_mean', 'any_rank',
            'gather', 'agree', 'init_distributed', 'explain_timeout', 'unwrap', 'is_compiled']
 
 # %% ../nbs/08_procs.ipynb #p0000006
-def world():
+def world() -> int:
     "The number of processes training together (1 without torch.distributed)."
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
-def rank():
+def rank() -> int:
     "This process's rank among them (0 without torch.distributed)."
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
-def is_main():
+def is_main() -> bool:
     "Whether this process is the one that prints and writes files (rank 0)."
     return rank() == 0
 
-def main_print(*args, **kwargs):
+def main_print(*args: Any, **kwargs: Any) -> None:
     "`print` on the first process only."
     if is_main(): print(*args, **kwargs)
 
 # %% ../nbs/08_procs.ipynb #p0000007
-def write_atomic(path, write):
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> bool:
     """On the first process only, call `write(tmp)` to fill a temporary file beside `path`, then rename it to `path`: a
     reader never sees a half-written file, and a failed write leaves the old one intact. Returns whether this
     process wrote."""
@@ -46,22 +49,22 @@ def write_atomic(path, write):
     return True
 
 # %% ../nbs/08_procs.ipynb #p0000010
-def _comm(t):
+def _comm(t: torch.Tensor) -> torch.Tensor:
     "`t` where the process group's backend can reduce it (NCCL: the GPU)."
     return t.cuda() if dist.get_backend() == 'nccl' and t.device.type != 'cuda' else t
 
-def all_sum(t):
+def all_sum(t: torch.Tensor) -> torch.Tensor:
     "The sum of tensor `t` over the processes (`t` itself with one process); a collective: every process must call it."
     if world() == 1: return t
     r = _comm(t.detach().clone())
     dist.all_reduce(r)
     return r.to(t.device)
 
-def all_mean(t):
+def all_mean(t: torch.Tensor) -> torch.Tensor:
     "The mean of tensor `t` over the processes (`t` itself with one process); a collective."
     return t if world() == 1 else all_sum(t) / world()
 
-def any_rank(flag):
+def any_rank(flag: bool | torch.Tensor) -> torch.Tensor:
     """Whether `flag` (a bool, or a bool tensor) is true on any process, as a tensor on every process; the collective
     for decisions to stop."""
     if world() == 1: return torch.as_tensor(flag)
@@ -70,14 +73,14 @@ def any_rank(flag):
     dist.all_reduce(r, op=dist.ReduceOp.MAX)
     return (r > 0).to(t.device)
 
-def gather(obj):
+def gather(obj: Any) -> list[Any]:
     "A list of every process's `obj` (picklable), in rank order, on every process; `[obj]` with one process."
     if world() == 1: return [obj]
     out = [None] * world()
     dist.all_gather_object(out, obj)
     return out
 
-def agree(n, what):
+def agree(n: int, what: str) -> int:
     """Check that the int `n` is the same on every process; else raise, on every process, a `ValueError` naming `what`
     and the counts."""
     ns = gather(n)
@@ -89,9 +92,9 @@ def agree(n, what):
 
 # %% ../nbs/08_procs.ipynb #p0000013
 DEFAULT_TIMEOUT = timedelta(minutes=10)
-_joined = {}  # the time-out of the process group this process joined
+_joined: dict[str, timedelta] = {}  # the time-out of the process group this process joined
 
-def _attempt_store(timeout):
+def _attempt_store(timeout: timedelta) -> dist.Store | None:
     "The agent's store under a prefix of this restart attempt's own, when `torchrun` (elastic) started us; else None."
     n = os.environ.get('TORCHELASTIC_RESTART_COUNT')
     if n is None or os.environ.get('TORCHELASTIC_USE_AGENT_STORE') != 'True': return None
@@ -99,7 +102,7 @@ def _attempt_store(timeout):
                           is_master=False, timeout=timeout)
     return dist.PrefixStore(f'mtlearn/attempt_{n}', store)
 
-def init_distributed(backend=None, timeout=DEFAULT_TIMEOUT):
+def init_distributed(backend: str | None = None, timeout: timedelta = DEFAULT_TIMEOUT) -> tuple[int, int]:
     """Join the process group `torchrun` describes in the environment (gloo on the CPU, NCCL with GPUs), with
     collectives that give up after `timeout`; with one process, nothing. Returns (rank, world)."""
     if not isinstance(timeout, timedelta) or timeout <= timedelta(0):
@@ -120,13 +123,14 @@ def init_distributed(backend=None, timeout=DEFAULT_TIMEOUT):
     return rank(), world()
 
 # %% ../nbs/08_procs.ipynb #p0000015
-def _timed_out(e): return world() > 1 and isinstance(e, RuntimeError) and 'timed out' in str(e).lower()
+def _timed_out(e: BaseException) -> bool:
+    return world() > 1 and isinstance(e, RuntimeError) and 'timed out' in str(e).lower()
 
-def explain_timeout(e, wait=2.):
+def explain_timeout(e: BaseException, wait: float = 2.) -> BaseException:
     """If `e` is a collective's time-out, add a note naming the processes that never reached it (each process that
     timed out says so in the store; those silent after `wait` seconds stalled)."""
     if not _timed_out(e) or getattr(e, '_mtlearn_explained', False): return e
-    e._mtlearn_explained = True
+    setattr(e, '_mtlearn_explained', True)  # (explained once, however many callers see it)
     try:
         store = dist.distributed_c10d._get_default_store()
         store.set(f'mtlearn/timed_out/{rank()}', '1')
@@ -142,15 +146,17 @@ def explain_timeout(e, wait=2.):
     return e
 
 # %% ../nbs/08_procs.ipynb #p0000017
-def unwrap(model):
+def unwrap(model: nn.Module) -> nn.Module:
     """The model inside any wrappers: DistributedDataParallel and DataParallel (`.module`), `torch.compile`
     (`._orig_mod`)."""
+    m: Any = model  # (torch types a module's attributes as tensors or modules: these are modules)
     while True:
-        nm = type(model).__name__
-        if nm in ('DistributedDataParallel', 'DataParallel') and hasattr(model, 'module'): model = model.module
-        elif nm == 'OptimizedModule' and hasattr(model, '_orig_mod'): model = model._orig_mod
-        else: return model
+        nm = type(m).__name__
+        if nm in ('DistributedDataParallel', 'DataParallel') and hasattr(m, 'module'): m = m.module
+        elif nm == 'OptimizedModule' and hasattr(m, '_orig_mod'): m = m._orig_mod
+        else: return m
 
-def is_compiled(m):
+def is_compiled(m: nn.Module) -> bool:
+
     "Whether module `m` runs through `torch.compile`: compiled in place (`nn.Module.compile`) or wrapped by it."
     return getattr(m, '_compiled_call_impl', None) is not None or hasattr(m, '_orig_mod')

@@ -4,6 +4,7 @@
 
 # %% ../nbs/13_resnet.ipynb #3839cb44
 from __future__ import annotations
+from collections.abc import Callable, Sequence
 from functools import partial
 import fastcore.all as fc
 import torch
@@ -18,25 +19,29 @@ __all__ = ['act_gr', 'ResBlock', 'get_resnet']
 act_gr = partial(GeneralRelu, leak=0.1, sub=0.4)
 
 # %% ../nbs/13_resnet.ipynb #03d17849
-def _conv_block(ni, nf, stride, act=act_gr, norm=None, ks=3):
+def _conv_block(ni: int, nf: int, stride: int, act: Callable[[], nn.Module] = act_gr,
+                norm: Callable[[int], nn.Module] | None = None, ks: int = 3) -> nn.Sequential:
     return nn.Sequential(conv(ni, nf, stride=1, act=act, norm=norm, ks=ks),
                          conv(nf, nf, stride=stride, act=None, norm=norm, ks=ks))
 
 class ResBlock(nn.Module):
     "Two convolutions plus an identity path (1×1 conv if channels change, average pool if `stride` > 1), then `act`."
-    def __init__(self, ni, nf, stride=1, ks=3, act=act_gr, norm=None):
+    def __init__(self, ni: int, nf: int, stride: int = 1, ks: int = 3, act: Callable[[], nn.Module] = act_gr,
+                 norm: Callable[[int], nn.Module] | None = None) -> None:
         super().__init__()
         self.convs = _conv_block(ni, nf, stride, act=act, ks=ks, norm=norm)
         self.idconv = fc.noop if ni == nf else conv(ni, nf, ks=1, stride=1, act=None)
         self.pool = fc.noop if stride == 1 else nn.AvgPool2d(2, ceil_mode=True)
         self.act = act()
-    def forward(self, x): return self.act(self.convs(x) + self.idconv(self.pool(x)))
+    def forward(self, x: torch.Tensor) -> torch.Tensor: return self.act(self.convs(x) + self.idconv(self.pool(x)))
 
 # %% ../nbs/13_resnet.ipynb #0fd8a467
-def get_resnet(act=act_gr, nfs=(8, 16, 32, 64, 128, 256), norm=nn.BatchNorm2d, n_out=10):
+def get_resnet(act: Callable[[], nn.Module] = act_gr, nfs: Sequence[int] = (8, 16, 32, 64, 128, 256),
+               norm: Callable[[int], nn.Module] | None = nn.BatchNorm2d, n_out: int = 10) -> nn.Sequential:
     """The course's ResNet: a stride-1 ResBlock from 1 to `nfs[0]` channels, stride-2 ResBlocks through `nfs`, a linear
     head."""
-    layers = [ResBlock(1, nfs[0], stride=1, act=act, norm=norm)]
+    layers: list[nn.Module] = [ResBlock(1, nfs[0], stride=1, act=act, norm=norm)]
+    
     layers += [ResBlock(nfs[i], nfs[i+1], act=act, norm=norm, stride=2) for i in range(len(nfs)-1)]
     layers += [nn.Flatten(), nn.Linear(nfs[-1], n_out, bias=False), nn.BatchNorm1d(n_out)]
     return nn.Sequential(*layers)

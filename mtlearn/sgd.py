@@ -4,9 +4,12 @@
 
 # %% ../nbs/12_sgd.ipynb #c872e877
 from __future__ import annotations
+from collections.abc import Callable, Iterable
 from functools import partial
+from typing import Any
 import fastcore.all as fc
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 from torch.optim import lr_scheduler
 
@@ -20,24 +23,27 @@ __all__ = ['SGD', 'Momentum', 'RMSProp', 'Adam', 'BaseSchedCB', 'BatchSchedCB', 
 # %% ../nbs/12_sgd.ipynb #40fc7a95
 class SGD:
     "Stochastic gradient descent with decoupled weight decay `wd`; subclasses change `opt_step`."
-    def __init__(self, params, lr, wd=0.):
+    state: dict[torch.Tensor, dict[str, torch.Tensor]]  # each parameter's (see `_state`)
+    def __init__(self, params: Iterable[torch.Tensor], lr: float, wd: float = 0.) -> None:
         if not lr > 0: raise ValueError(f"`lr` should be positive; found lr = {lr!r}")
         if not wd >= 0: raise ValueError(f"`wd` should be non-negative; found wd = {wd!r}")
         self.params, self.lr, self.wd, self.i, self.state = list(params), lr, wd, 0, {}
-    def step(self):
+    def step(self) -> None:
         with torch.no_grad():
             for p in self.params:
                 if p.grad is None: continue
                 self.reg_step(p)
                 self.opt_step(p)
         self.i += 1
-    def opt_step(self, p): p -= p.grad*self.lr
-    def reg_step(self, p):
+    def opt_step(self, p: torch.Tensor) -> None:
+        assert p.grad is not None  # (`step` passes only parameters that have a gradient)
+        p -= p.grad*self.lr
+    def reg_step(self, p: torch.Tensor) -> None:
         if self.wd != 0: p *= 1 - self.lr*self.wd
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         for p in self.params:
             if p.grad is not None: p.grad.zero_()
-    def _state(self, p, **init):
+    def _state(self, p: torch.Tensor, **init: Callable[[Any], torch.Tensor]) -> dict[str, torch.Tensor]:
         "The state of `p`: `init`'s values (functions of `p`) the first time, then updated in place."
         st = self.state.get(p)
         if st is None: st = self.state[p] = {k: f(p) for k, f in init.items()}
@@ -48,19 +54,22 @@ _zeros = lambda p: torch.zeros_like(p)
 
 class Momentum(SGD):
     "SGD along a moving average of the gradients (weight `mom` on the past)."
-    def __init__(self, params, lr, wd=0., mom=0.9):
+    def __init__(self, params: Iterable[torch.Tensor], lr: float, wd: float = 0., mom: float = 0.9) -> None:
         super().__init__(params, lr=lr, wd=wd)
         self.mom = mom
-    def opt_step(self, p):
+    def opt_step(self, p: torch.Tensor) -> None:
+        assert p.grad is not None
         avg = self._state(p, grad_avg=_zeros)['grad_avg'].lerp_(p.grad, 1-self.mom)
         p -= self.lr*avg
 
 class RMSProp(SGD):
     "SGD with each gradient divided by the root of a moving average of its squares."
-    def __init__(self, params, lr, wd=0., sqr_mom=0.99, eps=1e-5):
+    def __init__(self, params: Iterable[torch.Tensor], lr: float, wd: float = 0., sqr_mom: float = 0.99,
+                 eps: float = 1e-5) -> None:
         super().__init__(params, lr=lr, wd=wd)
         self.sqr_mom, self.eps = sqr_mom, eps
-    def opt_step(self, p):
+    def opt_step(self, p: torch.Tensor) -> None:
+        assert p.grad is not None
         # starts from the first squared gradient, not from zero
         sqr = self._state(p, sqr_avg=lambda p: p.grad**2)['sqr_avg']
         sqr.mul_(self.sqr_mom).addcmul_(p.grad, p.grad, value=1-self.sqr_mom)
@@ -68,10 +77,12 @@ class RMSProp(SGD):
 
 class Adam(SGD):
     "Momentum and RMSProp together, with bias correction of both averages."
-    def __init__(self, params, lr, wd=0., beta1=0.9, beta2=0.99, eps=1e-5):
+    def __init__(self, params: Iterable[torch.Tensor], lr: float, wd: float = 0., beta1: float = 0.9,
+                 beta2: float = 0.99, eps: float = 1e-5) -> None:
         super().__init__(params, lr=lr, wd=wd)
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
-    def opt_step(self, p):
+    def opt_step(self, p: torch.Tensor) -> None:
+        assert p.grad is not None
         st = self._state(p, avg=_zeros, sqr_avg=_zeros)
         st['avg'].lerp_(p.grad, 1-self.beta1)
         st['sqr_avg'].mul_(self.beta2).addcmul_(p.grad, p.grad, value=1-self.beta2)
@@ -83,39 +94,40 @@ class Adam(SGD):
 class BaseSchedCB(Callback):
     "Build a scheduler from `sched(opt)` before the fit; `_step` advances it while training."
     order = 60  # step after every other callback (RecorderCB included) has seen this batch's learning rate
-    def __init__(self, sched):
+    def __init__(self, sched: Callable[[Any], Any]) -> None:
         if not callable(sched):
             raise TypeError("`sched` should be a callable taking the optimiser (a `partial` of a scheduler, say); "
                             f"found {sched!r}")
         self.sched = sched
-    def before_fit(self, learn):
+    def before_fit(self, learn: Learner) -> None:
         try: self.schedo = self.sched(learn.opt)
         except TypeError as e:
             raise TypeError(
                 f"`sched` should accept the optimiser as its only argument; `sched(learn.opt)` raised: {e}"
             ) from e
-    def _step(self, learn):
+    def _step(self, learn: Learner) -> None:
         if learn.training: self.schedo.step()
-    def state_dict(self): return self.schedo.state_dict()
-    def load_state_dict(self, sd): self.schedo.load_state_dict(sd)
+    def state_dict(self) -> dict[str, Any]: return self.schedo.state_dict()
+    def load_state_dict(self, sd: dict[str, Any]) -> None: self.schedo.load_state_dict(sd)
 
 class BatchSchedCB(BaseSchedCB):
     "Step the scheduler after every training batch."
-    def after_batch(self, learn): self._step(learn)
+    def after_batch(self, learn: Learner) -> None: self._step(learn)
 
 class EpochSchedCB(BaseSchedCB):
     "Step the scheduler after every training epoch."
-    def after_epoch(self, learn): self._step(learn)
+    def after_epoch(self, learn: Learner) -> None: self._step(learn)
 
 class HasLearnCB(Callback):
     "Keep a reference to the learner as `self.learn` during the fit."
-    def before_fit(self, learn): self.learn = learn
-    def after_fit(self, learn): self.learn = None
+    learn: Learner | None
+    def before_fit(self, learn: Learner) -> None: self.learn = learn
+    def after_fit(self, learn: Learner) -> None: self.learn = None
 
 # %% ../nbs/12_sgd.ipynb #a3431362
-def sched_lrs(sched, steps, ax=None):
+def sched_lrs(sched: lr_scheduler.LRScheduler, steps: int, ax: plt.Axes | None = None) -> list[float]:
     "Plot the learning rates `sched` (a PyTorch scheduler) gives over `steps` steps; return them."
-    lrs = [sched.get_last_lr()[0]]
+    lrs: list[Any] = [sched.get_last_lr()[0]]  # (floats; torch allows tensors)
     for _ in range(steps):
         sched.optimizer.step()
         sched.step()
@@ -131,38 +143,39 @@ class RecorderCB(HasLearnCB):
     learner's recorder, `DeviceSeries`; `plot` draws each record."""
     order = 50
     max_records = 100_000  # the newest kept per record (a whole schedule of a long run)
-    def __init__(self, **d):
+    series: dict[str, DeviceSeries]
+    def __init__(self, **d: Callable[[RecorderCB], Any]) -> None:
         for k, f in d.items():
             if not callable(f):
                 raise TypeError(f"`RecorderCB` records `{k}` with a function of the callback; found {k}={f!r}")
         self.d, self.series = d, {}
-    def before_fit(self, learn):
+    def before_fit(self, learn: Learner) -> None:
         super().before_fit(learn)
         self.series = {k: DeviceSeries(self.max_records) for k in self.d}
         self.pg = learn.opt.param_groups[0]
-    def after_batch(self, learn):
+    def after_batch(self, learn: Learner) -> None:
         if not learn.training: return
         for k, f in self.d.items():
             v = f(self)
             self.series[k].append(v.detach().reshape(1) if isinstance(v, torch.Tensor) else v)
-    def after_epoch(self, learn):
+    def after_epoch(self, learn: Learner) -> None:
         for s in self.series.values(): s.flush()  # the one host read of the epoch's records
     cleanup_fit = after_epoch
     @property
-    def recs(self):
+    def recs(self) -> dict[str, list[float]]:
         "Each record's values, as lists of floats."
         return {k: s.values()[:, 0].tolist() if len(s) else [] for k, s in self.series.items()}
-    def state_dict(self): return {'recs': self.recs}
-    def load_state_dict(self, sd):
+    def state_dict(self) -> dict[str, Any]: return {'recs': self.recs}
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
         for k, v in sd['recs'].items():
             if k in self.series:
                 self.series[k].load_state_dict({'values': torch.tensor(v, dtype=torch.float64).reshape(-1, 1)})
 
-    def log_figures(self):
+    def log_figures(self) -> dict[str, Callable[..., Any]]:
         "The figures an experiment logger writes at the end of a fit: name → a function that draws one."
         return {'records': self.plot} if any(len(s) for s in self.series.values()) else {}
 
-    def plot(self, imsize=4):
+    def plot(self, imsize: float = 4) -> np.ndarray:
         "One plot per record, side by side."
         fig, axs = subplots(1, len(self.series), imsize=imsize, squeeze=False)
         for ax, (k, s) in zip(axs.flat, self.series.items()):
@@ -170,7 +183,7 @@ class RecorderCB(HasLearnCB):
         return axs
 
 # %% ../nbs/12_sgd.ipynb #a2e7311b
-def _mom(pg):
+def _mom(pg: dict[str, Any]) -> float:
     "The momentum of param group `pg`: `betas[0]` for Adam-style optimisers, else `momentum`."
     return pg['betas'][0] if 'betas' in pg else pg.get('momentum', 0.)
 
@@ -179,10 +192,11 @@ class GradientClip(Callback):
     "Clip the gradients' total `norm_type` norm to `max_norm` before each optimiser step."
     # before_step: after the callbacks that cancel the step (MultiTaskGradCB's SDMGrad waiting for its third batch)
     order = 95
-    def __init__(self, max_norm=1., norm_type=2.):
+    def __init__(self, max_norm: float = 1., norm_type: float = 2.) -> None:
         if not (isinstance(max_norm, (int, float)) and max_norm > 0):
             raise ValueError(f"`max_norm` should be a number > 0; found {max_norm!r}")
         self.max_norm, self.norm_type = max_norm, norm_type
-    def before_step(self, learn):
+    def before_step(self, learn: Learner) -> None:
         learn.unscale_()  # clip the true gradients, not the scaled ones
+    
         torch.nn.utils.clip_grad_norm_(learn.model.parameters(), self.max_norm, self.norm_type)

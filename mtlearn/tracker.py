@@ -5,7 +5,9 @@
 # %% ../nbs/15_tracker.ipynb #53f3ccd6
 from __future__ import annotations
 import csv, operator, os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 import torch
 
 from .learner import *
@@ -14,7 +16,7 @@ from .learner import *
 __all__ = ['TrackerCB', 'SaveModelCB', 'EarlyStoppingCB', 'ReduceLROnPlateau', 'CSVLogger', 'GradientAccumulation']
 
 # %% ../nbs/15_tracker.ipynb #c2b6e59b
-def _better(monitor, comp, mode):
+def _better(monitor: str, comp: Callable[[Any, Any], bool] | None, mode: str | None) -> Callable[[Any, Any], bool]:
     """The comparison that says a monitored value improved: `comp`, or from `mode` ('min', 'max'), or from the name
     (losses and errors fall)."""
     if comp is not None:
@@ -29,7 +31,10 @@ class TrackerCB(Callback):
     """Watch `monitor` (a key of `learn.history`, such as 'valid_loss') at the end of each epoch; `new_best` says
     whether it improved by more than `min_delta`."""
     order = 65  # after MetricsCB has written the epoch's values and the schedulers have stepped
-    def __init__(self, monitor='valid_loss', comp=None, min_delta=0., mode=None, reset_on_fit=True):
+    best: Any  # the best value so far (None before the first)
+    best_epoch: int | None
+    def __init__(self, monitor: str = 'valid_loss', comp: Callable[[Any, Any], bool] | None = None,
+                 min_delta: float = 0., mode: str | None = None, reset_on_fit: bool = True) -> None:
         if not isinstance(monitor, str):
             raise ValueError("`monitor` should be the name of a metric in `learn.history`, such as 'valid_loss'; "
                              f"found {monitor!r}")
@@ -42,9 +47,9 @@ class TrackerCB(Callback):
             _better(monitor, comp, mode),
         )
         self.best, self.best_epoch, self.new_best = None, None, False
-    def before_fit(self, learn):
+    def before_fit(self, learn: Learner) -> None:
         if self.reset_on_fit or self.best is None: self.best, self.best_epoch = None, None
-    def after_epoch(self, learn):
+    def after_epoch(self, learn: Learner) -> None:
         self.new_best = False
         if not learn.last_phase: return
         row = learn.history[-1] if learn.history else {}
@@ -57,17 +62,18 @@ class TrackerCB(Callback):
         if self.best is None or self.comp(v + self.min_delta if self.comp(0, 1) else v - self.min_delta, self.best):
             self.best, self.best_epoch, self.new_best = v, learn.epoch, True
         self.epoch_done(learn)
-    def epoch_done(self, learn): "What a subclass does once the epoch's value is judged."
-    def state_dict(self): return {'best': self.best, 'best_epoch': self.best_epoch}
-    def load_state_dict(self, sd): self.best, self.best_epoch = sd['best'], sd['best_epoch']
+    def epoch_done(self, learn: Learner) -> None: "What a subclass does once the epoch's value is judged."
+    def state_dict(self) -> dict[str, Any]: return {'best': self.best, 'best_epoch': self.best_epoch}
+    def load_state_dict(self, sd: dict[str, Any]) -> None: self.best, self.best_epoch = sd['best'], sd['best_epoch']
 
 # %% ../nbs/15_tracker.ipynb #dc1ce23a
 class SaveModelCB(TrackerCB):
     """Save checkpoints with `Learner.save`: when `monitor` improves (to `fname`), every epoch (`every_epoch`), every
     `every_batches` training batches (to `<fname>_last`, for resuming), at the end."""
-    def __init__(self, fname='model.pt', monitor='valid_loss', comp=None, min_delta=0., mode=None, every_epoch=False,
-                 every_batches=None,
-                 at_end=False, with_opt=True, reset_on_fit=True):
+    def __init__(self, fname: str | os.PathLike = 'model.pt', monitor: str = 'valid_loss',
+                 comp: Callable[[Any, Any], bool] | None = None, min_delta: float = 0., mode: str | None = None,
+                 every_epoch: bool | int = False, every_batches: int | None = None, at_end: bool = False,
+                 with_opt: bool = True, reset_on_fit: bool = True) -> None:
         super().__init__(monitor, comp, min_delta, mode, reset_on_fit)
         if every_batches is not None and not (isinstance(every_batches, int) and every_batches >= 1):
             raise ValueError(f"`every_batches` should be None or an int ≥ 1; found every_batches = {every_batches!r}")
@@ -78,46 +84,47 @@ class SaveModelCB(TrackerCB):
             at_end,
             with_opt,
         )
-    def _path(self, tag): return self.fname.with_name(f'{self.fname.stem}_{tag}{self.fname.suffix}')
+    def _path(self, tag: object) -> Path: return self.fname.with_name(f'{self.fname.stem}_{tag}{self.fname.suffix}')
     @property
-    def last(self):
+    def last(self) -> Path:
         "Where the latest checkpoint for resuming is written."
         return self._path('last')
-    def after_batch(self, learn):
+    def after_batch(self, learn: Learner) -> None:
         if self.every_batches and learn.training and (learn.iter + 1) % self.every_batches == 0:
             learn.save(self.last, self.with_opt)
-    def epoch_done(self, learn):
+    def epoch_done(self, learn: Learner) -> None:
         if self.every_batches: learn.save(self.last, self.with_opt)
         if self.every_epoch and learn.epoch % int(self.every_epoch) == 0:
             learn.save(self._path(learn.epoch), self.with_opt)
         elif not self.every_epoch and not self.at_end and self.new_best: learn.save(self.fname, self.with_opt)
-    def after_fit(self, learn):
+    def after_fit(self, learn: Learner) -> None:
         if self.at_end: learn.save(self.fname, self.with_opt)
 
 class _PatienceCB(TrackerCB):
     """A tracker that acts (`run_out`) once `monitor` has not improved for `patience` epochs, decided by all processes
     together."""
-    def __init__(self, monitor='valid_loss', comp=None, min_delta=0., patience=1, mode=None, reset_on_fit=True):
+    def __init__(self, monitor: str = 'valid_loss', comp: Callable[[Any, Any], bool] | None = None,
+                 min_delta: float = 0., patience: int = 1, mode: str | None = None, reset_on_fit: bool = True) -> None:
         super().__init__(monitor, comp, min_delta, mode, reset_on_fit)
         if not (isinstance(patience, int) and patience >= 1):
             raise ValueError(f"`patience` should be an int ≥ 1; found patience = {patience!r}")
         self.patience, self.wait = patience, 0
-    def before_fit(self, learn):
+    def before_fit(self, learn: Learner) -> None:
         super().before_fit(learn)
         if self.reset_on_fit: self.wait = 0
-    def epoch_done(self, learn):
+    def epoch_done(self, learn: Learner) -> None:
         self.wait = 0 if self.new_best else self.wait + 1
         if bool(any_rank(self.wait >= self.patience)): self.run_out(learn)
-    def run_out(self, learn): raise NotImplementedError
-    def state_dict(self): return {**super().state_dict(), 'wait': self.wait}
-    def load_state_dict(self, sd):
+    def run_out(self, learn: Learner) -> None: raise NotImplementedError
+    def state_dict(self) -> dict[str, Any]: return {**super().state_dict(), 'wait': self.wait}
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
         super().load_state_dict(sd)
         self.wait = sd['wait']
 
 class EarlyStoppingCB(_PatienceCB):
     "Stop the fit when `monitor` has not improved by more than `min_delta` for `patience` epochs."
     order = TrackerCB.order + 5  # after the checkpoints of the epoch are written
-    def run_out(self, learn):
+    def run_out(self, learn: Learner) -> None:
         main_print(f'No improvement of {self.monitor} since epoch {self.best_epoch} ({self.best:.4g}): stopping after '
                    f'epoch {learn.epoch}')
         raise CancelFitException()
@@ -125,14 +132,15 @@ class EarlyStoppingCB(_PatienceCB):
 class ReduceLROnPlateau(_PatienceCB):
     "Divide the learning rate by `factor` (not below `min_lr`) when `monitor` has not improved for `patience` epochs."
     order = TrackerCB.order - 5  # before the epoch's checkpoint, which then holds the new rate
-    def __init__(self, monitor='valid_loss', comp=None, min_delta=0., patience=1, factor=10., min_lr=0, mode=None,
-                 reset_on_fit=True):
+    def __init__(self, monitor: str = 'valid_loss', comp: Callable[[Any, Any], bool] | None = None,
+                 min_delta: float = 0., patience: int = 1, factor: float = 10., min_lr: float = 0,
+                 mode: str | None = None, reset_on_fit: bool = True) -> None:
         super().__init__(monitor, comp, min_delta, patience, mode, reset_on_fit)
         if not (isinstance(factor, (int, float)) and factor > 1):
             raise ValueError("`factor` should be a number > 1 (the learning rate is divided by it); found factor = "
                              f"{factor!r}")
         self.factor, self.min_lr = factor, min_lr
-    def run_out(self, learn):
+    def run_out(self, learn: Learner) -> None:
         for pg in learn.opt.param_groups: pg['lr'] = max(pg['lr'] / self.factor, self.min_lr)
         main_print(f"Epoch {learn.epoch}: no improvement of {self.monitor} for {self.wait} epoch(s); lr now "
                    f"{learn.opt.param_groups[0]['lr']:.3g}")
@@ -143,21 +151,22 @@ class CSVLogger(Callback):
     """Write `learn.history` to the CSV file `fname` at the end of every epoch (rewritten whole, atomically, by the
     first process; `append` keeps the rows already there)."""
     order = TrackerCB.order - 10
-    def __init__(self, fname='history.csv', append=False): self.fname, self.append = Path(fname), append
-    def before_fit(self, learn):
-        self.old = []
+    def __init__(self, fname: str | os.PathLike = 'history.csv', append: bool = False) -> None:
+        self.fname, self.append = Path(fname), append
+    def before_fit(self, learn: Learner) -> None:
+        self.old: list[dict[str, Any]] = []
         if self.append and self.fname.exists():
             with open(self.fname, newline='') as f: self.old = list(csv.DictReader(f))
-    def after_epoch(self, learn):
+    def after_epoch(self, learn: Learner) -> None:
         if not learn.last_phase: return
         rows = self.old + learn.history
         keys = list(dict.fromkeys(k for r in rows for k in r))
-        def write(tmp):
+        def write(tmp: Path) -> None:
             with open(tmp, 'w', newline='') as f:
                 w = csv.DictWriter(f, keys)
                 w.writeheader(); w.writerows(rows)
         write_atomic(self.fname, write)  # the first process writes; the others have the same history
-    def read(self):
+    def read(self) -> list[dict[str, str]]:
         "The logged rows, as dicts of strings."
         with open(self.fname, newline='') as f: return list(csv.DictReader(f))
 
@@ -166,25 +175,27 @@ class GradientAccumulation(Callback):
     """Step the optimiser once `n_acc` items have been seen, with the gradient of their mean loss; the metrics still
     count every batch."""
     order = 5  # before_backward before the callbacks that compute gradients; before_step before those that read them
-    def __init__(self, n_acc=32):
+    params: list[torch.nn.Parameter] | None  # the model's, during a fit
+    def __init__(self, n_acc: int = 32) -> None:
         if not (isinstance(n_acc, int) and n_acc >= 1):
             raise ValueError(f"`n_acc` should be an int ≥ 1 (items per optimiser step); found n_acc = {n_acc!r}")
         self.n_acc, self.count = n_acc, 0
-    def before_fit(self, learn): self.count, self.params = 0, list(learn.model.parameters())
-    def before_backward(self, learn):
+    def before_fit(self, learn: Learner) -> None: self.count, self.params = 0, list(learn.model.parameters())
+    def before_backward(self, learn: Learner) -> None:
         bs = len(learn.xb[0])
         learn.grad_factor = bs / self.n_acc  # each batch's share of the mean over n_acc items
         self.count += bs
-    def before_step(self, learn):
+    def before_step(self, learn: Learner) -> None:
         if self.count < self.n_acc: raise CancelStepException()  # the gradients stay and add up
         self.count = 0
-    def cleanup_fit(self, learn): learn.grad_factor, self.params = 1., None
-    def state_dict(self):
+    def cleanup_fit(self, learn: Learner) -> None: learn.grad_factor, self.params = 1., None
+    def state_dict(self) -> dict[str, Any]:
         """The items counted towards the next step and, between two steps, the gradients they left: resuming there is
         exact."""
         grads = [p.grad for p in self.params] if self.count and self.params else None
         return {'count': self.count, 'grads': grads}
-    def load_state_dict(self, sd):
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
         self.count = sd['count']
-        if sd.get('grads') is not None:
+        if sd.get('grads') is not None and self.params is not None:
+    
             for p, g in zip(self.params, sd['grads']): p.grad = None if g is None else g.to(p.device).clone()
