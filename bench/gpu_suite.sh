@@ -4,7 +4,8 @@
 #   2. bench/aggregators.py --device cuda against torchjd (goal: >= 10x at m = 10);
 #   3. bench/mtl_step.py --device cuda (the multi-task step against an ordinary one, and against torchjd);
 #   4. bench/cuda_graph.py (one aggregation step as a CUDA graph against the same step run eagerly);
-#   5. the course's 20-epoch augmented ResNet (bench/course_table.py --rows augment; goal >= 0.945).
+#   5. the course's 20-epoch augmented ResNet (bench/course_table.py --rows augment; goal >= 0.945);
+#   6. the Gramian engine against torchjd's and against building J, and an IWRM step against SGD (bench/gramian.py).
 #
 #   bash bench/gpu_suite.sh [results folder]      # on the GPU machine (default folder: bench/results/gpu-<date>)
 #   bash bench/gpu_suite.sh --dry-run             # anywhere, on the CPU: every step at toy size (CI runs this)
@@ -29,6 +30,7 @@ if [ $dry = 1 ]; then
   run mtl_step python bench/mtl_step.py --device cpu --ms 2 --steps 2 --reps 1
   run cuda_graph python bench/cuda_graph.py --dry-run --ms 2 10
   run course_augment python bench/course_table.py --rows augment --dry-run
+  run gramian python bench/gramian.py --device cpu --sizes 8 --reps 1 --models cnn
   echo "dry run passed; outputs in $out"
   exit 0
 fi
@@ -47,5 +49,6 @@ echo "$m10" | tee -a "$out/aggregators.txt"
 run mtl_step python bench/mtl_step.py --device cuda
 run cuda_graph python bench/cuda_graph.py
 run course_augment python bench/course_table.py --rows augment
+run gramian python bench/gramian.py --device cuda
 grep -h '^GOAL' "$out"/*.txt | tee "$out/goals.txt"
 echo "results in $out"

@@ -4,7 +4,9 @@
 
 # %% ../nbs/21_multitask.ipynb #8e11ddf7
 from __future__ import annotations
-import json, math
+import json, math, os
+from collections.abc import Callable, Sequence
+from typing import Any, Union
 from pathlib import Path
 import fastcore.all as fc
 import matplotlib.pyplot as plt
@@ -18,27 +20,28 @@ from .learner import HostScalar
 from .procs import _comm
 from .conv import apply_tensors
 from .aggregators import Aggregator
+from .gramian import GramianEngine, Params, _graph_params, _params
 
 # %% auto #0
-__all__ = ['MF_LABELS', 'MultiTaskModel', 'MultiTaskLoss', 'TaskMetric', 'check_mode', 'task_jacobian', 'mtl_backward',
-           'MultiTaskGradCB', 'synthetic_tasks', 'tiny_mtl_model', 'overlay_pairs', 'load_multi_fashion',
-           'lenet_encoder', 'mf_methods', 'mf_learner', 'mf_train', 'mf_table', 'read_method_results', 'plot_tradeoff',
-           'DeviceSeries']
+__all__ = ['FeatureTensors', 'MF_LABELS', 'MultiTaskModel', 'MultiTaskLoss', 'TaskMetric', 'check_mode', 'task_jacobian',
+           'mtl_backward', 'MultiTaskGradCB', 'synthetic_tasks', 'tiny_mtl_model', 'overlay_pairs',
+           'load_multi_fashion', 'lenet_encoder', 'mf_methods', 'mf_learner', 'mf_train', 'mf_table',
+           'read_method_results', 'plot_tradeoff', 'DeviceSeries']
 
 # %% ../nbs/21_multitask.ipynb #a776a1cf
 class MultiTaskModel(nn.Module):
     "A shared `encoder` followed by `heads` (a list, or a dict for named tasks); returns one output per task."
-    def __init__(self, encoder, heads):
+    def __init__(self, encoder: nn.Module, heads: Sequence[nn.Module] | dict[str, nn.Module]) -> None:
         super().__init__()
         self.encoder = encoder
-        if isinstance(heads, dict) and not isinstance(heads, nn.ModuleDict): heads = nn.ModuleDict(heads)
-        elif not isinstance(heads, (nn.ModuleList, nn.ModuleDict)): heads = nn.ModuleList(heads)
-        if len(heads) == 0: raise ValueError("`heads` should hold at least one head; found none")
-        self.heads = heads
+        hs = heads if isinstance(heads, (nn.ModuleList, nn.ModuleDict)) else (
+            nn.ModuleDict(heads) if isinstance(heads, dict) else nn.ModuleList(heads))
+        if len(hs) == 0: raise ValueError("`heads` should hold at least one head; found none")
+        self.heads = hs
     @property
-    def tasks(self):
+    def tasks(self) -> list:
         return list(self.heads.keys()) if isinstance(self.heads, nn.ModuleDict) else list(range(len(self.heads)))
-    def forward(self, x):
+    def forward(self, x: Any) -> tuple | dict:
         z = self.encoder(x)
         if isinstance(self.heads, nn.ModuleDict): return {k: h(z) for k, h in self.heads.items()}
         return tuple(h(z) for h in self.heads)
@@ -48,7 +51,7 @@ def _task_name(t): return repr(t) if isinstance(t, str) else f'#{t}'
 
 class MultiTaskLoss:
     "The vector of per-task losses: `loss_funcs[i](preds[i], targets[i])`, tasks by position or by name."
-    def __init__(self, *loss_funcs, **named_loss_funcs):
+    def __init__(self, *loss_funcs: Callable, **named_loss_funcs: Callable) -> None:
         if loss_funcs and named_loss_funcs:
             raise ValueError("`MultiTaskLoss` takes loss functions by position or by name, not both")
         if not (loss_funcs or named_loss_funcs):
@@ -62,7 +65,7 @@ class MultiTaskLoss:
                                  f"{type(f).__name__}")
     def __len__(self): return len(self.tasks)
 
-    def split_preds(self, preds):
+    def split_preds(self, preds: Any) -> list:
         "The model's outputs as a list in task order."
         m = len(self)
         if isinstance(preds, dict):
@@ -81,7 +84,7 @@ class MultiTaskLoss:
         raise ValueError(f"the model should return one output per task (a tuple or a dict) for {m} loss functions; it "
                          f"returned a {type(preds).__name__}")
 
-    def split_targets(self, targets):
+    def split_targets(self, targets: Sequence) -> list:
         "The targets as a list in task order, from `(y_1, ..., y_m)` or `({task: y},)`."
         m = len(self)
         if len(targets) == 1 and isinstance(targets[0], dict):
@@ -93,22 +96,22 @@ class MultiTaskLoss:
                                  f"{list(d)}")
             return [d[k] for k in keys]
         if len(targets) != m:
-            missing = ', '.join(_task_name(t) for t in self.tasks[len(targets):]) if len(targets) < m else None
+            lacking = ', '.join(_task_name(t) for t in self.tasks[len(targets):]) if len(targets) < m else None
             raise ValueError(
                 f"the batch has {len(targets)} targets for {m} tasks"
-                + (f": none for task(s) {missing}" if missing else "")
+                + (f": none for task(s) {lacking}" if lacking else "")
             )
         return list(targets)
 
-    def __call__(self, preds, *targets):
+    def __call__(self, preds: Any, *targets: Any) -> torch.Tensor:
         ps, ys = self.split_preds(preds), self.split_targets(targets)
         return torch.stack([f(p, y).reshape(()) for f, p, y in zip(self.loss_funcs, ps, ys)])
 
 # %% ../nbs/21_multitask.ipynb #0f172c18
 class TaskMetric:
     "Wrap a torcheval `metric` so that it reads only `task`'s output and target (by position or name)."
-    def __init__(self, metric, task): self.metric, self.task = metric, task
-    def update(self, preds, *targets):
+    def __init__(self, metric: Any, task: int | str) -> None: self.metric, self.task = metric, task
+    def update(self, preds: Any, *targets: Any) -> TaskMetric:
         p = preds[self.task]
         if len(targets) == 1 and isinstance(targets[0], dict): y = targets[0][self.task]
         elif isinstance(self.task, int): y = targets[self.task]
@@ -117,16 +120,18 @@ class TaskMetric:
                              f"position, or use ({{task: y}}) batches")
         self.metric.update(p, y)
         return self
-    def compute(self): return self.metric.compute()
-    def reset(self): self.metric.reset(); return self
-    def to(self, device): self.metric.to(device); return self
+    def compute(self) -> Any: return self.metric.compute()
+    def reset(self) -> TaskMetric: self.metric.reset(); return self
+    def to(self, device: torch.device | str) -> TaskMetric: self.metric.to(device); return self
     @property
-    def device(self): return self.metric.device
-    def state_dict(self): return self.metric.state_dict()
-    def load_state_dict(self, sd): self.metric.load_state_dict(sd)
+    def device(self) -> torch.device: return self.metric.device
+    def state_dict(self) -> dict[str, Any]: return self.metric.state_dict()
+    def load_state_dict(self, sd: dict[str, Any]) -> None: self.metric.load_state_dict(sd)
 
 # %% ../nbs/21_multitask.ipynb #c0de0001
-def _features(features):
+FeatureTensors = Union[torch.Tensor, Sequence[torch.Tensor]]  # `features`: the shared representation, or its parts
+
+def _features(features: Any) -> list[torch.Tensor]:
     fs = (
         [features]
         if isinstance(features, torch.Tensor)
@@ -141,39 +146,20 @@ def _features(features):
                              "parameters; it has no autograd graph")
     return fs
 
-def _graph_params(roots, stop=()):
-    """The leaf tensors that require grad reachable from `roots` through the autograd graph, not going past the nodes
-    in `stop`."""
-    stop, seen, out = set(stop), set(), []
-    todo = [t.grad_fn for t in roots if t.grad_fn is not None]
-    while todo:
-        node = todo.pop()
-        if node is None or node in seen or node in stop: continue
-        seen.add(node)
-        v = getattr(node, 'variable', None)  # an AccumulateGrad node: a leaf
-        if v is not None: out.append(v)
-        todo.extend(n for n, _ in node.next_functions)
-    return out
-
-def _params(ps, name):
-    ps = [ps] if isinstance(ps, torch.Tensor) else list(ps.parameters()) if isinstance(ps, nn.Module) else list(ps)
-    bad = [type(p).__name__ for p in ps if not (isinstance(p, torch.Tensor) and p.requires_grad)]
-    if bad:
-        raise ValueError(f"`{name}` should be tensors that require grad (parameters, or a module); found "
-                         f"{', '.join(bad)}")
-    return [p for p in ps if p.requires_grad]
-
-def check_mode(aggregator, mode):
-    "Raise a `ValueError` unless `aggregator` can run in `mode` ('params' or 'features')."
-    if mode not in ('params', 'features'): raise ValueError(f"`mode` should be 'params' or 'features'; found {mode!r}")
+def check_mode(aggregator: Any, mode: str) -> None:
+    "Raise a `ValueError` unless `aggregator` can run in `mode` ('params', 'features' or 'gramian')."
+    if mode not in _MODES:
+        raise ValueError(f"`mode` should be one of {', '.join(map(repr, _MODES))}; found mode = {mode!r}")
     if not callable(aggregator):
         raise ValueError("`aggregator` should be an Aggregator (or a callable J -> direction); found a "
                          f"{type(aggregator).__name__}")
-    if mode == 'features' and not (isinstance(aggregator, Aggregator) and aggregator.from_gramian):
+    if mode != 'params' and not (isinstance(aggregator, Aggregator) and aggregator.from_gramian):
+        has = 'the Gramian of the feature gradients' if mode == 'features' else "the parameters' Gramian"
         raise ValueError(f"`aggregator` {type(aggregator).__name__} needs the Jacobian of the parameters (or "
-                         "independent batches), "
-                         "so it cannot run in mode='features', which has only the Gramian of the feature gradients; "
+                         f"independent batches), so it cannot run in mode={mode!r}, which has only {has}; "
                          "use mode='params'")
+
+_MODES = ('params', 'features', 'gramian')
 
 def _task_rows(losses, aggregator, jacobians):
     "The loss rows to differentiate (flat), the task count m and which rows the heads learn from."
@@ -231,7 +217,8 @@ def _bcast(t):
 
 _REDUCE = (None, 'jacobian', 'gramian')
 
-def task_jacobian(losses, features, shared=None, scale=None, reduce='jacobian'):
+def task_jacobian(losses: torch.Tensor, features: FeatureTensors, shared: Params | None = None,
+                  scale: torch.Tensor | None = None, reduce: str | None = 'jacobian') -> torch.Tensor:
     """The m×n Jacobian of the task `losses` with respect to the `shared` parameters, through `features`: two batched
     backward passes (averaged over the processes)."""
     fs = _features(features)
@@ -242,23 +229,32 @@ def task_jacobian(losses, features, shared=None, scale=None, reduce='jacobian'):
     if reduce is not None: J = all_mean(J)
     return J if scale is None else J / scale
 
-def mtl_backward(losses, features, aggregator, shared=None, heads=None, mode='params', jacobians=(), scale=None,
-                 reduce='jacobian', head_grads=None):
+def mtl_backward(losses: torch.Tensor, features: FeatureTensors, aggregator: Any, shared: Params | None = None,
+                 heads: Params | None = None, mode: str = 'params', jacobians: Sequence[torch.Tensor] = (),
+                 scale: torch.Tensor | None = None, reduce: str | None = 'jacobian', head_grads: str | None = None,
+                 engine: GramianEngine | None = None) -> torch.Tensor | None:
     """Fill `.grad`: the `shared` parameters get `aggregator`'s combination of the task gradients, each head its own
     task's gradient (`head_grads`: 'own', 'weighted' by the task's weight, or 'log', divided by its loss; default:
-    the aggregator's `head_grads`, else 'own'); return the weights."""
+    the aggregator's `head_grads`, else 'own'); return the weights. mode='gramian' takes the weights from the shared
+    parameters' exact Gramian, which `engine` (a `GramianEngine(shared_module, batch_dim=None)` made before the
+    forward pass) computes without their Jacobian."""
     head_grads = _check_backward(aggregator, mode, reduce, head_grads)
+    if mode == 'gramian' and not isinstance(engine, GramianEngine):
+        raise ValueError("mode='gramian' needs `engine`: a GramianEngine(shared_module, batch_dim=None) made before "
+                         f"the forward pass; found engine = {engine!r:.60}")
     spread = world() > 1 and reduce is not None  # several processes, each with its share of the batch
     fs = _features(features)
     rows, m, own = _task_rows(losses, aggregator, jacobians)
-    shared, heads = _split_params(rows, fs, shared, heads)
-    Fz, head_rows = _feature_grads(rows, fs, heads, scale)  # every task's gradient at the features and the heads
+    sp, hp = _split_params(rows, fs, shared, heads)  # the shared and head parameters, as lists
+    Fz, head_rows = _feature_grads(rows, fs, hp, scale)  # every task's gradient at the features and the heads
     if getattr(aggregator, 'needs_losses', False): aggregator.set_losses(_mean_losses(losses))
-    direction = _features_direction if mode == 'features' else _params_direction
-    d = direction(aggregator, fs, shared, Fz, scale, spread, reduce, jacobians)
+    if mode == 'gramian': d = _gramian_direction(aggregator, fs, sp, Fz, scale, spread, engine, rows)
+    else:
+        direction = _features_direction if mode == 'features' else _params_direction
+        d = direction(aggregator, fs, sp, Fz, scale, spread, reduce, jacobians)
     hw = _head_weights(head_grads, aggregator, losses, m, spread)
-    for p, g in zip(shared, d.split([p.numel() for p in shared])): _accumulate(p, g.view_as(p))
-    for p, g in _head_grads(heads, head_rows, own, hw, spread): _accumulate(p, g)
+    for p, g in zip(sp, d.split([p.numel() for p in sp])): _accumulate(p, g.view_as(p))
+    for p, g in _head_grads(hp, head_rows, own, hw, spread): _accumulate(p, g)
     return getattr(aggregator, 'last_weights', None)
 
 def _check_backward(aggregator, mode, reduce, head_grads):
@@ -296,7 +292,17 @@ def _features_direction(agg, fs, shared, Fz, scale, spread, reduce, jacobians):
     G = Ff @ Ff.T
     # Σ_r G_r / W²: the Gramian of the gradients of the losses averaged over the processes
     if spread: G = all_mean(G) / world()
-    w = agg.weighting(G if scale is None else G / (scale * scale))
+    return _weighted_backward(agg, G if scale is None else G / (scale * scale), fs, shared, Fz, spread)
+
+def _gramian_direction(agg, fs, shared, Fz, scale, spread, engine, rows):
+    """The exact weights without the Jacobian: from the Gramian of the shared parameters (the engine's, the rows
+    averaged over the processes), then one ordinary backward of Σ wᵢ ∂Lᵢ/∂z through the encoder."""
+    G = engine.gramian(rows if scale is None else rows * scale, 'mean' if spread else 'local')
+    return _weighted_backward(agg, G if scale is None else G / (scale * scale), fs, shared, Fz, spread)
+
+def _weighted_backward(agg, G, fs, shared, Fz, spread):
+    "The weights from `G` (the same on every process), then the shared parameters' gradient of Σ wᵢ Lᵢ."
+    w = agg.weighting(G)
     if spread and not agg.deterministic: w = _bcast(w)
     agg.last_weights = w.detach()
     d = _through_encoder(fs, shared, [(w.to(g.dtype) @ g.flatten(1)).view_as(f) for f, g in zip(fs, Fz)], False)
@@ -355,13 +361,13 @@ _all_ = ['DeviceSeries']  # the learner's recorder (`09_learner`), which records
 # %% ../nbs/21_multitask.ipynb #300a93b5
 def _check_compiled(wrapped, model, shared, mode):
     """Refuse what `torch.compile` cannot differentiate here: a compiled whole model, or a compiled encoder in params
-    mode."""
+    or gramian mode."""
     if is_compiled(wrapped) or is_compiled(model):
         raise ValueError("MultiTaskGradCB differentiates the task losses at the shared module's output, which a "
                          "compiled whole model does not expose: compile the shared module only, "
                          "CompileCB('encoder'), with mode='features'")
-    if mode == 'params' and any(is_compiled(m) for m in shared.modules()):
-        raise ValueError(f"mode='params' differentiates each task's loss through the shared module in one batched "
+    if mode != 'features' and any(is_compiled(m) for m in shared.modules()):
+        raise ValueError(f"mode={mode!r} differentiates each task's loss through the shared module in one batched "
                          f"backward pass (vmap), which does not run through a compiled graph in torch "
                          f"{torch.__version__.split('+')[0]}: use mode='features' with CompileCB('encoder'), or leave "
                          "the shared module uncompiled")
@@ -371,8 +377,13 @@ class MultiTaskGradCB(Callback):
     tasks' gradients."""
     order = 90  # before_step before GradientClip (95), which clips what this writes
     replaces = ('backward',)  # its `backward` is the fit's (`Learner.step_owner`)
-    def __init__(self, aggregator, mode='params', shared=None, guard=None, sdm_batches='split', max_records=10_000,
-                 reduce='jacobian', head_grads=None):
+    _ddp: Any  # the DistributedDataParallel around the model, if any
+    _val_epoch: int | None  # the epoch of the newest validation losses (what `log_epoch` reads)
+    _last_l: torch.Tensor | None  # this step's task losses and the newest weights (what `log_step` reads)
+    _last_w: torch.Tensor | None
+    def __init__(self, aggregator: Any, mode: str = 'params', shared: str | nn.Module | None = None,
+                 guard: bool | None = None, sdm_batches: str = 'split', max_records: int = 10_000,
+                 reduce: str = 'jacobian', head_grads: str | None = None) -> None:
         check_mode(aggregator, mode)
         if reduce not in ('jacobian', 'gramian'):
             raise ValueError("`reduce` should be 'jacobian' (exact) or 'gramian' (an estimate); found reduce = "
@@ -401,9 +412,13 @@ class MultiTaskGradCB(Callback):
             sdm_batches,
             reduce,
         )
-        self.losses, self.weights, self._guard = DeviceSeries(max_records), DeviceSeries(max_records), None
-        self.val_losses, self.val_steps, self._vsum, self._vn = DeviceSeries(max_records), [], None, 0
-        self._waiting, self.z = [], None
+        self.losses, self.weights = DeviceSeries(max_records), DeviceSeries(max_records)
+        self._guard: GuardCB | None = None
+        self.val_losses, self._vn = DeviceSeries(max_records), 0
+        self.val_steps: list[int] = []
+        self._vsum: torch.Tensor | None = None
+        self._waiting: list[torch.Tensor] = []
+        self.z: torch.Tensor | None = None
 
     def _shared_module(self, model):
         s = self.shared
@@ -424,7 +439,7 @@ class MultiTaskGradCB(Callback):
             return s
         raise ValueError(f"`shared` should be None, a submodule's name or the submodule; found a {type(s).__name__}")
 
-    def before_fit(self, learn):
+    def before_fit(self, learn: Learner) -> None:
         # under DistributedDataParallel: the model inside; this callback averages over the processes itself
         model = unwrap(learn.model)
         self._ddp = learn.model if model is not learn.model else None
@@ -436,6 +451,8 @@ class MultiTaskGradCB(Callback):
         ids = {id(p) for p in self.shared_params}
         self.head_params = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
         self._hook = mod.register_forward_hook(self._keep)
+        # mode='gramian': the engine records the shared module's layers in each forward pass
+        self.engine = GramianEngine(mod, batch_dim=None) if self.mode == 'gramian' else None
         self.losses.reset(); self.weights.reset(); self.val_losses.reset()  # a loaded state is applied after this
         self.val_steps, self._vsum, self._vn = [], None, 0
         self._last_l, self._last_w, self._val_epoch = None, None, None  # what a logger reads (`log_step`, `log_epoch`)
@@ -445,15 +462,18 @@ class MultiTaskGradCB(Callback):
         if self._guard is not None: self._guard.before_fit(learn)
         self._waiting, self.z = [], None
         self.task_names = getattr(learn.loss_func, 'tasks', None)
-    def cleanup_fit(self, learn):
+    def cleanup_fit(self, learn: Learner) -> None:
         if getattr(self, '_hook', None) is not None: self._hook.remove()
+        eng = getattr(self, 'engine', None)
+        if eng is not None: eng.remove()
+        self.engine = None
         if getattr(self, '_ddp', None) is not None: self._ddp.require_backward_grad_sync = True
         self.z, self._waiting = None, []  # a triple of batches left incomplete at the end is dropped
         self.losses.flush(); self.weights.flush()
         if self._guard is not None: self._guard.cleanup_fit(learn)
-    def after_epoch(self, learn):
+    def after_epoch(self, learn: Learner) -> None:
         if learn.training: self.losses.flush(); self.weights.flush()  # the one host read of the epoch's records
-        elif self._vn:  # the validation's task losses, averaged over its batches (and the processes)
+        elif self._vsum is not None and self._vn:  # the validation's task losses, averaged (batches, processes)
             self.val_losses.append(all_mean(self._vsum / self._vn))
             self.val_steps.append(len(self.losses))
             self.val_losses.flush()
@@ -461,8 +481,10 @@ class MultiTaskGradCB(Callback):
         self._vsum, self._vn = None, 0
     def _keep(self, mod, inp, out):
         if mod.training and torch.is_grad_enabled(): self.z = out
-    def cleanup_batch(self, learn): self.z = None
-    def after_loss(self, learn):
+    def cleanup_batch(self, learn: Learner) -> None:
+        self.z = None
+        if self.engine is not None: self.engine.reset()  # (a batch stopped before its backward leaves its calls)
+    def after_loss(self, learn: Learner) -> None:
         if not learn.training:
             if learn.losses is not None:
                 l = learn.losses.detach().float()
@@ -470,7 +492,7 @@ class MultiTaskGradCB(Callback):
             return
         if self._guard is not None: self._guard.after_loss(learn)
 
-    def backward(self, learn):
+    def backward(self, learn: Learner) -> None:
         losses = learn.losses
         if losses is None:
             raise ValueError("MultiTaskGradCB needs the per-task losses: use a loss function that returns one loss per "
@@ -502,6 +524,7 @@ class MultiTaskGradCB(Callback):
             scale,
             self.reduce,
             self.head_grads,
+            self.engine,
         )
         self._waiting = []
         if w is not None: self.weights.append(w); self._last_w = w
@@ -522,31 +545,31 @@ class MultiTaskGradCB(Callback):
             ]
         )
 
-    def before_step(self, learn):
+    def before_step(self, learn: Learner) -> None:
         if self._waiting: raise CancelStepException()  # SDMGrad waits for the third batch
         if self._guard is not None: self._guard.before_step(learn)
-    def cleanup_step(self, learn):
+    def cleanup_step(self, learn: Learner) -> None:
         if self._guard is not None and not self._waiting: self._guard.cleanup_step(learn)
     def _tasks(self, m): return self.task_names or list(range(m))
 
-    def log_step(self):
+    def log_step(self) -> dict[str, torch.Tensor]:
         "This step's task losses and the newest task weights, on the device: an experiment logger's per-step record."
-        out = {}
+        out: dict[str, torch.Tensor] = {}
         for what, v in (('task_loss', self._last_l), ('task_weight', self._last_w)):
             if v is not None: out.update({f'{what}/{n}': v[i] for i, n in enumerate(self._tasks(len(v)))})
         return out
-    def log_epoch(self, learn):
+    def log_epoch(self, learn: Learner) -> dict[str, float]:
         "The epoch's validation loss of each task (floats), for an experiment logger; empty before it is recorded."
         if self._val_epoch != learn.epoch or not len(self.val_losses): return {}
         v = self.val_losses.values()[-1].tolist()
         return {f'valid_task_loss/{n}': x for n, x in zip(self._tasks(len(v)), v)}
-    def log_figures(self):
+    def log_figures(self) -> dict[str, Callable]:
         "The figures an experiment logger writes at the end of a fit: name → a function that draws one."
-        out = {'task_losses': self.plot_losses} if len(self.losses) else {}
+        out: dict[str, Callable] = {'task_losses': self.plot_losses} if len(self.losses) else {}
         if len(self.weights): out['task_weights'] = self.plot_weights
         return out
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """The aggregator's buffers and counters, the Jacobians waiting for their third batch, the recorded losses and
         weights, and the guard's step count: what a resumed run needs."""
         sd = {'losses': self.losses.state_dict(), 'weights': self.weights.state_dict(), 'pending': list(self._waiting),
@@ -554,26 +577,29 @@ class MultiTaskGradCB(Callback):
         if self._guard is not None: sd['guard'] = self._guard.state_dict()
         if isinstance(self.agg, nn.Module): sd['aggregator'] = self.agg.state_dict()
         return sd
-    def load_state_dict(self, sd):
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
         if isinstance(self.agg, nn.Module) and 'aggregator' in sd: self.agg.load_state_dict(sd['aggregator'])
         self.losses.load_state_dict(sd['losses']); self.weights.load_state_dict(sd['weights'])
         self._waiting = list(sd.get('pending', ()))
         if 'val_losses' in sd: self.val_losses.load_state_dict(sd['val_losses']); self.val_steps = list(sd['val_steps'])
         if self._guard is not None and 'guard' in sd: self._guard.load_state_dict(sd['guard'])
 
-    def plot_losses(self, ax=None, names=None, smooth=0.9):
+    def plot_losses(self, ax: plt.Axes | None = None, names: Sequence | None = None,
+                    smooth: float | None = 0.9) -> plt.Axes:
         """Each task's training loss at every step (smoothed by `smooth`, the raw values faint; None: raw) and its
         validation loss after each epoch (dots)."""
         v = self.losses.values()
         ax = self._plot(v, 'task loss', ax, names, smooth=smooth, what='task losses')
         vl = self.val_losses.values()
         if len(vl):
-            for i, line in enumerate([l for l in ax.get_lines() if not l.get_label().startswith('_')][:vl.shape[1]]):
+            lines = [l for l in ax.get_lines() if not str(l.get_label()).startswith('_')]  # (the faint raw values: '_')
+            for i, line in enumerate(lines[:vl.shape[1]]):
                 ax.plot(self.val_steps[-len(vl):], vl[:, i], 'o--', color=line.get_color(), ms=4,
                         label=f'{line.get_label()} (valid)')
             ax.legend()
         return ax
-    def plot_weights(self, ax=None, names=None, smooth=0.9):
+    def plot_weights(self, ax: plt.Axes | None = None, names: Sequence | None = None,
+                     smooth: float | None = 0.9) -> plt.Axes:
         "The task weights the aggregator chose at every optimiser step (smoothed by `smooth`, the raw values faint)."
         return self._plot(self.weights.values(), 'task weight', ax, names, smooth=smooth, what='task weights',
                           xlabel='optimiser step (3 batches)' if self.sdm_batches == 'consecutive' else 'training step')
@@ -583,7 +609,8 @@ class MultiTaskGradCB(Callback):
         return plot_series(v, names, ax, xlabel, label, title=f'{method}: {what}', smooth=smooth)
 
 # %% ../nbs/21_multitask.ipynb #01426ba6
-def synthetic_tasks(n_tasks=2, n=512, n_in=8, bs=64, conflict=0.5, noise=0.1, seed=0, dtype=torch.float32):
+def synthetic_tasks(n_tasks: int = 2, n: int = 512, n_in: int = 8, bs: int = 64, conflict: float = 0.5,
+                    noise: float = 0.1, seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
     """A tiny multi-task regression as `DataLoaders` of `(x, y_1, ..., y_m)` batches: yᵢ = x·wᵢ + noise, the wᵢ
     partly shared, partly task-specific."""
     from torch.utils.data import DataLoader, TensorDataset
@@ -599,13 +626,15 @@ def synthetic_tasks(n_tasks=2, n=512, n_in=8, bs=64, conflict=0.5, noise=0.1, se
         DataLoader(split(n), batch_size=bs, shuffle=True, generator=g), DataLoader(split(n // 4), batch_size=bs)
     )
 
-def tiny_mtl_model(n_tasks=2, n_in=8, hidden=16, dtype=torch.float32):
+def tiny_mtl_model(n_tasks: int = 2, n_in: int = 8, hidden: int = 16,
+                   dtype: torch.dtype = torch.float32) -> MultiTaskModel:
     "A two-layer encoder with one linear head per task."
     return MultiTaskModel(nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()),
                           [nn.Linear(hidden, 1) for _ in range(n_tasks)]).to(dtype)
 
 # %% ../nbs/21_multitask.ipynb #ccf61948
-def overlay_pairs(ims, n, size=36, max_shift=4, generator=None):
+def overlay_pairs(ims: torch.Tensor, n: int, size: int = 36, max_shift: int = 4,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`n` canvases of `size`², each the pixel-wise max of an item of `ims` (N×28×28 uint8) at the top-left and
     one at the bottom-right, each shifted by up to `max_shift`; returns canvases and the two items' indices."""
     N, h, w = ims.shape
@@ -628,7 +657,8 @@ def overlay_pairs(ims, n, size=36, max_shift=4, generator=None):
 
 MF_LABELS = ('label_left', 'label_right')  # Multi-Fashion's target columns, in task order
 
-def load_multi_fashion(n_train=120_000, n_test=20_000, seed=0, size=36, max_shift=4, path=None):
+def load_multi_fashion(n_train: int = 120_000, n_test: int = 20_000, seed: int = 0, size: int = 36, max_shift: int = 4,
+                       path: str | os.PathLike | None = None) -> Any:
     """Multi-Fashion as a `DatasetDict` (`image` size×size uint8, `label_left`, `label_right`), built deterministically
     from Fashion-MNIST."""
     from datasets import Dataset, DatasetDict, Features, Array2D, ClassLabel
@@ -653,7 +683,7 @@ def load_multi_fashion(n_train=120_000, n_test=20_000, seed=0, size=36, max_shif
     return DatasetDict(splits)
 
 # %% ../nbs/21_multitask.ipynb #33613370
-def lenet_encoder():
+def lenet_encoder() -> nn.Sequential:
     "LeNet-style encoder for 36×36 grey images: 50 features."
     return nn.Sequential(
         nn.Conv2d(1, 10, 9),
@@ -667,25 +697,27 @@ def lenet_encoder():
         nn.ReLU(),
     )
 
-def mf_methods():
+def mf_methods() -> list[tuple[str, Any, str | None]]:
     "The methods of the Multi-Fashion table: (name, aggregator or None for the plain summed loss, mode)."
     from mtlearn.aggregators import Mean, MGDA, SDMGrad, UPGrad
     return [('sum (no callback)', None, None), ('Mean', Mean(), 'params'), ('MGDA none', MGDA(), 'params'),
             ('MGDA l2', MGDA(norm_type='l2'), 'params'), ('MGDA-UB features', MGDA(), 'features'),
             ('SDMGrad', SDMGrad(), 'params'), ('UPGrad', UPGrad(), 'params')]
 
-def mf_learner(dls, agg=None, mode='params', lr=1e-3, cbs=(), seed=0, device=None, **kwargs):
+def mf_learner(dls: Any, agg: Any = None, mode: str | None = 'params', lr: float = 1e-3, cbs: Sequence[Callback] = (),
+               seed: int = 0, device: torch.device | str | None = None, **kwargs: Any) -> TrainLearner:
     """A `TrainLearner` for the LeNet-style two-head model on Multi-Fashion loaders, with per-side accuracy and, if
     `agg`, `MultiTaskGradCB(agg, mode, **kwargs)`."""
     from torcheval.metrics import MulticlassAccuracy
     torch.manual_seed(seed)
     model = MultiTaskModel(lenet_encoder(), [nn.Linear(50, 10), nn.Linear(50, 10)])
     metrics = MetricsCB(acc_left=TaskMetric(MulticlassAccuracy(), 0), acc_right=TaskMetric(MulticlassAccuracy(), 1))
-    mtl = [MultiTaskGradCB(agg, mode=mode, **kwargs)] if agg is not None else []
+    mtl = [MultiTaskGradCB(agg, mode=mode or 'params', **kwargs)] if agg is not None else []
     return TrainLearner(model, dls, MultiTaskLoss(F.cross_entropy, F.cross_entropy), lr=lr, opt_func=torch.optim.Adam,
                         cbs=[DeviceCB(device), metrics, *mtl, *cbs])
 
-def mf_train(dls, agg=None, mode='params', epochs=1, lr=1e-3, seed=0):
+def mf_train(dls: Any, agg: Any = None, mode: str | None = 'params', epochs: int = 1, lr: float = 1e-3,
+             seed: int = 0) -> tuple[float, float, float, MultiTaskGradCB | None]:
     "Train `mf_learner`; returns (left acc, right acc, seconds per epoch, the multi-task callback or None)."
     import time
     learn = mf_learner(dls, agg, mode, lr, seed=seed)
@@ -696,7 +728,7 @@ def mf_train(dls, agg=None, mode='params', epochs=1, lr=1e-3, seed=0):
     mtl = next((cb for cb in learn.cbs if isinstance(cb, MultiTaskGradCB)), None)
     return learn.history[-1]['valid_acc_left'], learn.history[-1]['valid_acc_right'], secs, mtl
 
-def mf_table(dls, epochs=1, lr=1e-3):
+def mf_table(dls: Any, epochs: int = 1, lr: float = 1e-3) -> dict[str, MultiTaskGradCB | None]:
     "Per-method test accuracy of each side and seconds per epoch, printed as a table; returns the callbacks by method."
     print(f"{'method':<20}{'left':>8}{'right':>8}{'s/epoch':>9}   ({epochs} epochs)")
     cbs = {}
@@ -706,7 +738,7 @@ def mf_table(dls, epochs=1, lr=1e-3):
     return cbs
 
 # %% ../nbs/21_multitask.ipynb #c0de7002
-def read_method_results(path):
+def read_method_results(path: str | os.PathLike) -> dict[str, tuple[float, float]]:
     """The last epoch's accuracies of each method in a `bench/multi_fashion.py` printout (its JSON lines): method →
     (left, right)."""
     out = {}
@@ -716,7 +748,9 @@ def read_method_results(path):
             out[r['method']] = (r['acc_left'], r['acc_right'])
     return out
 
-def plot_tradeoff(results, ax=None, names=('left', 'right'), reference=None, title=None):
+def plot_tradeoff(results: dict[str, tuple[float, float]], ax: plt.Axes | None = None,
+                  names: tuple[str, str] = ('left', 'right'), reference: str | None = None,
+                  title: str | None = None) -> plt.Axes:
     """One task's score against the other's, a point per method (`results`: method → (x, y)); the dotted diagonal is
     equal scores, and the dashed lines cross at `reference` (a method's name, such as the plain summed loss)."""
     if not results: raise ValueError("`results` should map at least one method to its two scores; found none")

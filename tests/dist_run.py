@@ -7,7 +7,8 @@ from torcheval.metrics import MulticlassAccuracy
 from mtlearn.learner import *
 from mtlearn.datasets import DataLoaders, TensorDataLoader
 from mtlearn.accel import CompileCB, DistributedCB, init_distributed
-from mtlearn.aggregators import Mean, MGDA, UPGrad, SDMGrad, Random
+from mtlearn.aggregators import Mean, MGDA, UPGrad, UPGradWeighting, SDMGrad, Random
+from mtlearn.gramian import IWRMCB
 from mtlearn.multitask import MultiTaskGradCB, MultiTaskLoss, tiny_mtl_model
 from mtlearn.tracker import EarlyStoppingCB
 
@@ -49,7 +50,7 @@ def multi_task(agg, mode='params', bs=24, dtype=torch.float32, **kw):
     return flat(learn.model), cb.weights.values()
 
 for name, make, mode, kw in [('Mean', Mean, 'params', {}), ('MGDA', MGDA, 'params', {}), ('MGDA-f', MGDA, 'features', {}), ('UPGrad', UPGrad, 'params', {}),
-                             ('UPGrad-f', UPGrad, 'features', {}), ('SDMGrad', SDMGrad, 'params', {}), ('SDMGrad-c', SDMGrad, 'params', {'sdm_batches': 'consecutive', 'dtype': torch.float64}),
+                             ('UPGrad-f', UPGrad, 'features', {}), ('UPGrad-gram', UPGrad, 'gramian', {}), ('SDMGrad', SDMGrad, 'params', {}), ('SDMGrad-c', SDMGrad, 'params', {'sdm_batches': 'consecutive', 'dtype': torch.float64}),
                              ('Random', Random, 'params', {}), ('MGDA-g', MGDA, 'params', {'reduce': 'gramian'})]:
     res[name] = multi_task(make(), mode, **kw)
 
@@ -69,6 +70,21 @@ try:
     TrainLearner(tiny_mtl_model(2), dls, MultiTaskLoss(F.mse_loss, F.mse_loss), cbs=[DistributedCB(), MultiTaskGradCB(MGDA())]).fit(1, valid=False)
     res['mtl_nan'] = 'no error'
 except FloatingPointError as e: res['mtl_nan'] = str(e).split(' (')[0]
+def iwrm(weighting, reduce='exact'):
+    "Instance-wise risk minimisation: a loss per sample, weighted from the Gramian of the global batch (or each process's own)."
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(96, 6, generator=g), torch.randint(0, 3, (96,), generator=g)
+    torch.manual_seed(0)
+    dls = DataLoaders(TensorDataLoader(x, y, batch_size=24 // w, shuffle=True, generator=torch.Generator().manual_seed(3)), [])
+    cb = IWRMCB(weighting, reduce=reduce)
+    learn = TrainLearner(nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)), dls, nn.CrossEntropyLoss(reduction='none'),
+                         lr=0.1, cbs=[DistributedCB(), cb])
+    learn.logging = False
+    learn.fit(2, valid=False)
+    return flat(learn.model), cb.weights.values()
+
+res['IWRM'], res['IWRM-SDMGrad'] = iwrm(UPGradWeighting()), iwrm(SDMGrad())
+res['IWRM-local'] = iwrm(UPGradWeighting(), 'local')[0]  # (the weights recorded are each process's own)
 stop = EarlyStoppingCB(patience=1)
 learn = single_task(); learn.cbs.append(stop); learn.logging = False; learn.fit(20)
 res['early_stop_epoch'] = learn.epoch

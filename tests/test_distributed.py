@@ -35,12 +35,22 @@ def test_the_processes_agree_exactly(runs):
         if isinstance(r0[k], (torch.Tensor, tuple)): assert close(r0[k], r1[k], 0), k
         else: assert r0[k] == r1[k], k
 
-@pytest.mark.parametrize('k', ['single', 'single_compiled', 'Mean', 'MGDA', 'MGDA-f', 'UPGrad', 'UPGrad-f', 'SDMGrad', 'SDMGrad-c', 'Random'])
+@pytest.mark.parametrize('k', ['single', 'single_compiled', 'Mean', 'MGDA', 'MGDA-f', 'UPGrad', 'UPGrad-f', 'UPGrad-gram', 'SDMGrad', 'SDMGrad-c', 'Random'])
 def test_two_processes_train_as_one_on_the_global_batch(runs, k):
     "Parameters (and the aggregators' weights) equal to the single process's to 1e-5 (SDMGrad on consecutive batches in float64: its inner"
     "iterations amplify the rounding of a sum taken in another order, 1.6e-3 after four steps in float32)."
     one, two, _ = runs
     assert close(one[k], two[k], 1e-5)
+
+@pytest.mark.parametrize('k', ['IWRM', 'IWRM-SDMGrad'])
+def test_iwrm_on_two_processes_trains_as_one_on_the_global_batch(runs, k):
+    "The exact reduction: every process forms the Gramian of the global batch from the layers' gathered pieces."
+    one, two, _ = runs
+    assert close(one[k], two[k], 1e-5)
+
+def test_iwrm_local_gramians_are_an_estimate(runs):
+    one, two, r1 = runs
+    assert close(two['IWRM-local'], r1['IWRM-local'], 0) and not close(two['IWRM-local'], one['IWRM'][0], 1e-3)
 
 def test_global_metrics_decisions_and_checkpoints(runs):
     one, two, _ = runs

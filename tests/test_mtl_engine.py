@@ -87,7 +87,7 @@ def test_mtl_backward_bad_input_writes_nothing():
     with pytest.raises(ValueError, match=r'`shared` parameters \[0, 1\] \(by position, of 2\) do not reach `features`'): call(shared=model.heads[0], mode='features')
     with pytest.raises(ValueError, match="SDMGrad needs the Jacobian .* cannot run in mode='features'"): call(agg=SDMGrad(), mode='features')
     with pytest.raises(ValueError, match=r"`losses` should have shape \(3, m\) for SDMGrad"): call(agg=SDMGrad())
-    with pytest.raises(ValueError, match="`mode` should be 'params' or 'features'; found 'both'"): call(mode='both')
+    with pytest.raises(ValueError, match="`mode` should be one of 'params', 'features', 'gramian'; found mode = 'both'"): call(mode='both')
     with pytest.raises(ValueError, match='`aggregator` should be an Aggregator'): call(agg='mgda')
     assert all(torch.equal(p.grad, torch.full_like(p, 7.)) for p in model.parameters())
 

@@ -56,7 +56,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match='has no `encoder`'): fit(F.mse_loss, (x, torch.randn(8, 2)), m=plain)
     with pytest.raises(ValueError, match="cannot run in mode='features'"): MultiTaskGradCB(SDMGrad(), mode='features')
     with pytest.raises(ValueError, match="cannot run in mode='features'"): MultiTaskGradCB(lambda J: J.mean(0), mode='features')
-    with pytest.raises(ValueError, match="`mode` should be 'params' or 'features'"): MultiTaskGradCB(Mean(), mode='both')
+    with pytest.raises(ValueError, match="`mode` should be one of 'params', 'features', 'gramian'"): MultiTaskGradCB(Mean(), mode='both')
     with pytest.raises(ValueError, match="`sdm_batches` should be 'split' or 'consecutive'; found 'three'"): MultiTaskGradCB(SDMGrad(), sdm_batches='three')
     with pytest.raises(ValueError, match="is for aggregators that need independent batches, such as SDMGrad; the aggregator is a MGDA"): MultiTaskGradCB(MGDA(), sdm_batches='consecutive')
     with pytest.raises(ValueError, match='needs the per-task losses'): fit(lambda p, *ys: sum(F.mse_loss(a, b) for a, b in zip(p, ys)))
