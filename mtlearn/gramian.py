@@ -584,6 +584,9 @@ class IWRMCB(Callback):
         if self.last_weights is None: return {}
         w = self.last_weights
         return {'iwrm/weight_min': w.min(), 'iwrm/weight_max': w.max(), 'iwrm/weight_sum': w.sum()}
+    def log_figures(self) -> dict[str, Callable]:
+        "The figure an experiment logger writes at the end of a fit: the weights' effective number of samples."
+        return {'iwrm_weights': self.plot_weights} if len(self.weights) else {}
     def state_dict(self) -> dict[str, Any]:
         "The weighting's state (SDMGrad's weights) and the recorded weights."
         sd = {'weights': self.weights.state_dict()}

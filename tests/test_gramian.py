@@ -295,6 +295,7 @@ def test_iwrmcb_trains_as_the_loop_by_hand_and_records_its_weights():
     assert v.shape == (8, 4)  # 2 epochs × 4 steps: min, max, sum, effective count
     assert (v[:, 0] <= v[:, 1]).all() and (v[:, 3] <= 12 + 1e-4).all() and (v[:, 3] >= 1 - 1e-4).all()
     assert set(cb.log_step()) == {'iwrm/weight_min', 'iwrm/weight_max', 'iwrm/weight_sum'}
+    assert list(cb.log_figures()) == ['iwrm_weights'] and cb.log_figures()['iwrm_weights']() is not None
     _, (x, y) = iwrm_learner(UPGradWeighting())
     with torch.no_grad(): mean = F.cross_entropy(learn.model(x[:12]), y[:12]).item()
     assert abs(learn.history[-1]['valid_loss'] - mean) < 1e-5  # the metrics see the batch's mean loss, not the sum
