@@ -499,15 +499,21 @@ def gramian_backward(losses: torch.Tensor, weighting: Any, engine: GramianEngine
     if _two_batch(wt):
         raise ValueError(f"`weighting` {type(wt).__name__} weighs A = J₁J₂ᵀ of two independent batches, not a "
                          "Gramian: use IWRMCB, which splits each batch, or take A from a block of `engine.gramian`")
-    G = engine.gramian(losses, reduce)
-    w = wt(G)
-    spread = world() > 1 and reduce == 'exact'
-    mine = w.view(world(), -1)[rank()] * world() if spread else w
-    # one process: the gradient from the Gramian's own pieces (no second backward pass) where they cover every
-    # parameter the losses reach; several: a backward pass, whose gradients DistributedDataParallel averages
-    if world() == 1 and engine._pieces is not None: engine.backward(mine, scale)
-    else: losses.backward((mine if scale is None else mine * scale).view_as(losses).to(losses.dtype))
+    w = wt(engine.gramian(losses, reduce))
+    _update(engine, losses, _own_share(w, world() > 1 and reduce == 'exact'), scale)
     return w
+
+def _own_share(w: torch.Tensor, spread: bool) -> torch.Tensor:
+    """This process's part of every process's weights `w` (if `spread`), times the number of processes, which
+    DistributedDataParallel's average of the gradients divides by."""
+    return w.view(world(), -1)[rank()] * world() if spread else w
+
+def _update(engine: GramianEngine, losses: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None) -> None:
+    """Add the gradient of Σᵢ wᵢLᵢ (times `scale`) to `.grad`: on one process from the Gramian's own pieces (no
+    second backward pass) where they cover every parameter the losses reach; else by a backward pass, whose gradients
+    DistributedDataParallel averages."""
+    if world() == 1 and engine._pieces is not None: engine.backward(w, scale)
+    else: losses.backward((w if scale is None else w * scale).view_as(losses).to(losses.dtype))
 
 # %% ../nbs/20b_gramian.ipynb #6559262d
 def _spread_index(idx: torch.Tensor, n: int) -> torch.Tensor:
@@ -574,9 +580,9 @@ class IWRMCB(Callback):
         spread = world() > 1 and self.reduce == 'exact'
         if spread: i1, i2 = _spread_index(i1, n), _spread_index(i2, n)
         w = self.weighting(G[i1][:, i2])
-        mine = w.view(world(), -1)[rank()] * world() if spread else w
-        if scale is not None: mine = mine * scale
-        losses[i3].backward(mine.to(losses.dtype))
+        full = w.new_zeros(n)  # the update: the third part's losses, weighted
+        full[i3] = _own_share(w, spread)
+        _update(eng, losses, full, scale)
         return w
 
     def log_step(self) -> dict[str, torch.Tensor]:
