@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.graph import get_gradient_edge
 from torch.func import functional_call, vjp, vmap
-from fastcore.basics import patch
 from .procs import world, rank, all_mean, unwrap, _comm
 from .learner import Callback, DeviceSeries, Learner, plot_series
 from .aggregators import Aggregator
@@ -297,8 +296,8 @@ class GramianEngine:
         self._warned.add(m)
         warnings.warn(f"{type(m).__name__} {self.names[m]!r} normalises with the batch's statistics, so each "
                       "sample's loss depends on every sample: the engine takes its exact general path (every loss's "
-                      "gradient at every layer's output: memory m × the activations, instead of the activations)",
-                      stacklevel=3)
+                      "own gradient at every layer's output, by batched backward passes: more time and memory than "
+                      "the one backward pass of independent samples)", stacklevel=3)
 
     def _check_calls(self, losses: torch.Tensor, calls: list[tuple[nn.Module, _Call]]) -> bool:
         """Refuse what the engine would get wrong: inputs changed in place, a batch of another size, missed parameters.
