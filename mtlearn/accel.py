@@ -85,7 +85,7 @@ def shard_loader(dl: Any, training: bool, seed: int = 0) -> Any:
     if isinstance(dl, DataLoader) and not isinstance(dl.dataset, torch.utils.data.IterableDataset):
         sampler = (DistributedSampler(dl.dataset, shuffle=isinstance(dl.sampler, RandomSampler), seed=seed) if training
                    else _Strided(len(dl.dataset), rank(), world()))  # type: ignore[arg-type]  # (map-style: sized)
-                   
+
         return DataLoader(
             dl.dataset,
             batch_size=dl.batch_size,
@@ -222,5 +222,5 @@ class CompileCB(Callback):
         self.target = t
     def cleanup_fit(self, learn: Learner) -> None:
         if self.target is not None: self.target._compiled_call_impl = None  # (what nn.Module.compile set)
-    
+
         self.target = None

@@ -152,7 +152,7 @@ class ActivationStats(HooksCallback):
         return axes
 
     def plot_stats(self, figsize: tuple[float, float] = (10, 4)) -> np.ndarray:
-    
+
         "Mean and standard deviation of each layer's activations over time."
         fig, axs = plt.subplots(1, 2, figsize=figsize)
         for i, h in enumerate(self):

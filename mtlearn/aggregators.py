@@ -1418,5 +1418,5 @@ class PCD(Aggregator):
     def __init__(self, tau: float | Tensor | Sequence[float] = 0.02, beta: float = 0.999, eps: float = 1e-8,
                  max_iters: int | None = None, sync_free: bool | None = None) -> None:
         super().__init__(PCDWeighting(tau, beta, eps, max_iters, sync_free))
-    
+
 

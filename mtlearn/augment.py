@@ -89,4 +89,4 @@ class RandCopy(nn.Module):
     def __init__(self, pct: float = 0.2, max_num: int = 4) -> None:
         super().__init__(); self.pct, self.max_num = pct, max_num
     def forward(self, x: torch.Tensor) -> torch.Tensor: return rand_copy(x, self.pct, self.max_num)
-    
+

@@ -62,6 +62,11 @@ def _params(ps: Params, name: str) -> list[torch.Tensor]:
                          f"{', '.join(bad)}")
     return [p for p in ps if p.requires_grad]
 
+def _accumulate(p: torch.Tensor, g: torch.Tensor) -> None:
+    "Add `g` to `p.grad`, as a backward pass does (a copy of `g` where there is none yet)."
+    if p.grad is None: p.grad = g.detach().clone()
+    else: p.grad.add_(g)
+
 def jac(losses: torch.Tensor, params: Params | None = None, retain_graph: bool = False) -> tuple[torch.Tensor, ...]:
     """The Jacobian of the m = `losses.numel()` losses with respect to each of `params` (default: the tensors that
     require grad in `losses`' graph), from one batched backward pass: a tensor of shape (m, *p.shape) per parameter."""
@@ -86,9 +91,7 @@ def backward(losses: torch.Tensor, aggregator: Callable[[torch.Tensor], torch.Te
     ps = _graph_params([losses]) if params is None else _params(params, 'params')
     J = torch.cat([j.flatten(1) for j in jac(losses, ps)], 1)
     d = aggregator(J)
-    for p, g in zip(ps, d.split([p.numel() for p in ps])):
-        if p.grad is None: p.grad = g.view_as(p).detach().clone()
-        else: p.grad.add_(g.view_as(p))
+    for p, g in zip(ps, d.split([p.numel() for p in ps])): _accumulate(p, g.view_as(p))
     return getattr(aggregator, 'last_weights', None)
 
 # %% ../nbs/20b_gramian.ipynb #c27c532c
@@ -249,6 +252,8 @@ class GramianEngine:
                     self.names[m] = name or type(m).__name__
                     self._hooks.append(m.register_forward_hook(self._record, with_kwargs=True))
         if not self.names: raise ValueError("`modules` have no parameter that requires grad")
+        # each parameter's name, by id: what the per-step checks read
+        self._owner = {id(p): f'{self.names[m]}.{n}' for m in self.names for n, p in m.named_parameters(recurse=False)}
 
     def _record(self, m: nn.Module, args: tuple, kwargs: dict[str, Any], out: Any) -> None:
         if self._busy or not torch.is_grad_enabled(): return
@@ -319,7 +324,7 @@ class GramianEngine:
                                  f"dimension of its inputs; found {', '.join(bad[:3])}. Give batch_dim=None for losses "
                                  "that are not one per sample (each then costs a backward pass)")
         called = {id(p) for m, _ in calls for p in m.parameters(recurse=False)}
-        owner = {id(p): f'{self.names[m]}.{n}' for m in self.names for n, p in m.named_parameters(recurse=False)}
+        owner = self._owner
         leaves = [id(p) for p in _graph_params([losses])]
         missed = [owner[i] for i in leaves if i in owner and i not in called]
         if missed:
@@ -353,9 +358,7 @@ class GramianEngine:
             else: grads = list((w.to(dt) @ ts[0].to(dt)).split([p.numel() for p in ps]))
             for p, gr in zip(ps, grads):
                 gr = gr.reshape(p.shape).to(p.dtype)
-                if scale is not None: gr = gr * scale
-                if p.grad is None: p.grad = gr
-                else: p.grad.add_(gr)
+                _accumulate(p, gr if scale is None else gr * scale)
 
     def _out_grads(self, rows: torch.Tensor, grad_outputs: torch.Tensor | None, batched: bool,
                    calls: list[tuple[nn.Module, _Call]]) -> list[list]:

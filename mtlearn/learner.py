@@ -1476,4 +1476,4 @@ class TerminateOnNaNCB(GuardCB):
     """Stop the fit (`CancelFitException`) at the first training step whose loss or gradients are not finite: a
     `GuardCB(on='stop')`."""
     def __init__(self) -> None: super().__init__('stop')
-    
+

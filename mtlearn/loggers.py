@@ -341,7 +341,7 @@ class MLflowLogger(LoggerCB):
     def _finish(self, ok): self.client.set_terminated(self.run_id, status='FINISHED' if ok else 'FAILED')
     def read(self) -> dict[str, list[tuple[int, float]]]:
         "The logged metrics, read back with MLflow's client: name → [(step, value), ...]."
-    
+
         if self.client is None: self._connect()
         keys = self.client.get_run(self.run_id).data.metrics
         return {k: [(m.step, m.value) for m in sorted(self.client.get_metric_history(self.run_id, k),

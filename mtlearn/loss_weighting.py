@@ -310,7 +310,7 @@ class GradNorm(LossWeighting):
         return (G - target).abs().sum()
     def after_update(self) -> None:
         with torch.no_grad(): self.w.mul_(len(self.w) / self.w.sum())
-    
+
     def reset(self) -> None:
         with torch.no_grad(): self.w.fill_(1.)
         self.L0 = torch.zeros(0)

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import json, math, os
 from collections.abc import Callable, Sequence
-from typing import Any, Union
+from typing import Any
 from pathlib import Path
 import fastcore.all as fc
 import matplotlib.pyplot as plt
@@ -20,13 +20,13 @@ from .learner import HostScalar
 from .procs import _comm
 from .conv import apply_tensors
 from .aggregators import Aggregator
-from .gramian import GramianEngine, Params, _graph_params, _params
+from .gramian import GramianEngine, Params, _accumulate, _graph_params, _params
 
 # %% auto #0
-__all__ = ['FeatureTensors', 'MF_LABELS', 'MultiTaskModel', 'MultiTaskLoss', 'TaskMetric', 'check_mode', 'task_jacobian',
-           'mtl_backward', 'MultiTaskGradCB', 'synthetic_tasks', 'tiny_mtl_model', 'overlay_pairs',
-           'load_multi_fashion', 'lenet_encoder', 'mf_methods', 'mf_learner', 'mf_train', 'mf_table',
-           'read_method_results', 'plot_tradeoff', 'DeviceSeries']
+__all__ = ['MF_LABELS', 'MultiTaskModel', 'MultiTaskLoss', 'TaskMetric', 'check_mode', 'task_jacobian', 'mtl_backward',
+           'MultiTaskGradCB', 'synthetic_tasks', 'tiny_mtl_model', 'overlay_pairs', 'load_multi_fashion',
+           'lenet_encoder', 'mf_methods', 'mf_learner', 'mf_train', 'mf_table', 'read_method_results', 'plot_tradeoff',
+           'DeviceSeries']
 
 # %% ../nbs/21_multitask.ipynb #a776a1cf
 class MultiTaskModel(nn.Module):
@@ -129,8 +129,6 @@ class TaskMetric:
     def load_state_dict(self, sd: dict[str, Any]) -> None: self.metric.load_state_dict(sd)
 
 # %% ../nbs/21_multitask.ipynb #c0de0001
-FeatureTensors = Union[torch.Tensor, Sequence[torch.Tensor]]  # `features`: the shared representation, or its parts
-
 def _features(features: Any) -> list[torch.Tensor]:
     fs = (
         [features]
@@ -217,8 +215,9 @@ def _bcast(t):
 
 _REDUCE = (None, 'jacobian', 'gramian')
 
-def task_jacobian(losses: torch.Tensor, features: FeatureTensors, shared: Params | None = None,
-                  scale: torch.Tensor | None = None, reduce: str | None = 'jacobian') -> torch.Tensor:
+def task_jacobian(losses: torch.Tensor, features: torch.Tensor | Sequence[torch.Tensor],
+                  shared: Params | None = None, scale: torch.Tensor | None = None,
+                  reduce: str | None = 'jacobian') -> torch.Tensor:
     """The m×n Jacobian of the task `losses` with respect to the `shared` parameters, through `features`: two batched
     backward passes (averaged over the processes)."""
     fs = _features(features)
@@ -229,8 +228,9 @@ def task_jacobian(losses: torch.Tensor, features: FeatureTensors, shared: Params
     if reduce is not None: J = all_mean(J)
     return J if scale is None else J / scale
 
-def mtl_backward(losses: torch.Tensor, features: FeatureTensors, aggregator: Any, shared: Params | None = None,
-                 heads: Params | None = None, mode: str = 'params', jacobians: Sequence[torch.Tensor] = (),
+def mtl_backward(losses: torch.Tensor, features: torch.Tensor | Sequence[torch.Tensor], aggregator: Any,
+                 shared: Params | None = None, heads: Params | None = None, mode: str = 'params',
+                 jacobians: Sequence[torch.Tensor] = (),
                  scale: torch.Tensor | None = None, reduce: str | None = 'jacobian', head_grads: str | None = None,
                  engine: GramianEngine | None = None) -> torch.Tensor | None:
     """Fill `.grad`: the `shared` parameters get `aggregator`'s combination of the task gradients, each head its own
@@ -350,10 +350,6 @@ def _head_weights(how, agg, losses, m, spread):
         return w.detach()
     l = _mean_losses(losses)
     return 1 / (all_mean(l) if spread else l)
-
-def _accumulate(p, g):
-    if p.grad is None: p.grad = g.detach().clone()
-    else: p.grad.add_(g)
 
 # %% ../nbs/21_multitask.ipynb #c0de0006
 _all_ = ['DeviceSeries']  # the learner's recorder (`09_learner`), which records the tasks' losses and weights here

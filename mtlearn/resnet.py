@@ -41,7 +41,7 @@ def get_resnet(act: Callable[[], nn.Module] = act_gr, nfs: Sequence[int] = (8, 1
     """The course's ResNet: a stride-1 ResBlock from 1 to `nfs[0]` channels, stride-2 ResBlocks through `nfs`, a linear
     head."""
     layers: list[nn.Module] = [ResBlock(1, nfs[0], stride=1, act=act, norm=norm)]
-    
+
     layers += [ResBlock(nfs[i], nfs[i+1], act=act, norm=norm, stride=2) for i in range(len(nfs)-1)]
     layers += [nn.Flatten(), nn.Linear(nfs[-1], n_out, bias=False), nn.BatchNorm1d(n_out)]
     return nn.Sequential(*layers)

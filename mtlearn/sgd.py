@@ -198,5 +198,5 @@ class GradientClip(Callback):
         self.max_norm, self.norm_type = max_norm, norm_type
     def before_step(self, learn: Learner) -> None:
         learn.unscale_()  # clip the true gradients, not the scaled ones
-    
+
         torch.nn.utils.clip_grad_norm_(learn.model.parameters(), self.max_norm, self.norm_type)

@@ -197,5 +197,5 @@ class GradientAccumulation(Callback):
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         self.count = sd['count']
         if sd.get('grads') is not None and self.params is not None:
-    
+
             for p, g in zip(self.params, sd['grads']): p.grad = None if g is None else g.to(p.device).clone()
